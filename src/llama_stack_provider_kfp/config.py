@@ -1,0 +1,68 @@
+"""Provider configuration (the `config:` block of the provider entry in run.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class KFPPostTrainingConfig(BaseModel):
+    mode: Literal["local", "remote"] = Field(
+        default="local",
+        description="`local` runs the pipeline with kfp.local on this machine. "
+        "`remote` (a KFP v2 cluster) is not available yet and is refused at start-up.",
+    )
+    work_dir: Path = Field(
+        default=Path("~/.llama/kfp-post-training"),
+        description="Where job records, logs, pipeline artifacts and checkpoints are written.",
+    )
+    checkpoint_format: Literal["meta", "huggingface"] | None = Field(
+        default=None,
+        description="Layout of the merged weights written per epoch. "
+        "None keeps the layout of the input weights.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="`auto` trains on CUDA when available, else on the CPU."
+    )
+    model_dirs: list[Path] = Field(
+        default_factory=lambda: [Path("~/.llama/checkpoints")],
+        description="Directories searched for `<model descriptor>/` when a request names a "
+        "llama-stack descriptor and no checkpoint_dir.",
+    )
+    max_seq_len: int = Field(
+        default=2048, ge=8, description="Samples are truncated to this many tokens."
+    )
+    seed: int = Field(default=42, description="Seed for weights init, shuffling and dropout.")
+    validation_fraction: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of the training rows held out for validation when a request "
+        "names no validation_dataset_id.",
+    )
+    submit_sample_rows: int = Field(
+        default=100,
+        ge=1,
+        description="Rows checked against the data format at submit time; prepare-data checks "
+        "every row.",
+    )
+
+    @field_validator("work_dir", mode="after")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
+    @field_validator("model_dirs", mode="after")
+    @classmethod
+    def _expand_all(cls, v: list[Path]) -> list[Path]:
+        return [p.expanduser() for p in v]
+
+    @classmethod
+    def sample_run_config(cls, __distro_dir__: str = "", **kwargs: Any) -> dict[str, Any]:
+        return {
+            "mode": "${env.KFP_MODE:=local}",
+            "work_dir": "${env.KFP_WORK_DIR:=~/.llama/kfp-post-training}",
+            "device": "${env.KFP_DEVICE:=auto}",
+        }

@@ -1,0 +1,1 @@
+"""Code that runs inside pipeline components. torch and torchtune stay in this package."""

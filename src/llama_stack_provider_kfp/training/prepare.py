@@ -1,0 +1,75 @@
+"""prepare-data: check every row, convert to chat messages, write JSONL, split validation."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from ..data_uri import iter_rows
+from ..rows import RowError, to_messages
+from ..spec import JobSpec
+from .errors import report_errors
+
+MAX_REPORTED_ROWS = 10
+
+
+def _write(fh, messages) -> None:
+    fh.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+
+
+def prepare(
+    job_spec: str, dataset_uri: str, validation_uri: str, train_path: str, validation_path: str
+) -> dict[str, int]:
+    spec = JobSpec.model_validate_json(job_spec)
+    with report_errors(spec.output_uri, "prepare-data"):
+        return _prepare(spec, dataset_uri, validation_uri, train_path, validation_path)
+
+
+def _prepare(
+    spec: JobSpec, dataset_uri: str, validation_uri: str, train_path: str, validation_path: str
+) -> dict[str, int]:
+    fmt = spec.data.data_format
+    fraction = 0.0 if validation_uri else spec.data.validation_fraction
+    rng = random.Random(spec.train.seed)
+    bad: list[str] = []
+    bad_count = 0
+    counts = {"train_rows": 0, "validation_rows": 0}
+
+    def take(uri: str, label: str, pick_split) -> None:
+        nonlocal bad_count
+        for n, row in enumerate(iter_rows(uri), 1):
+            try:
+                messages = to_messages(row, fmt)
+            except RowError as e:
+                bad_count += 1
+                if len(bad) < MAX_REPORTED_ROWS:
+                    bad.append(f"{label} row {n}: {e}")
+                continue
+            key = pick_split()
+            counts[key] += 1
+            _write(files[key], messages)
+
+    Path(train_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(validation_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(train_path, "w", encoding="utf-8") as ft, open(
+        validation_path, "w", encoding="utf-8"
+    ) as fv:
+        files = {"train_rows": ft, "validation_rows": fv}
+        take(
+            dataset_uri,
+            "training",
+            lambda: "validation_rows" if fraction and rng.random() < fraction else "train_rows",
+        )
+        if validation_uri:
+            take(validation_uri, "validation", lambda: "validation_rows")
+
+    if bad_count:
+        raise ValueError(
+            f"{bad_count} row(s) do not match data_format={fmt!r}; first ones: " + "; ".join(bad)
+        )
+    if counts["train_rows"] == 0:
+        raise ValueError("the dataset has no training rows")
+    print(f"prepare-data: {counts['train_rows']} training rows, "
+          f"{counts['validation_rows']} validation rows")
+    return counts

@@ -1,0 +1,89 @@
+"""A torchtune metric logger that publishes job progress to `<output>/progress.json`.
+
+The recipe calls `log_dict` after every optimizer step; the provider reads the file when a
+client asks for the job's status.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ..atomic_json import write_json
+
+MAX_HISTORY = 500
+
+
+class ProgressLogger:
+    """Implements torchtune's MetricLoggerInterface (log, log_dict, log_config, close)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.facts: dict[str, Any] = {}
+        self.total_steps = 0
+        self.steps_per_epoch = 1
+        self.total_epochs = 1
+        self.history: list[list[float]] = []
+        self.stride = 1
+        self._input_tokens = 0
+        self._started = self._last = time.perf_counter()
+        self._tps: list[float] = []
+
+    def begin(self, total_steps: int, steps_per_epoch: int, total_epochs: int, **facts) -> None:
+        self.total_steps, self.steps_per_epoch = total_steps, max(steps_per_epoch, 1)
+        self.total_epochs = total_epochs
+        self.facts.update(facts)
+        self._started = self._last = time.perf_counter()
+        self._write({"step": 0, "loss": None, "tokens_per_second": None, "eta_seconds": None})
+
+    def add_input_tokens(self, n: int) -> None:
+        self._input_tokens += n
+
+    def log_config(self, config: Any) -> None:
+        pass
+
+    def log(self, name: str, data: Any, step: int) -> None:
+        self.log_dict({name: data}, step)
+
+    def log_dict(self, payload: dict[str, Any], step: int) -> None:
+        now = time.perf_counter()
+        dt, self._last = max(now - self._last, 1e-9), now
+        tps = self._input_tokens / dt
+        self._input_tokens = 0
+        self._tps.append(tps)
+        loss = float(payload["loss"]) if "loss" in payload else None
+        if loss is not None and step % self.stride == 0:
+            self.history.append([step, round(loss, 6)])
+            if len(self.history) > MAX_HISTORY:  # keep it bounded: halve the resolution
+                self.history, self.stride = self.history[::2], self.stride * 2
+        per_step = (now - self._started) / max(step, 1)
+        self._write(
+            {
+                "step": step,
+                "loss": loss,
+                "lr": payload.get("lr"),
+                "tokens_per_second": round(tps, 2),
+                "trained_tokens_per_second": round(
+                    float(payload.get("tokens_per_second_per_gpu", 0.0)), 2
+                ),
+                "eta_seconds": round(per_step * (self.total_steps - step), 1),
+            }
+        )
+
+    def mean_tokens_per_second(self) -> float | None:
+        # Skip the first step: it carries one-off warm-up costs.
+        window = self._tps[1:] or self._tps
+        return sum(window) / len(window) if window else None
+
+    def _write(self, progress: dict[str, Any]) -> None:
+        step = progress["step"]
+        progress.update(
+            total_steps=self.total_steps,
+            epoch=min(step // self.steps_per_epoch + (1 if step else 0), self.total_epochs),
+            total_epochs=self.total_epochs,
+        )
+        write_json(self.path, {"progress": progress, "loss_history": self.history, **self.facts})
+
+    def close(self) -> None:
+        pass
