@@ -119,6 +119,14 @@ def iter_rows(uri: str) -> Iterator[dict]:
         )
 
 
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
 def sample_rows(uri: str, n: int) -> list[dict]:
     """The first `n` rows at `uri`."""
     return list(islice(iter_rows(uri), n))

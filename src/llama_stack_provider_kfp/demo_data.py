@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 NAMES = (
-    "Ada Alan Grace Linus Guido Barbara Ken Dennis Margaret Edsger Donald Frances John Radia "
-    "Tim Vint Bjarne James Anita Sophie Hedy Katherine Niklaus Leslie Shafi Yukihiro Rasmus"
-).split()
+    "Ada", "Alan", "Grace", "Linus", "Guido", "Barbara", "Ken", "Dennis", "Margaret", "Edsger",
+    "Donald", "Frances", "John", "Radia", "Tim", "Vint", "Bjarne", "James", "Anita", "Sophie",
+    "Hedy", "Katherine", "Niklaus", "Leslie", "Shafi", "Yukihiro", "Rasmus",
+)  # fmt: skip
 
 
 def instruct_rows(n: int, seed: int = 0) -> list[dict]:
@@ -23,16 +23,10 @@ def instruct_rows(n: int, seed: int = 0) -> list[dict]:
         name = rng.choice(NAMES)
         rows.append(
             {
-                "chat_completion_input": json.dumps([{"role": "user", "content": f"Greet {name}."}]),
+                "chat_completion_input": json.dumps(
+                    [{"role": "user", "content": f"Greet {name}."}]
+                ),
                 "expected_answer": f"Hello, {name}! Nice to meet you.",
             }
         )
     return rows
-
-
-def write_jsonl(rows: list[dict], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    return path

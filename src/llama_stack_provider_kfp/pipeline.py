@@ -3,8 +3,7 @@
 It does not know which runner executes it. How components are packaged (base image, what is
 installed) is a `ComponentBuild` chosen per mode, outside the DAG.
 """
-
-from __future__ import annotations
+# No `from __future__ import annotations` here: KFP reads the pipeline signature's types.
 
 from dataclasses import dataclass, field
 
@@ -23,7 +22,7 @@ class ComponentBuild:
     install_kfp_package: bool = True
 
     @classmethod
-    def local(cls) -> ComponentBuild:
+    def local(cls) -> "ComponentBuild":
         # kfp.local runs tasks with this interpreter: nothing to install (and installing
         # kfp would serialize tasks under a process-wide lock).
         return cls(install_kfp_package=False)

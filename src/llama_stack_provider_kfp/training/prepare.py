@@ -52,9 +52,10 @@ def _prepare(
 
     Path(train_path).parent.mkdir(parents=True, exist_ok=True)
     Path(validation_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(train_path, "w", encoding="utf-8") as ft, open(
-        validation_path, "w", encoding="utf-8"
-    ) as fv:
+    with (
+        open(train_path, "w", encoding="utf-8") as ft,
+        open(validation_path, "w", encoding="utf-8") as fv,
+    ):
         files = {"train_rows": ft, "validation_rows": fv}
         take(
             dataset_uri,
@@ -70,6 +71,8 @@ def _prepare(
         )
     if counts["train_rows"] == 0:
         raise ValueError("the dataset has no training rows")
-    print(f"prepare-data: {counts['train_rows']} training rows, "
-          f"{counts['validation_rows']} validation rows")
+    print(
+        f"prepare-data: {counts['train_rows']} training rows, "
+        f"{counts['validation_rows']} validation rows"
+    )
     return counts

@@ -182,4 +182,3 @@ class ProviderLoRARecipe(LoRAFinetuneRecipeSingleDevice):
         if self._device.type == "cuda":
             return torch.cuda.max_memory_allocated(self._device) / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-

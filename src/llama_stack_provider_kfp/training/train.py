@@ -87,7 +87,11 @@ def resolve_device(requested: str) -> str:
 
 
 def build_config(
-    spec: JobSpec, model_dir: str, output_dir: Path, train_path: str, val_path: str | None,
+    spec: JobSpec,
+    model_dir: str,
+    output_dir: Path,
+    train_path: str,
+    val_path: str | None,
     scratch: str,
 ) -> dict[str, Any]:
     t, o = spec.train, spec.optim
@@ -175,8 +179,9 @@ def _run(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tt-scratch-") as scratch:
         cfg = OmegaConf.create(
-            build_config(spec, model_dir, output_dir, train_path, val_path if has_val else None,
-                         scratch)
+            build_config(
+                spec, model_dir, output_dir, train_path, val_path if has_val else None, scratch
+            )
         )
         recipe = ProviderLoRARecipe(cfg=cfg, spec=spec, output_dir=output_dir)
         recipe.setup(cfg=cfg)

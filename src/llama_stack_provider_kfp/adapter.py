@@ -1,0 +1,393 @@
+"""The llama-stack face of the provider: the only module that knows llama-stack types.
+
+Requests are checked here, before anything is created, and turned into a JobSpec; the rest of
+the package sees only that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from llama_stack.providers.inline.post_training.torchtune.post_training import (
+    TorchtunePostTrainingImpl,
+)
+from llama_stack_api import (
+    CancelTrainingJobRequest,
+    Checkpoint,
+    DatasetIO,
+    Datasets,
+    GetTrainingJobArtifactsRequest,
+    GetTrainingJobStatusRequest,
+    JobStatus,
+    ListPostTrainingJobsResponse,
+    LoraFinetuningConfig,
+    PostTrainingJob,
+    PostTrainingJobArtifactsResponse,
+    PostTrainingJobStatusResponse,
+    PostTrainingMetric,
+    PreferenceOptimizeRequest,
+    QATFinetuningConfig,
+    ResourceNotFoundError,
+    SupervisedFineTuneRequest,
+)
+from llama_stack_api.common.errors import DatasetNotFoundError
+from llama_stack_api.datasetio.models import IterRowsRequest
+from llama_stack_api.datasets.models import GetDatasetRequest
+
+from . import data_uri
+from .config import KFPPostTrainingConfig
+from .job_outputs import list_checkpoints, read_progress, read_result
+from .job_store import JobRecord, JobStore, check_job_id, now
+from .model_source import ModelError, resolve_model
+from .rows import RowError, to_messages
+from .runners.local import LocalRunner
+from .spec import DataSpec, JobSpec, LoraSpec, ModelSpec, OptimSpec, TrainSpec
+
+LORA_EXAMPLE = (
+    "algorithm_config={'type': 'LoRA', 'lora_attn_modules': ['q_proj', 'v_proj'], "
+    "'apply_lora_to_mlp': True, 'apply_lora_to_output': False, 'rank': 8, 'alpha': 16}"
+)
+_ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
+
+
+def _descriptor_repo(model: str) -> str | None:
+    """The Hugging Face repo llama-stack's model registry lists for a descriptor."""
+    try:
+        from llama_stack.models.llama.sku_list import resolve_model as resolve_sku
+    except ImportError:  # pragma: no cover
+        return None
+    sku = resolve_sku(model)
+    return getattr(sku, "huggingface_repo", None) if sku else None
+
+
+def _check_training(tc) -> None:
+    problems = []
+    if tc.n_epochs < 1:
+        problems.append(f"n_epochs must be >= 1 (got {tc.n_epochs})")
+    if tc.max_steps_per_epoch is not None and tc.max_steps_per_epoch < 1:
+        problems.append(f"max_steps_per_epoch must be >= 1 (got {tc.max_steps_per_epoch})")
+    if tc.gradient_accumulation_steps < 1:
+        problems.append(
+            f"gradient_accumulation_steps must be >= 1 (got {tc.gradient_accumulation_steps})"
+        )
+    if tc.max_validation_steps is not None and tc.max_validation_steps < 1:
+        problems.append(
+            f"max_validation_steps must be >= 1 or null (got {tc.max_validation_steps})"
+        )
+    if (tc.dtype or "bf16") not in ("bf16", "fp32"):
+        problems.append(f"dtype {tc.dtype!r} is not supported: use 'bf16' or 'fp32'")
+    dc, oc = tc.data_config, tc.optimizer_config
+    if dc is None:
+        problems.append("training_config.data_config is required (dataset_id, batch_size, ...)")
+    elif dc.batch_size < 1:
+        problems.append(f"data_config.batch_size must be >= 1 (got {dc.batch_size})")
+    if oc is None:
+        problems.append("training_config.optimizer_config is required (optimizer_type, lr, ...)")
+    else:
+        if not (math.isfinite(oc.lr) and oc.lr > 0):
+            problems.append(f"optimizer_config.lr must be a positive number (got {oc.lr})")
+        if not (math.isfinite(oc.weight_decay) and oc.weight_decay >= 0):
+            problems.append(f"optimizer_config.weight_decay must be >= 0 (got {oc.weight_decay})")
+        if oc.num_warmup_steps < 0:
+            problems.append(
+                f"optimizer_config.num_warmup_steps must be >= 0 (got {oc.num_warmup_steps})"
+            )
+    if problems:
+        raise ValueError("invalid training_config: " + "; ".join(problems))
+    if dc.packed:
+        raise NotImplementedError("data_config.packed=true is not supported yet; send packed=false")
+
+
+def _check_lora(lc: LoraFinetuningConfig, model: ModelSpec) -> None:
+    problems = []
+    bad = [m for m in lc.lora_attn_modules if m not in _ATTN_MODULES]
+    if bad:
+        problems.append(f"unknown lora_attn_modules {bad}; choose from {list(_ATTN_MODULES)}")
+    if not (lc.lora_attn_modules or lc.apply_lora_to_mlp or lc.apply_lora_to_output):
+        problems.append("no module to adapt: name lora_attn_modules or set apply_lora_to_mlp")
+    if lc.rank < 1:
+        problems.append(f"rank must be >= 1 (got {lc.rank})")
+    if lc.alpha <= 0:
+        problems.append(f"alpha must be > 0 (got {lc.alpha})")
+    if lc.apply_lora_to_output and model.arch.tie_word_embeddings:
+        problems.append(
+            f"{model.name} ties its output projection to the embeddings; "
+            "set apply_lora_to_output=false"
+        )
+    if problems:
+        raise ValueError("invalid LoRA algorithm_config: " + "; ".join(problems))
+
+
+class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
+    """llama-stack's torchtune provider, with its jobs run as Kubeflow Pipelines.
+
+    The parent's __init__ is not called: it starts llama-stack's in-memory scheduler thread,
+    which this provider replaces with file-backed job records and a runner.
+    """
+
+    def __init__(
+        self, config: KFPPostTrainingConfig, datasetio_api: DatasetIO, datasets: Datasets
+    ) -> None:
+        if config.mode != "local":
+            raise ValueError(
+                f"mode={config.mode!r} is not available yet; set mode: local in run.yaml"
+            )
+        self.config = config
+        self.datasetio_api = datasetio_api
+        self.datasets_api = datasets
+        self.store = JobStore(config.work_dir)
+        self.runner = LocalRunner(self.store)
+
+    async def initialize(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        # Jobs run in their own sessions and outlive the server; nothing to stop.
+        pass
+
+    # ---- submit -------------------------------------------------------------------------
+
+    async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
+        check_job_id(request.job_uuid)
+        if self.store.exists(request.job_uuid):
+            raise ValueError(
+                f"job_uuid {request.job_uuid!r} is already used by another job; choose a new one"
+            )
+        algo = request.algorithm_config
+        if algo is None:
+            raise ValueError(f"algorithm_config is required; for LoRA send {LORA_EXAMPLE}")
+        if isinstance(algo, QATFinetuningConfig):
+            raise NotImplementedError("QAT fine-tuning is not supported yet; use LoRA")
+        if algo.quantize_base:
+            raise NotImplementedError(
+                "quantize_base (QLoRA) is not supported yet; send quantize_base=false"
+            )
+        tc = request.training_config
+        _check_training(tc)
+        if not request.model and not request.checkpoint_dir:
+            raise ValueError(
+                "name the base model: model='Llama3.2-1B-Instruct', a Hugging Face repo id or "
+                "a directory, or checkpoint_dir=<directory with the weights>"
+            )
+        model_name = request.model or request.checkpoint_dir
+        try:
+            model = await asyncio.to_thread(
+                resolve_model,
+                model_name,
+                request.checkpoint_dir,
+                self.config.model_dirs,
+                _descriptor_repo(model_name),
+            )
+        except ModelError as e:
+            raise ValueError(str(e)) from None
+        _check_lora(algo, model)
+
+        dc = tc.data_config
+        fmt = dc.data_format.value
+        train_src = await self._dataset_source(dc.dataset_id, fmt)
+        val_src = (
+            await self._dataset_source(dc.validation_dataset_id, fmt)
+            if dc.validation_dataset_id
+            else None
+        )
+
+        job_dir = self.store.reserve(request.job_uuid)
+        try:
+            output_dir = job_dir / "output"
+            output_dir.mkdir()
+            train_uri = await self._materialize(train_src, job_dir / "input" / "train.jsonl")
+            val_uri = (
+                await self._materialize(val_src, job_dir / "input" / "validation.jsonl")
+                if val_src
+                else None
+            )
+            spec = JobSpec(
+                job_uuid=request.job_uuid,
+                model=model,
+                data=DataSpec(
+                    uri=train_uri,
+                    data_format=fmt,
+                    validation_uri=val_uri,
+                    validation_fraction=self.config.validation_fraction,
+                ),
+                train=TrainSpec(
+                    epochs=tc.n_epochs,
+                    max_steps_per_epoch=tc.max_steps_per_epoch,
+                    gradient_accumulation_steps=tc.gradient_accumulation_steps,
+                    batch_size=dc.batch_size,
+                    shuffle=dc.shuffle,
+                    train_on_input=bool(dc.train_on_input),
+                    dtype=tc.dtype or "bf16",
+                    max_validation_steps=tc.max_validation_steps,
+                    max_seq_len=self.config.max_seq_len,
+                    seed=self.config.seed,
+                    device=self.config.device,
+                    enable_activation_checkpointing=bool(
+                        tc.efficiency_config
+                        and tc.efficiency_config.enable_activation_checkpointing
+                    ),
+                    enable_activation_offloading=bool(
+                        tc.efficiency_config and tc.efficiency_config.enable_activation_offloading
+                    ),
+                ),
+                lora=LoraSpec(
+                    rank=algo.rank,
+                    alpha=algo.alpha,
+                    attn_modules=list(algo.lora_attn_modules),
+                    apply_to_mlp=algo.apply_lora_to_mlp,
+                    apply_to_output=algo.apply_lora_to_output,
+                    use_dora=bool(algo.use_dora),
+                ),
+                optim=OptimSpec(
+                    type=tc.optimizer_config.optimizer_type.value,
+                    lr=tc.optimizer_config.lr,
+                    weight_decay=tc.optimizer_config.weight_decay,
+                    warmup_steps=tc.optimizer_config.num_warmup_steps,
+                ),
+                output_format=self.config.checkpoint_format or model.layout,
+                output_uri=str(output_dir),
+            )
+            record = JobRecord(job_uuid=request.job_uuid, spec=spec, scheduled_at=now())
+            self.store.save(record)
+            record.runner = self.runner.start(request.job_uuid)
+            self.store.save(record)
+        except BaseException:
+            self.store.discard(request.job_uuid)
+            raise
+        return PostTrainingJob(job_uuid=request.job_uuid)
+
+    async def _dataset_source(self, dataset_id: str, fmt: str) -> str | list[dict]:
+        """The dataset's URI, or its rows when registered inline; checks a bounded sample."""
+        try:
+            dataset = await self.datasets_api.get_dataset(GetDatasetRequest(dataset_id=dataset_id))
+        except DatasetNotFoundError:
+            raise ValueError(
+                f"dataset {dataset_id!r} is not registered; register it first "
+                "(client.beta.datasets.register) or fix the dataset_id"
+            ) from None
+        source = dataset.source
+        n = self.config.submit_sample_rows
+        if source.type == "uri":
+            try:
+                sample = await asyncio.to_thread(data_uri.sample_rows, source.uri, n)
+            except data_uri.DataSourceError as e:
+                raise ValueError(f"dataset {dataset_id!r}: {e}") from None
+            found: str | list[dict] = source.uri
+        else:
+            # One call for all rows: each iterrows call rebuilds the whole dataset.
+            page = await self.datasetio_api.iterrows(
+                IterRowsRequest(dataset_id=dataset_id, limit=-1)
+            )
+            found = sample = list(page.data)
+        if not sample:
+            raise ValueError(f"dataset {dataset_id!r} is empty; it needs at least one row")
+        for i, row in enumerate(sample[:n], 1):
+            try:
+                to_messages(row, fmt)
+            except RowError as e:
+                raise ValueError(
+                    f"dataset {dataset_id!r} row {i} does not match data_format={fmt!r}: {e}. "
+                    f"Expected columns: "
+                    + (
+                        "chat_completion_input (JSON list of messages) and expected_answer"
+                        if fmt == "instruct"
+                        else "dialog (JSON list of messages ending with the assistant's)"
+                    )
+                ) from None
+        return found
+
+    @staticmethod
+    async def _materialize(source: str | list[dict], path: Path) -> str:
+        if isinstance(source, str):
+            return source
+        await asyncio.to_thread(data_uri.write_jsonl, source, path)
+        return str(path)
+
+    # ---- tracking -----------------------------------------------------------------------
+
+    def _record(self, job_uuid: str) -> JobRecord:
+        check_job_id(job_uuid)
+        record = self.store.load(job_uuid)
+        if record is None:
+            raise ResourceNotFoundError(
+                job_uuid, "Post-training job", "alpha.post_training.job.list"
+            )
+        return record
+
+    @staticmethod
+    def _checkpoints(record: JobRecord) -> list[Checkpoint]:
+        out = []
+        for c in list_checkpoints(Path(record.spec.output_uri)):
+            metrics = None
+            if c.get("validation_loss") is not None:
+                metrics = PostTrainingMetric(
+                    epoch=c["epoch"],
+                    train_loss=c.get("train_loss") or float("nan"),
+                    validation_loss=c["validation_loss"],
+                    perplexity=c["perplexity"],
+                )
+            out.append(
+                Checkpoint(
+                    identifier=f"{record.job_uuid}/epoch_{c['epoch']}",
+                    created_at=datetime.fromisoformat(c["created_at"]),
+                    epoch=c["epoch"],
+                    post_training_job_id=record.job_uuid,
+                    path=c["path"],
+                    training_metrics=metrics,
+                )
+            )
+        return out
+
+    async def get_training_jobs(self) -> ListPostTrainingJobsResponse:
+        records = [r for r in map(self.store.load, self.store.list_ids()) if r is not None]
+        records.sort(key=lambda r: r.scheduled_at)
+        return ListPostTrainingJobsResponse(
+            data=[PostTrainingJob(job_uuid=r.job_uuid) for r in records]
+        )
+
+    async def get_training_job_status(
+        self, request: GetTrainingJobStatusRequest
+    ) -> PostTrainingJobStatusResponse:
+        record = self._record(request.job_uuid)
+        seen = self.runner.observe(record)
+        output = Path(record.spec.output_uri)
+        resources: dict[str, Any] = {"job_dir": str(self.store.job_dir(record.job_uuid))}
+        resources.update(read_progress(output) or {})
+        result = read_result(output)
+        if result:
+            resources["result"] = {k: v for k, v in result.items() if k != "epochs"}
+        if seen.error:
+            resources["error"] = seen.error
+        return PostTrainingJobStatusResponse(
+            job_uuid=record.job_uuid,
+            status=JobStatus(seen.status),
+            scheduled_at=record.scheduled_at,
+            started_at=seen.started_at,
+            completed_at=seen.completed_at,
+            resources_allocated=resources,
+            checkpoints=self._checkpoints(record),
+        )
+
+    async def cancel_training_job(self, request: CancelTrainingJobRequest) -> None:
+        record = self._record(request.job_uuid)
+        seen = self.runner.observe(record)
+        if seen.status in ("completed", "failed", "cancelled"):
+            raise ValueError(f"job {record.job_uuid!r} has already ended ({seen.status})")
+        record.cancelled_at = now()
+        self.store.save(record)
+        await asyncio.to_thread(self.runner.cancel, record)
+
+    async def get_training_job_artifacts(
+        self, request: GetTrainingJobArtifactsRequest
+    ) -> PostTrainingJobArtifactsResponse:
+        record = self._record(request.job_uuid)
+        return PostTrainingJobArtifactsResponse(
+            job_uuid=record.job_uuid, checkpoints=self._checkpoints(record)
+        )
+
+    async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
+        raise NotImplementedError("preference optimization (DPO) is not supported yet")

@@ -1,0 +1,1 @@
+"""Runners execute the one pipeline definition: `local` (kfp.local) today."""

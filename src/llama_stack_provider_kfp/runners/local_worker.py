@@ -1,0 +1,57 @@
+"""The worker process of one local job: runs the pipeline with kfp.local.
+
+Started by LocalRunner in a session of its own, one per job, because kfp.local keeps
+process-wide state. It reports only through files in the job directory, so the server can
+restart without losing the job.
+
+    python -m llama_stack_provider_kfp.runners.local_worker <job_dir>
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+from ..atomic_json import read_json
+from ..job_store import JobRecord, WorkerState, now, write_worker_state
+from ..log_tail import tail
+
+
+def run(job_dir: Path) -> int:
+    record = JobRecord.model_validate(read_json(job_dir / "job.json"))
+    spec = record.spec
+    started = now()
+    write_worker_state(job_dir, WorkerState(status="in_progress", started_at=started))
+    try:
+        from kfp import local
+
+        from ..pipeline import ComponentBuild, build_pipeline, pipeline_arguments
+
+        local.init(
+            runner=local.SubprocessRunner(use_venv=False),
+            pipeline_root=str(job_dir / "kfp"),
+            raise_on_error=True,
+        )
+        build_pipeline(ComponentBuild.local())(**pipeline_arguments(spec))
+    except BaseException as e:
+        traceback.print_exc()
+        sys.stdout.flush()
+        error = read_json(Path(spec.output_uri) / "error.json") or {
+            "message": f"{type(e).__name__}: {e}"
+        }
+        error.pop("traceback", None)
+        error["log_tail"] = tail(job_dir / "worker.log")
+        write_worker_state(
+            job_dir,
+            WorkerState(status="failed", started_at=started, completed_at=now(), error=error),
+        )
+        return 1
+    write_worker_state(
+        job_dir, WorkerState(status="completed", started_at=started, completed_at=now())
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(Path(sys.argv[1])))
