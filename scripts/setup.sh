@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Build (or reuse) the virtualenv with everything the provider, demo and tests need.
+#
+#   bash scripts/setup.sh          # prints the venv path on its last line
+#
+# The venv lives outside the clone, keyed by a hash of pyproject.toml, so clones share it and
+# a dependency change builds a new one. KFP_VENV=<dir> puts it elsewhere. Needs Python 3.12+:
+# found on PATH, or through pyenv, by itself.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+find_python() {
+  local c v
+  for c in "${KFP_PYTHON:-}" python3.12 python3.13 python3; do
+    [ -n "$c" ] && command -v "$c" >/dev/null 2>&1 || continue
+    if "$c" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null; then
+      command -v "$c"; return 0
+    fi
+  done
+  if command -v pyenv >/dev/null 2>&1; then
+    for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[2-9]' | sort -V); do
+      PYENV_VERSION=$v pyenv which python 2>/dev/null && return 0
+    done
+  fi
+  return 1
+}
+
+hash=$(sha256sum "$here/pyproject.toml" | cut -c1-12)
+venv=${KFP_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/llama-stack-provider-kfp/venv-$hash}
+
+if [ ! -f "$venv/.complete" ]; then
+  py=$(find_python) || { echo "setup: no Python >= 3.12 found (install one, or set KFP_PYTHON)" >&2; exit 1; }
+  echo "setup: building $venv with $py ($("$py" --version))" >&2
+  rm -rf "$venv"
+  "$py" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip >&2
+  "$venv/bin/python" -m pip install -q -e "$here[test]" >&2
+  touch "$venv/.complete"
+else
+  echo "setup: reusing $venv" >&2
+fi
+# Point the editable install at this clone (cheap; needed when another clone built the venv).
+"$venv/bin/python" -m pip install -q --no-deps -e "$here" >&2
+echo "$venv"

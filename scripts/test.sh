@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up (or reuse) the virtualenv, then run the whole test suite.
+#   bash scripts/test.sh [pytest args]
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=$(bash "$here/scripts/setup.sh" | tail -n 1)
+cd "$here"
+"$venv/bin/ruff" check src scripts tests
+"$venv/bin/ruff" format --check src scripts tests
+exec "$venv/bin/python" -m pytest "$@"
