@@ -40,6 +40,7 @@ from llama_stack_api.datasets.models import GetDatasetRequest
 
 from . import data_uri
 from .config import KFPPostTrainingConfig
+from .http_errors import as_http_errors
 from .job_outputs import list_checkpoints, read_progress, read_result
 from .job_store import JobRecord, JobStore, check_job_id, now
 from .model_source import ModelError, resolve_model
@@ -151,6 +152,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
 
     # ---- submit -------------------------------------------------------------------------
 
+    @as_http_errors
     async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
         check_job_id(request.job_uuid)
         if self.store.exists(request.job_uuid):
@@ -342,6 +344,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             )
         return out
 
+    @as_http_errors
     async def get_training_jobs(self) -> ListPostTrainingJobsResponse:
         records = [r for r in map(self.store.load, self.store.list_ids()) if r is not None]
         records.sort(key=lambda r: r.scheduled_at)
@@ -349,6 +352,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             data=[PostTrainingJob(job_uuid=r.job_uuid) for r in records]
         )
 
+    @as_http_errors
     async def get_training_job_status(
         self, request: GetTrainingJobStatusRequest
     ) -> PostTrainingJobStatusResponse:
@@ -372,6 +376,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             checkpoints=self._checkpoints(record),
         )
 
+    @as_http_errors
     async def cancel_training_job(self, request: CancelTrainingJobRequest) -> None:
         record = self._record(request.job_uuid)
         seen = self.runner.observe(record)
@@ -381,6 +386,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         self.store.save(record)
         await asyncio.to_thread(self.runner.cancel, record)
 
+    @as_http_errors
     async def get_training_job_artifacts(
         self, request: GetTrainingJobArtifactsRequest
     ) -> PostTrainingJobArtifactsResponse:
@@ -389,5 +395,6 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             job_uuid=record.job_uuid, checkpoints=self._checkpoints(record)
         )
 
+    @as_http_errors
     async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
         raise NotImplementedError("preference optimization (DPO) is not supported yet")

@@ -28,6 +28,7 @@ class KFPPostTrainingConfig(BaseModel):
     )
     model_dirs: list[Path] = Field(
         default_factory=lambda: [Path("~/.llama/checkpoints")],
+        validate_default=True,
         description="Directories searched for `<model descriptor>/` when a request names a "
         "llama-stack descriptor and no checkpoint_dir.",
     )

@@ -1,0 +1,199 @@
+"""Bad input through the real HTTP API: a clear 4xx/501 before any work starts, nothing
+half-created, the server still up. A problem found later fails the job with its reason."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from llama_stack_client import APIStatusError
+
+from llama_stack_provider_kfp.client import cancel_job, job_status
+from llama_stack_provider_kfp.demo_data import instruct_rows
+
+from .helpers import LORA, new_id, register_rows, submit, training_config, wait_done
+
+pytestmark = pytest.mark.e2e
+
+
+def _expect_refusal(client, server, code: int, words: list[str], **submit_kw) -> None:
+    job = submit_kw.pop("job_uuid", None) or new_id("bad")
+    before = sorted(j.job_uuid for j in client.alpha.post_training.job.list())
+    with pytest.raises(APIStatusError) as err:
+        submit(client, job, **submit_kw)
+    assert err.value.status_code == code, err.value
+    text = str(err.value).lower()
+    for w in words:
+        assert w.lower() in text, (w, text)
+    # Nothing half-created, nothing listed, server still serving.
+    assert not (server.work_dir / "jobs" / job).exists()
+    assert sorted(j.job_uuid for j in client.alpha.post_training.job.list()) == before
+    assert server.alive()
+
+
+@pytest.fixture(scope="module")
+def good(client, tiny_models, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad-input")
+    return {
+        "tmp": tmp,
+        "model": str(tiny_models / "hf"),
+        "dataset": register_rows(client, tmp, instruct_rows(20)),
+    }
+
+
+def test_unknown_model(client, server, good):
+    _expect_refusal(client, server, 400, ["NoSuchModel-9B", "not found", "checkpoint_dir"],
+                    model="NoSuchModel-9B", dataset_id=good["dataset"])  # fmt: skip
+
+
+def test_weights_not_found(client, server, good):
+    _expect_refusal(client, server, 400, ["/nonexistent/weights", "does not exist"],
+                    model="Llama3.2-1B-Instruct", dataset_id=good["dataset"],
+                    checkpoint_dir="/nonexistent/weights")  # fmt: skip
+
+
+def test_directory_without_weights(client, server, good):
+    empty = good["tmp"] / "no-weights"
+    empty.mkdir()
+    (empty / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    _expect_refusal(client, server, 400, ["safetensors"],
+                    model=str(empty), dataset_id=good["dataset"])  # fmt: skip
+
+
+def test_unsupported_architecture(client, server, good):
+    d = good["tmp"] / "qwen-like"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (d / "model.safetensors").write_bytes(b"")
+    (d / "tokenizer.model").write_text("")
+    _expect_refusal(client, server, 400, ["gpt2", "llama"],
+                    model=str(d), dataset_id=good["dataset"])  # fmt: skip
+
+
+def test_unknown_dataset(client, server, good):
+    _expect_refusal(client, server, 400, ["no-such-dataset", "not registered"],
+                    model=good["model"], dataset_id="no-such-dataset")  # fmt: skip
+
+
+def test_empty_dataset(client, server, good):
+    empty = register_rows(client, good["tmp"], [])
+    _expect_refusal(client, server, 400, ["empty"], model=good["model"], dataset_id=empty)
+
+
+def test_rows_not_matching_format(client, server, good):
+    rows = [{"question": "hi", "answer": "hello"}] * 12
+    ds = register_rows(client, good["tmp"], rows)
+    _expect_refusal(client, server, 400, ["row 1", "chat_completion_input", "expected_answer"],
+                    model=good["model"], dataset_id=ds)  # fmt: skip
+
+
+def test_dialog_without_answer(client, server, good):
+    rows = [{"dialog": json.dumps([{"role": "user", "content": "hi"}])}] * 12
+    ds = register_rows(client, good["tmp"], rows)
+    tc = training_config(ds, data_config={"data_format": "dialog"})
+    _expect_refusal(client, server, 400, ["row 1", "no assistant message"],
+                    model=good["model"], dataset_id=ds, training_config=tc)  # fmt: skip
+
+
+def test_no_algorithm_config(client, server, good):
+    _expect_refusal(client, server, 400, ["algorithm_config", "LoRA", "lora_attn_modules"],
+                    model=good["model"], dataset_id=good["dataset"],
+                    algorithm_config=None)  # fmt: skip
+
+
+def test_qat_not_supported(client, server, good):
+    qat = {"type": "QAT", "quantizer_name": "int8", "group_size": 32}
+    _expect_refusal(client, server, 501, ["QAT"],
+                    model=good["model"], dataset_id=good["dataset"],
+                    algorithm_config=qat)  # fmt: skip
+
+
+def test_quantize_base_not_supported(client, server, good):
+    algo = {**copy.deepcopy(LORA), "quantize_base": True}
+    _expect_refusal(client, server, 501, ["quantize_base"],
+                    model=good["model"], dataset_id=good["dataset"],
+                    algorithm_config=algo)  # fmt: skip
+
+
+def test_lora_on_tied_output(client, server, good):
+    algo = {**copy.deepcopy(LORA), "apply_lora_to_output": True}
+    _expect_refusal(client, server, 400, ["apply_lora_to_output=false"],
+                    model=good["model"], dataset_id=good["dataset"],
+                    algorithm_config=algo)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"n_epochs": 0}, ["n_epochs"]),
+        ({"gradient_accumulation_steps": 0}, ["gradient_accumulation_steps"]),
+        ({"max_steps_per_epoch": 0}, ["max_steps_per_epoch"]),
+        ({"dtype": "fp16"}, ["fp16", "bf16"]),
+        ({"data_config": {"batch_size": 0}}, ["batch_size"]),
+        ({"optimizer_config": {"lr": -1.0}}, ["lr"]),
+        ({"optimizer_config": {"weight_decay": -0.1}}, ["weight_decay"]),
+        ({"optimizer_config": {"num_warmup_steps": -5}}, ["num_warmup_steps"]),
+    ],
+)
+def test_nonsensical_hyperparameters(client, server, good, change, words):
+    tc = training_config(good["dataset"], **change)
+    _expect_refusal(client, server, 400, words,
+                    model=good["model"], dataset_id=good["dataset"],
+                    training_config=tc)  # fmt: skip
+
+
+def test_bad_lora_settings(client, server, good):
+    algo = {**copy.deepcopy(LORA), "lora_attn_modules": ["q_proj", "w9"], "rank": 0}
+    _expect_refusal(client, server, 400, ["w9", "rank"],
+                    model=good["model"], dataset_id=good["dataset"],
+                    algorithm_config=algo)  # fmt: skip
+
+
+@pytest.mark.parametrize("job_uuid", ["../escape", "a/b", ".hidden", "x" * 200])
+def test_unsafe_job_uuid(client, server, good, job_uuid):
+    _expect_refusal(client, server, 400, ["job_uuid"], job_uuid=job_uuid,
+                    model=good["model"], dataset_id=good["dataset"])  # fmt: skip
+    assert not (server.work_dir / "escape").exists()
+
+
+def test_reused_job_uuid_and_cancel(client, server, good):
+    job = new_id("dup")
+    tc = training_config(good["dataset"], n_epochs=50)
+    submit(client, job, good["model"], good["dataset"], training_config=tc)
+    record = (server.work_dir / "jobs" / job / "job.json").read_bytes()
+    with pytest.raises(APIStatusError) as err:
+        submit(client, job, good["model"], good["dataset"])
+    assert err.value.status_code == 400 and "already used" in str(err.value)
+    # The first job's record is untouched.
+    assert (server.work_dir / "jobs" / job / "job.json").read_bytes() == record
+
+    cancel_job(client, job)
+    status = wait_done(client, job, timeout=60)
+    assert status["status"] == "cancelled"
+    with pytest.raises(APIStatusError) as err:
+        cancel_job(client, job)
+    assert err.value.status_code == 400 and "already ended" in str(err.value)
+
+
+def test_unknown_job_is_404(client):
+    for call in (job_status, cancel_job):
+        with pytest.raises(APIStatusError) as err:
+            call(client, "no-such-job")
+        assert err.value.status_code == 404
+
+
+def test_bad_row_beyond_sample_fails_job_with_reason(client, good):
+    # Submit checks the first 100 rows; prepare-data checks all and names the bad ones.
+    rows = instruct_rows(130)
+    rows[114] = {"chat_completion_input": "not json", "expected_answer": "x"}
+    ds = register_rows(client, good["tmp"], rows)
+    job = new_id("late")
+    submit(client, job, good["model"], ds)
+    status = wait_done(client, job, timeout=120)
+    assert status["status"] == "failed"
+    error = status["resources_allocated"]["error"]
+    assert "row 115" in error["message"] and "not valid JSON" in error["message"]
+    assert error["step"] == "prepare-data"
+    assert error["log_tail"]
+    assert status["checkpoints"] == []
