@@ -1,0 +1,81 @@
+"""A real `llama stack run` process on loopback, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(
+        self, root: Path, env: dict[str, str] | None = None, config: str = "run.yaml"
+    ) -> None:
+        self.root = root
+        self.config = config
+        self.work_dir = root / "jobs"
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log = root / "server.log"
+        self.env = {
+            **os.environ,
+            "KFP_WORK_DIR": str(self.work_dir),
+            "KFP_STATE_DIR": str(root / "state"),
+            "KFP_DEVICE": "cpu",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(BIN / "llama"),
+                    "stack",
+                    "run",
+                    str(ROOT / "run.yaml"),
+                    "--port",
+                    str(self.port),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.root,
+            )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.base_url}/v1/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"server did not come up:\n{self.log.read_text()[-3000:]}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
