@@ -158,3 +158,43 @@ def test_finetune_meta_layout_with_validation(client, tiny_models, tmp_path):
     peft_logits = _peft_logits(tiny_models / "hf", last / "adapter")
     meta_logits = _meta_logits(merged, tiny_models / "hf")
     assert torch.allclose(peft_logits, meta_logits, atol=LOGIT_ATOL, rtol=0)
+
+
+def test_dora_all_modules_untied_model(client, tmp_path):
+    """DoRA on every attention projection, the MLP and the (untied) output layer."""
+    import subprocess
+    import sys
+
+    from .server import ROOT
+
+    models = tmp_path / "untied"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make-tiny-model.py"), "--out", str(models),
+         "--layout", "hf", "--untied", "--seed", "1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    dataset = register_rows(client, tmp_path, instruct_rows(24, seed=4))
+    algo = {
+        "type": "LoRA",
+        "lora_attn_modules": ["q_proj", "k_proj", "v_proj", "output_proj"],
+        "apply_lora_to_mlp": True,
+        "apply_lora_to_output": True,
+        "rank": 4,
+        "alpha": 8,
+        "use_dora": True,
+    }
+    job = new_id("dora")
+    submit(client, job, str(models / "hf"), dataset, algorithm_config=algo,
+           training_config=training_config(dataset, n_epochs=1))  # fmt: skip
+    status = wait_done(client, job)
+    assert status["status"] == "completed", status["resources_allocated"]
+    last = Path(status["checkpoints"][-1]["path"])
+    config = json.loads((last / "adapter" / "adapter_config.json").read_text())
+    assert config["use_dora"] is True
+    assert set(config["target_modules"]) == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head",
+    }  # fmt: skip
+    peft_logits = _peft_logits(models / "hf", last / "adapter")
+    merged_logits = _hf_logits(last / "merged")
+    assert (merged_logits - _hf_logits(models / "hf")).abs().max() > 1.0
+    assert torch.allclose(peft_logits, merged_logits, atol=LOGIT_ATOL, rtol=0)

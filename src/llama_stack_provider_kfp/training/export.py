@@ -133,6 +133,12 @@ def _write_adapter(
         dim=arch.embed_dim,
         head_dim=arch.head_dim,
     )
+    for key, value in weights.items():
+        # torchtune permutes q/k LoRA-B rows into HF's RoPE order but not the DoRA magnitude
+        # (one entry per output row), which then scales the wrong rows: permute it the same way.
+        for proj, heads in (("q_proj", arch.num_heads), ("k_proj", arch.num_kv_heads)):
+            if key.endswith(f"{proj}.lora_magnitude_vector"):
+                weights[key] = value.view(heads, arch.head_dim // 2, 2).transpose(1, 2).reshape(-1)
     save_file({k: v.contiguous() for k, v in weights.items()}, out / "adapter_model.safetensors")
     config = convert_weights.tune_to_peft_adapter_config(dict(adapter_config))
     config.update(task_type="CAUSAL_LM", bias="none", lora_dropout=0.0, inference_mode=True)
