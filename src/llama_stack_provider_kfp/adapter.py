@@ -46,6 +46,7 @@ from .job_store import JobRecord, JobStore, check_job_id, now
 from .model_source import ModelError, resolve_model
 from .rows import RowError, to_messages
 from .runners.local import LocalRunner
+from .scheduler import JobScheduler
 from .spec import DataSpec, JobSpec, LoraSpec, ModelSpec, OptimSpec, TrainSpec
 
 LORA_EXAMPLE = (
@@ -142,13 +143,14 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         self.datasets_api = datasets
         self.store = JobStore(config.work_dir)
         self.runner = LocalRunner(self.store)
+        self.scheduler = JobScheduler(self.store, self.runner, config.max_concurrent_jobs)
 
     async def initialize(self) -> None:
         pass
 
     async def shutdown(self) -> None:
-        # Jobs run in their own sessions and outlive the server; nothing to stop.
-        pass
+        # Jobs run in their own sessions and outlive the server unless told otherwise.
+        await asyncio.to_thread(self.scheduler.shutdown, self.config.cancel_jobs_on_shutdown)
 
     # ---- submit -------------------------------------------------------------------------
 
@@ -254,9 +256,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
                 output_uri=str(output_dir),
             )
             record = JobRecord(job_uuid=request.job_uuid, spec=spec, scheduled_at=now())
-            self.store.save(record)
-            record.runner = self.runner.start(request.job_uuid)
-            self.store.save(record)
+            self.scheduler.submit(record)
         except BaseException:
             self.store.discard(request.job_uuid)
             raise
@@ -382,9 +382,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         seen = self.runner.observe(record)
         if seen.status in ("completed", "failed", "cancelled"):
             raise ValueError(f"job {record.job_uuid!r} has already ended ({seen.status})")
-        record.cancelled_at = now()
-        self.store.save(record)
-        await asyncio.to_thread(self.runner.cancel, record)
+        await asyncio.to_thread(self.scheduler.cancel, record)
 
     @as_http_errors
     async def get_training_job_artifacts(

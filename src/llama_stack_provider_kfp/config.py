@@ -43,6 +43,17 @@ class KFPPostTrainingConfig(BaseModel):
         description="Fraction of the training rows held out for validation when a request "
         "names no validation_dataset_id.",
     )
+    max_concurrent_jobs: int = Field(
+        default=1,
+        ge=1,
+        description="Jobs that train at the same time; later ones wait as `scheduled`, in "
+        "submission order. One suits a CPU or a single GPU.",
+    )
+    cancel_jobs_on_shutdown: bool = Field(
+        default=False,
+        description="Cancel running and queued jobs when the server stops. By default they "
+        "keep running and are tracked again when the server starts.",
+    )
     submit_sample_rows: int = Field(
         default=100,
         ge=1,

@@ -41,8 +41,12 @@ class JobRecord(BaseModel):
     job_uuid: str
     spec: JobSpec
     scheduled_at: datetime
+    # None while queued; set when the worker process is started.
     runner: RunnerHandle | None = None
     cancelled_at: datetime | None = None
+    # Set by the server when the worker vanished without reporting an outcome.
+    lost: dict | None = None
+    lost_at: datetime | None = None
 
 
 class WorkerState(BaseModel):
@@ -50,6 +54,8 @@ class WorkerState(BaseModel):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     error: dict | None = None
+    # The worker's own handle: lets the server adopt a worker whose start it did not record.
+    runner: RunnerHandle | None = None
 
 
 def check_job_id(job_uuid: str) -> None:

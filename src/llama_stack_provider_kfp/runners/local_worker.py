@@ -9,12 +9,15 @@ restart without losing the job.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from pathlib import Path
 
+import psutil
+
 from ..atomic_json import read_json
-from ..job_store import JobRecord, WorkerState, now, write_worker_state
+from ..job_store import JobRecord, RunnerHandle, WorkerState, now, write_worker_state
 from ..log_tail import tail
 
 
@@ -22,7 +25,8 @@ def run(job_dir: Path) -> int:
     record = JobRecord.model_validate(read_json(job_dir / "job.json"))
     spec = record.spec
     started = now()
-    write_worker_state(job_dir, WorkerState(status="in_progress", started_at=started))
+    me = RunnerHandle(pid=os.getpid(), create_time=psutil.Process().create_time())
+    write_worker_state(job_dir, WorkerState(status="in_progress", started_at=started, runner=me))
     try:
         from kfp import local
 
@@ -44,11 +48,14 @@ def run(job_dir: Path) -> int:
         error["log_tail"] = tail(job_dir / "worker.log")
         write_worker_state(
             job_dir,
-            WorkerState(status="failed", started_at=started, completed_at=now(), error=error),
+            WorkerState(
+                status="failed", started_at=started, completed_at=now(), error=error, runner=me
+            ),
         )
         return 1
     write_worker_state(
-        job_dir, WorkerState(status="completed", started_at=started, completed_at=now())
+        job_dir,
+        WorkerState(status="completed", started_at=started, completed_at=now(), runner=me),
     )
     return 0
 
