@@ -17,7 +17,7 @@ mkdir -p "$work"
   || "$py" "$here/scripts/make-tiny-model.py" --out "$work/tiny" >/dev/null
 
 port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export KFP_WORK_DIR="$work/jobs" KFP_STATE_DIR="$work/state"
+export KFP_WORK_DIR="$work" KFP_STATE_DIR="$work/state"
 "$venv/bin/llama" stack run "$here/run.yaml" --port "$port" >"$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT

@@ -66,12 +66,12 @@ class JobScheduler:
             self._active.add(record.job_uuid)
             self._dispatch()
 
-    def cancel(self, record: JobRecord) -> None:
+    def cancel(self, record: JobRecord, grace_seconds: float = 5.0) -> None:
         """Mark cancelled (durably, first), then stop the worker's process tree."""
         with self._lock:
             record.cancelled_at = now()
             self.store.save(record)
-        self.runner.kill(record)
+        self.runner.kill(record, grace_seconds)
         with self._lock:
             self._active.discard(record.job_uuid)
             self._dispatch()
@@ -83,7 +83,8 @@ class JobScheduler:
         with self._lock:
             records = [r for r in map(self.store.load, list(self._active)) if r is not None]
         for record in records:
-            self.cancel(record)
+            # llama-stack gives providers 5 s to shut down.
+            self.cancel(record, grace_seconds=1.0)
 
     # ---- dispatch -----------------------------------------------------------------------
 

@@ -68,6 +68,26 @@ class Server:
             time.sleep(0.3)
         raise RuntimeError(f"server did not come up:\n{self.log.read_text()[-3000:]}")
 
+    @property
+    def jobs_dir(self) -> Path:
+        return self.work_dir / "jobs"
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self) -> Server:
+        """Start again on the same work and state directories (on a new port)."""
+        self.stop()
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        return self.start()
+
+    def client(self):
+        from llama_stack_client import LlamaStackClient
+
+        return LlamaStackClient(base_url=self.base_url, max_retries=0, timeout=120)
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

@@ -1,0 +1,258 @@
+"""Durable, observable job tracking, through real servers and the real client.
+
+Each test runs its own `llama stack run` on a work directory of its own, so it can kill and
+restart it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from llama_stack_provider_kfp.client import cancel_job, job_status
+from llama_stack_provider_kfp.demo_data import instruct_rows
+
+from .helpers import new_id, register_rows, submit, training_config, wait_done
+from .server import Server
+
+pytestmark = pytest.mark.e2e
+
+LONG_EPOCHS = 4  # 50 rows, batch 4: 52 steps, long enough to act on a running job
+
+
+@pytest.fixture
+def srv(tmp_path):
+    servers: list[Server] = []
+
+    def make(**env) -> Server:
+        s = Server(tmp_path / f"srv{len(servers)}", env={k: str(v) for k, v in env.items()})
+        s.root.mkdir()
+        servers.append(s)
+        return s.start()
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+def _long_job(client, tiny: Path, tmp: Path, epochs: int = LONG_EPOCHS) -> str:
+    ds = register_rows(client, tmp, instruct_rows(50))
+    job = new_id("long")
+    submit(client, job, str(tiny / "hf"), ds, training_config=training_config(ds, n_epochs=epochs))
+    return job
+
+
+def _wait_step(client, job: str, step: int, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = job_status(client, job)
+        progress = (st.get("resources_allocated") or {}).get("progress") or {}
+        if progress.get("step", 0) >= step:
+            return st
+        assert st["status"] in ("scheduled", "in_progress"), st
+        time.sleep(0.2)
+    raise AssertionError(f"{job} did not reach step {step}")
+
+
+def _record(server: Server, job: str) -> dict:
+    return json.loads((server.jobs_dir / job / "job.json").read_text())
+
+
+def _job_pids(server: Server, job: str) -> set[int]:
+    """The worker and every process under it (kfp.local task processes included)."""
+    pid = _record(server, job)["runner"]["pid"]
+    worker = psutil.Process(pid)
+    return {pid} | {c.pid for c in worker.children(recursive=True)}
+
+
+def _gone(pids: set[int]) -> bool:
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            pass
+    return True
+
+
+def test_server_kill9_and_restart_reattaches(srv, tiny_models, tmp_path):
+    server = srv()
+    client = server.client()
+    job = _long_job(client, tiny_models, tmp_path)
+    before = _wait_step(client, job, 3)["resources_allocated"]["progress"]["step"]
+    worker = _record(server, job)["runner"]["pid"]
+
+    server.kill9()
+    assert psutil.pid_exists(worker)  # the job outlives the server
+    server.restart()
+    client = server.client()
+
+    assert job in [j.job_uuid for j in client.alpha.post_training.job.list()]
+    st = _wait_step(client, job, before + 2)
+    assert st["status"] == "in_progress"
+    st = wait_done(client, job)
+    assert st["status"] == "completed", st["resources_allocated"]
+    assert [c["epoch"] for c in st["checkpoints"]] == list(range(1, LONG_EPOCHS + 1))
+
+
+def test_worker_kill9_fails_job_with_reason(srv, tiny_models, tmp_path):
+    server = srv()
+    client = server.client()
+    job = _long_job(client, tiny_models, tmp_path)
+    _wait_step(client, job, 1)
+    pids = _job_pids(server, job)
+    os.kill(_record(server, job)["runner"]["pid"], signal.SIGKILL)
+
+    st = wait_done(client, job, timeout=30)
+    assert st["status"] == "failed"
+    error = st["resources_allocated"]["error"]
+    assert "worker process exited without reporting an outcome" in error["message"]
+    assert error["log_tail"]
+    # The orphaned kfp.local task processes are stopped too.
+    deadline = time.monotonic() + 15
+    while not _gone(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _gone(pids)
+    # The outcome is durable: still failed, with the same reason, after a restart.
+    server.restart()
+    again = job_status(server.client(), job)
+    assert again["status"] == "failed"
+    assert again["resources_allocated"]["error"]["message"] == error["message"]
+
+
+def test_cancel_stops_every_process(srv, tiny_models, tmp_path):
+    server = srv()
+    client = server.client()
+    job = _long_job(client, tiny_models, tmp_path)
+    _wait_step(client, job, 1)
+    pids = _job_pids(server, job)
+    assert len(pids) >= 2  # the worker and at least the running task
+
+    cancel_job(client, job)
+    st = job_status(client, job)
+    assert st["status"] == "cancelled"
+    assert _gone(pids)
+    # Finished epochs (if any) stay; nothing half-written is presented as a checkpoint.
+    for c in st["checkpoints"]:
+        assert (Path(c["path"]) / "metrics.json").is_file()
+
+
+def test_queue_limit_order_and_restart(srv, tiny_models, tmp_path):
+    server = srv(KFP_MAX_CONCURRENT_JOBS=2)
+    client = server.client()
+    ds = register_rows(client, tmp_path, instruct_rows(12))
+    jobs = [new_id(f"q{i}") for i in range(6)]
+    for job in jobs:
+        submit(client, job, str(tiny_models / "hf"), ds,
+               training_config=training_config(ds, n_epochs=1))  # fmt: skip
+    statuses = [job_status(client, j)["status"] for j in jobs]
+    assert statuses[2:] == ["scheduled"] * 4
+
+    # The queue survives a crash of the server.
+    server.kill9()
+    server.restart()
+    client = server.client()
+    done = [wait_done(client, j) for j in jobs]
+    assert [d["status"] for d in done] == ["completed"] * 6
+
+    # Started in submission order (process start times, one clock).
+    created = [_record(server, j)["runner"]["create_time"] for j in jobs]
+    assert created == sorted(created)
+    # Never more than 2 at once (the workers' own start/end times, wall clock).
+    spans = [(_ts(d["started_at"]), _ts(d["completed_at"])) for d in done]
+    for t, _ in spans:
+        running = sum(1 for s, e in spans if s <= t < e)
+        assert running <= 2, spans
+
+
+def _ts(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def test_training_exception_reaches_status(srv, tiny_models, tmp_path):
+    # An untied Meta checkpoint whose params.json does not say so: the train step finds the
+    # output weights differ from the embeddings and raises with what to change.
+    import subprocess
+    import sys
+
+    from .server import ROOT
+
+    out = tmp_path / "untied"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make-tiny-model.py"), "--out", str(out),
+         "--layout", "meta", "--untied"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    params = json.loads((out / "meta" / "params.json").read_text())
+    del params["tie_word_embeddings"]
+    (out / "meta" / "params.json").write_text(json.dumps(params))
+
+    server = srv()
+    client = server.client()
+    ds = register_rows(client, tmp_path, instruct_rows(12))
+    job = new_id("raise")
+    submit(client, job, str(out / "meta"), ds)
+    st = wait_done(client, job)
+    assert st["status"] == "failed"
+    error = st["resources_allocated"]["error"]
+    assert error["step"] == "train"
+    assert error["message"].startswith("ValueError: ")
+    assert '"tie_word_embeddings": false' in error["message"]
+
+
+def test_corrupt_records_do_not_stop_the_server(srv, tiny_models, tmp_path):
+    server = srv()
+    client = server.client()
+    ds = register_rows(client, tmp_path, instruct_rows(12))
+    good = new_id("good")
+    submit(client, good, str(tiny_models / "hf"), ds,
+           training_config=training_config(ds, n_epochs=1))  # fmt: skip
+    assert wait_done(client, good)["status"] == "completed"
+    server.stop()
+
+    # A crash mid-write: a truncated record, a leftover temp file, an empty state file.
+    broken = server.jobs_dir / "broken-1"
+    broken.mkdir()
+    (broken / "job.json").write_text(_record(server, good).__repr__()[:200])
+    (server.jobs_dir / good / ".job.json.abc123.tmp").write_text('{"job_uuid": "go')
+    empty_state = server.jobs_dir / "empty-state"
+    empty_state.mkdir()
+    (empty_state / "state.json").write_text("")
+
+    server.restart()
+    client = server.client()
+    listed = [j.job_uuid for j in client.alpha.post_training.job.list()]
+    assert listed == [good]
+    st = job_status(client, good)
+    assert st["status"] == "completed" and len(st["checkpoints"]) == 1
+
+
+def test_shutdown_keeps_or_cancels_jobs(srv, tiny_models, tmp_path):
+    # Default: a graceful stop leaves the job running.
+    server = srv()
+    client = server.client()
+    job = _long_job(client, tiny_models, tmp_path, epochs=2)
+    _wait_step(client, job, 1)
+    server.stop()
+    assert psutil.pid_exists(_record(server, job)["runner"]["pid"])
+    server.restart()
+    assert wait_done(server.client(), job)["status"] == "completed"
+
+    # cancel_jobs_on_shutdown: the stop cancels it.
+    server2 = srv(KFP_CANCEL_JOBS_ON_SHUTDOWN="true")
+    client2 = server2.client()
+    job2 = _long_job(client2, tiny_models, tmp_path)
+    _wait_step(client2, job2, 1)
+    pids = _job_pids(server2, job2)
+    server2.stop()
+    assert _gone(pids)
+    server2.restart()
+    assert job_status(server2.client(), job2)["status"] == "cancelled"
