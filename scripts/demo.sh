@@ -28,6 +28,7 @@ for _ in $(seq 120); do
 done
 echo "server up on port $port (log: $work/server.log)"
 start=$(date +%s%N)
-"$py" "$here/scripts/run-training.py" --base-url "http://127.0.0.1:$port" --model "$work/tiny/$layout" "$@"
+"$py" "$here/scripts/run-training.py" --base-url "http://127.0.0.1:$port" --model "$work/tiny/$layout" \
+  --plot "$work/loss.png" "$@"
 ms=$(( ($(date +%s%N) - start) / 1000000 ))
 echo "demo: fine-tune wall time $((ms / 1000)).$(printf %03d $((ms % 1000))) s (submit to completed, server already up)"

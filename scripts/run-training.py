@@ -50,7 +50,25 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32")
     ap.add_argument("--job-id", default=None)
     ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--plot", type=Path, help="loss curve PNG (default: <job id>-loss.png)")
     return ap.parse_args()
+
+
+def save_loss_plot(history: list, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, losses = zip(*history, strict=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(steps, losses, marker=".", linewidth=1)
+    ax.set(xlabel="optimizer step", ylabel="training loss", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -142,6 +160,11 @@ def main() -> int:
             time.sleep(1.0)
 
     wall = time.monotonic() - started
+    history = (status.get("resources_allocated") or {}).get("loss_history") or []
+    if history:
+        plot = args.plot or Path(f"{job_id}-loss.png")
+        save_loss_plot(history, plot, job_id)
+        console.print(f"loss curve: {plot}")
     console.print(f"job {job_id}: [bold]{status['status']}[/bold] after {wall:.1f}s")
     if status["status"] != "completed":
         err = (status.get("resources_allocated") or {}).get("error") or {}

@@ -5,6 +5,6 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=$(bash "$here/scripts/setup.sh" | tail -n 1)
 cd "$here"
-"$venv/bin/ruff" check src scripts tests
-"$venv/bin/ruff" format --check src scripts tests
+"$venv/bin/ruff" check src scripts tests bench
+"$venv/bin/ruff" format --check src scripts tests bench
 exec "$venv/bin/python" -m pytest "$@"

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e.server import ROOT, Server
+from llama_stack_provider_kfp.local_server import ROOT, Server
 
 
 @pytest.fixture(scope="session")

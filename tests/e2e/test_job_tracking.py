@@ -19,7 +19,7 @@ from llama_stack_provider_kfp.client import cancel_job, job_status
 from llama_stack_provider_kfp.demo_data import instruct_rows
 
 from .helpers import new_id, register_rows, submit, training_config, wait_done
-from .server import Server
+from llama_stack_provider_kfp.local_server import Server
 
 pytestmark = pytest.mark.e2e
 
@@ -183,7 +183,7 @@ def test_training_exception_reaches_status(srv, tiny_models, tmp_path):
     import subprocess
     import sys
 
-    from .server import ROOT
+    from llama_stack_provider_kfp.local_server import ROOT
 
     out = tmp_path / "untied"
     subprocess.run(

@@ -165,7 +165,7 @@ def test_dora_all_modules_untied_model(client, tmp_path):
     import subprocess
     import sys
 
-    from .server import ROOT
+    from llama_stack_provider_kfp.local_server import ROOT
 
     models = tmp_path / "untied"
     subprocess.run(

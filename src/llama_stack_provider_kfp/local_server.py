@@ -1,4 +1,8 @@
-"""A real `llama stack run` process on loopback, for end-to-end tests."""
+"""Start a real `llama stack run` with this provider on a free loopback port.
+
+Used by the end-to-end tests and the benchmarks; the repository root (run.yaml) is found
+from this file, so it works from an editable install of a clone.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # src/llama_stack_provider_kfp -> repo root
 BIN = Path(sys.executable).parent
 
 
