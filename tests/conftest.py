@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from llama_stack_provider_kfp.local_server import ROOT, Server
 
 

@@ -17,9 +17,9 @@ import pytest
 
 from llama_stack_provider_kfp.client import cancel_job, job_status
 from llama_stack_provider_kfp.demo_data import instruct_rows
+from llama_stack_provider_kfp.local_server import Server
 
 from .helpers import new_id, register_rows, submit, training_config, wait_done
-from llama_stack_provider_kfp.local_server import Server
 
 pytestmark = pytest.mark.e2e
 
