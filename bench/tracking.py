@@ -29,8 +29,8 @@ import psutil
 
 from llama_stack_provider_kfp.client import cancel_job, job_status, register_jsonl
 from llama_stack_provider_kfp.data_uri import write_jsonl
-from llama_stack_provider_kfp.demo_data import instruct_rows
-from llama_stack_provider_kfp.local_server import ROOT, Server
+from llama_stack_provider_kfp.demo_data import DEMO_LORA, instruct_rows
+from llama_stack_provider_kfp.local_server import ROOT, Server, any_alive, job_processes
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -39,21 +39,6 @@ def _pct(values: list[float], q: float) -> float:
         if len(values) > 1
         else values[0]
     )
-
-
-def _job_pids(server: Server, job: str) -> set[int]:
-    pid = json.loads((server.jobs_dir / job / "job.json").read_text())["runner"]["pid"]
-    return {pid} | {c.pid for c in psutil.Process(pid).children(recursive=True)}
-
-
-def _alive(pids: set[int]) -> bool:
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            pass
-    return False
 
 
 def main() -> None:
@@ -89,14 +74,7 @@ def main() -> None:
                 model=str(tmp / "tiny" / "hf"),
                 hyperparam_search_config={},
                 logger_config={},
-                algorithm_config={
-                    "type": "LoRA",
-                    "lora_attn_modules": ["q_proj", "v_proj"],
-                    "apply_lora_to_mlp": True,
-                    "apply_lora_to_output": False,
-                    "rank": 8,
-                    "alpha": 16,
-                },
+                algorithm_config=DEMO_LORA,
                 training_config={
                     "n_epochs": 50,
                     "max_steps_per_epoch": 1000,
@@ -141,11 +119,11 @@ def main() -> None:
 
         cancels = []
         for job in jobs:
-            pids = _job_pids(server, job)
+            pids = job_processes(server, job)
             gone_at: list[float] = []
 
             def watch(pids=pids, gone_at=gone_at):
-                while _alive(pids):
+                while any_alive(pids):
                     time.sleep(0.005)
                 gone_at.append(time.perf_counter())
 

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from llama_stack_provider_kfp.client import job_status, register_jsonl
 from llama_stack_provider_kfp.data_uri import write_jsonl
-from llama_stack_provider_kfp.demo_data import instruct_rows
+from llama_stack_provider_kfp.demo_data import DEMO_LORA, instruct_rows
 
 
 def parse_args() -> argparse.Namespace:
@@ -73,7 +73,8 @@ def save_loss_plot(history: list, path: Path, title: str) -> None:
 
 def main() -> int:
     args = parse_args()
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     console = Console(stderr=True)
     client = LlamaStackClient(base_url=args.base_url)
     job_id = args.job_id or f"sft-{uuid.uuid4().hex[:8]}"
@@ -100,14 +101,7 @@ def main() -> int:
         job_uuid=job_id,
         model=args.model,
         checkpoint_dir=args.checkpoint_dir,
-        algorithm_config={
-            "type": "LoRA",
-            "lora_attn_modules": ["q_proj", "v_proj"],
-            "apply_lora_to_mlp": True,
-            "apply_lora_to_output": False,
-            "rank": args.rank,
-            "alpha": args.alpha,
-        },
+        algorithm_config={**DEMO_LORA, "rank": args.rank, "alpha": args.alpha},
         training_config={
             "n_epochs": args.epochs,
             "max_steps_per_epoch": args.max_steps_per_epoch,

@@ -16,6 +16,17 @@ NAMES = (
 )  # fmt: skip
 
 
+# A LoRA algorithm_config for the demo, tests and benchmarks.
+DEMO_LORA = {
+    "type": "LoRA",
+    "lora_attn_modules": ["q_proj", "v_proj"],
+    "apply_lora_to_mlp": True,
+    "apply_lora_to_output": False,
+    "rank": 8,
+    "alpha": 16,
+}
+
+
 def instruct_rows(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []

@@ -6,6 +6,7 @@ from this file, so it works from an editable install of a clone.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[2]  # src/llama_stack_provider_kfp -> repo root
 BIN = Path(sys.executable).parent
@@ -103,3 +105,20 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def job_processes(server: Server, job_uuid: str) -> set[int]:
+    """Pids of a job's worker and every process under it (kfp.local tasks included)."""
+    record = json.loads((server.jobs_dir / job_uuid / "job.json").read_text())
+    pid = record["runner"]["pid"]
+    return {pid} | {c.pid for c in psutil.Process(pid).children(recursive=True)}
+
+
+def any_alive(pids: set[int]) -> bool:
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            pass
+    return False

@@ -10,15 +10,9 @@ from typing import Any
 
 from llama_stack_provider_kfp.client import job_status, register_jsonl
 from llama_stack_provider_kfp.data_uri import write_jsonl
+from llama_stack_provider_kfp.demo_data import DEMO_LORA
 
-LORA = {
-    "type": "LoRA",
-    "lora_attn_modules": ["q_proj", "v_proj"],
-    "apply_lora_to_mlp": True,
-    "apply_lora_to_output": False,
-    "rank": 8,
-    "alpha": 16,
-}
+LORA = DEMO_LORA
 
 
 def training_config(dataset_id: str, **over: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pytest
 
 from llama_stack_provider_kfp.client import cancel_job, job_status
 from llama_stack_provider_kfp.demo_data import instruct_rows
-from llama_stack_provider_kfp.local_server import Server
+from llama_stack_provider_kfp.local_server import Server, any_alive, job_processes
 
 from .helpers import new_id, register_rows, submit, training_config, wait_done
 
@@ -65,20 +65,11 @@ def _record(server: Server, job: str) -> dict:
 
 
 def _job_pids(server: Server, job: str) -> set[int]:
-    """The worker and every process under it (kfp.local task processes included)."""
-    pid = _record(server, job)["runner"]["pid"]
-    worker = psutil.Process(pid)
-    return {pid} | {c.pid for c in worker.children(recursive=True)}
+    return job_processes(server, job)
 
 
 def _gone(pids: set[int]) -> bool:
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return False
-        except psutil.NoSuchProcess:
-            pass
-    return True
+    return not any_alive(pids)
 
 
 def test_server_kill9_and_restart_reattaches(srv, tiny_models, tmp_path):
