@@ -88,9 +88,9 @@ def _copy_if_exists(src: Path, dst: Path) -> None:
 
 
 def _write_merged(
-    out: Path, merged: dict[str, torch.Tensor], model: ModelSpec, fmt: str, dtype: str
+    out: Path, merged: dict[str, torch.Tensor], model: ModelSpec, src: Path, fmt: str, dtype: str
 ) -> None:
-    arch, src = model.arch, Path(model.path)
+    arch = model.arch
     out.mkdir(parents=True)
     tokenizer = src / model.tokenizer_file
     if fmt == "huggingface":
@@ -152,6 +152,7 @@ def write_epoch(
     adapter: dict[str, torch.Tensor],
     adapter_config: dict,
     model: ModelSpec,
+    model_dir: Path,
     fmt: str,
     dtype: str,
     metrics: dict[str, Any],
@@ -159,7 +160,7 @@ def write_epoch(
     final = output_dir / "checkpoints" / f"epoch_{epoch}"
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_merged(tmp / "merged", merged, model, fmt, dtype)
+    _write_merged(tmp / "merged", merged, model, model_dir, fmt, dtype)
     _write_adapter(tmp / "adapter", adapter, adapter_config, model.arch)
     write_json(
         tmp / "metrics.json",

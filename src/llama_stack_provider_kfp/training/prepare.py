@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 from pathlib import Path
 
 from ..data_uri import iter_rows
 from ..rows import RowError, to_messages
 from ..spec import JobSpec
 from .errors import report_errors
+from .locations import fetch_data
 
 MAX_REPORTED_ROWS = 10
 
@@ -22,7 +24,9 @@ def prepare(
     job_spec: str, dataset_uri: str, validation_uri: str, train_path: str, validation_path: str
 ) -> dict[str, int]:
     spec = JobSpec.model_validate_json(job_spec)
-    with report_errors(spec.output_uri, "prepare-data"):
+    with report_errors(spec.output_uri, "prepare-data"), tempfile.TemporaryDirectory() as tmp:
+        dataset_uri = fetch_data(dataset_uri, Path(tmp))
+        validation_uri = fetch_data(validation_uri, Path(tmp)) if validation_uri else ""
         return _prepare(spec, dataset_uri, validation_uri, train_path, validation_path)
 
 

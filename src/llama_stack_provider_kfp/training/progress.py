@@ -29,6 +29,7 @@ class ProgressLogger:
         self._input_tokens = 0
         self._started = self._last = time.perf_counter()
         self._tps: list[float] = []
+        self.on_write = lambda: None  # e.g. upload progress.json when the output is remote
 
     def begin(self, total_steps: int, steps_per_epoch: int, total_epochs: int, **facts) -> None:
         self.total_steps, self.steps_per_epoch = total_steps, max(steps_per_epoch, 1)
@@ -84,6 +85,7 @@ class ProgressLogger:
             total_epochs=self.total_epochs,
         )
         write_json(self.path, {"progress": progress, "loss_history": self.history, **self.facts})
+        self.on_write()
 
     def close(self) -> None:
         pass

@@ -27,6 +27,7 @@ from torchtune.modules.peft import (
 
 from ..spec import JobSpec
 from .export import write_epoch
+from .locations import Output
 
 
 def _load_torchtune_recipe():
@@ -58,10 +59,11 @@ def _count_collate(collate, samples: list[dict]) -> dict:
 
 
 class ProviderLoRARecipe(LoRAFinetuneRecipeSingleDevice):
-    def __init__(self, cfg: DictConfig, spec: JobSpec, output_dir: Path) -> None:
+    def __init__(self, cfg: DictConfig, spec: JobSpec, output: Output, model_dir: Path) -> None:
         super().__init__(cfg)
         self.spec = spec
-        self.output_dir = output_dir
+        self.output = output
+        self.model_dir = model_dir
         self.samples_seen = 0
         self._samples_at_last_epoch = 0
         self._epoch_losses: list[float] = []
@@ -85,6 +87,7 @@ class ProviderLoRARecipe(LoRAFinetuneRecipeSingleDevice):
                 )
         self.train_rows = len(self._dataloader.dataset)
         self.validation_rows = len(self._val_loader.dataset) if self._val_loader else 0
+        self._metric_logger.on_write = lambda: self.output.push("progress.json", 5.0)
         self._metric_logger.begin(
             total_steps=self.total_epochs * self._steps_per_epoch,
             steps_per_epoch=self._steps_per_epoch,
@@ -166,16 +169,18 @@ class ProviderLoRARecipe(LoRAFinetuneRecipeSingleDevice):
             "use_dora": self.spec.lora.use_dora,
         }
         write_epoch(
-            self.output_dir,
+            self.output.local,
             epoch + 1,  # epochs are numbered from 1 in the output layout
             merged,
             adapter,
             adapter_config,
             self.spec.model,
+            self.model_dir,
             self.spec.output_format,
             self.spec.train.dtype,
             metrics,
         )
+        self.output.push(f"checkpoints/epoch_{epoch + 1}")
         self.epochs.append({"epoch": epoch + 1, **metrics})
 
     def peak_memory_mb(self) -> float:

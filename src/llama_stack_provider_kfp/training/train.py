@@ -10,6 +10,7 @@ from typing import Any
 from ..atomic_json import write_json
 from ..spec import JobSpec, ModelSpec
 from .errors import report_errors
+from .locations import Output, fetch_model
 
 _OPTIMIZERS = {"adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW", "sgd": "torch.optim.SGD"}
 
@@ -162,28 +163,33 @@ def run_training(
     job_spec: str, model_uri: str, output_uri: str, train_path: str, val_path: str
 ) -> dict[str, Any]:
     spec = JobSpec.model_validate_json(job_spec)
-    with report_errors(output_uri, "train"):
-        return _run(spec, model_uri, Path(output_uri), train_path, val_path)
+    with report_errors(output_uri, "train"), tempfile.TemporaryDirectory(prefix="model-") as tmp:
+        model_dir = fetch_model(model_uri, Path(tmp))
+        return _run(spec, model_dir, Output(output_uri), train_path, val_path)
 
 
 def _run(
-    spec: JobSpec, model_dir: str, output_dir: Path, train_path: str, val_path: str
+    spec: JobSpec, model_dir: Path, output: Output, train_path: str, val_path: str
 ) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from .recipe import ProviderLoRARecipe
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _check_meta_tying(spec, model_dir)
+    _check_meta_tying(spec, str(model_dir))
     has_val = Path(val_path).is_file() and Path(val_path).stat().st_size > 0
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tt-scratch-") as scratch:
         cfg = OmegaConf.create(
             build_config(
-                spec, model_dir, output_dir, train_path, val_path if has_val else None, scratch
+                spec,
+                str(model_dir),
+                output.local,
+                train_path,
+                val_path if has_val else None,
+                scratch,
             )
         )
-        recipe = ProviderLoRARecipe(cfg=cfg, spec=spec, output_dir=output_dir)
+        recipe = ProviderLoRARecipe(cfg=cfg, spec=spec, output=output, model_dir=model_dir)
         recipe.setup(cfg=cfg)
         recipe.train()
         recipe.cleanup()
@@ -206,5 +212,7 @@ def _run(
             k: float(v) for k, v in last.items() if isinstance(v, int | float) and k != "epoch"
         },
     }
-    write_json(output_dir / "result.json", result)
+    write_json(output.local / "result.json", result)
+    output.push("progress.json")
+    output.push("result.json")
     return result
