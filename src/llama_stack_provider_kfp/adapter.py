@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,14 +39,16 @@ from llama_stack_api.common.errors import DatasetNotFoundError
 from llama_stack_api.datasetio.models import IterRowsRequest
 from llama_stack_api.datasets.models import GetDatasetRequest
 
-from . import data_uri
+from . import data_uri, storage
 from .config import KFPPostTrainingConfig
 from .http_errors import as_http_errors
 from .job_outputs import list_checkpoints, read_progress, read_result
 from .job_store import JobRecord, JobStore, check_job_id, now
-from .model_source import ModelError, resolve_model
+from .model_source import ModelError, inspect_s3_model, resolve_model
+from .placement import remote_placement
 from .rows import RowError, to_messages
 from .runners.local import LocalRunner
+from .runners.remote import RemoteRunner
 from .scheduler import JobScheduler
 from .spec import DataSpec, JobSpec, LoraSpec, ModelSpec, OptimSpec, TrainSpec
 
@@ -134,15 +137,20 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
     def __init__(
         self, config: KFPPostTrainingConfig, datasetio_api: DatasetIO, datasets: Datasets
     ) -> None:
-        if config.mode != "local":
-            raise ValueError(
-                f"mode={config.mode!r} is not available yet; set mode: local in run.yaml"
-            )
         self.config = config
         self.datasetio_api = datasetio_api
         self.datasets_api = datasets
         self.store = JobStore(config.work_dir)
-        self.runner = LocalRunner(self.store)
+        self.remote = config.mode == "remote"
+        if self.remote:
+            if not config.remote.s3_bucket:
+                raise ValueError("mode: remote needs remote.s3_bucket (where jobs stage data)")
+            if config.remote.s3_endpoint_url:
+                # The server's own boto3 clients (staging, progress) use the same endpoint.
+                os.environ.setdefault("AWS_ENDPOINT_URL", config.remote.s3_endpoint_url)
+            self.runner = RemoteRunner(self.store, config.remote, remote_placement(config.remote))
+        else:
+            self.runner = LocalRunner(self.store)
         self.scheduler = JobScheduler(self.store, self.runner, config.max_concurrent_jobs)
 
     async def initialize(self) -> None:
@@ -179,13 +187,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             )
         model_name = request.model or request.checkpoint_dir
         try:
-            model = await asyncio.to_thread(
-                resolve_model,
-                model_name,
-                request.checkpoint_dir,
-                self.config.model_dirs,
-                _descriptor_repo(model_name),
-            )
+            model = await asyncio.to_thread(self._resolve_model, model_name, request.checkpoint_dir)
         except ModelError as e:
             raise ValueError(str(e)) from None
         _check_lora(algo, model)
@@ -199,15 +201,14 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             else None
         )
 
+        if self.remote:
+            await asyncio.to_thread(self.runner.check)  # endpoint and token, before anything
         job_dir = self.store.reserve(request.job_uuid)
         try:
-            output_dir = job_dir / "output"
-            output_dir.mkdir()
-            train_uri = await self._materialize(train_src, job_dir / "input" / "train.jsonl")
+            output_uri = self._output_uri(request.job_uuid, job_dir)
+            train_uri = await self._materialize(train_src, job_dir, "train.jsonl")
             val_uri = (
-                await self._materialize(val_src, job_dir / "input" / "validation.jsonl")
-                if val_src
-                else None
+                await self._materialize(val_src, job_dir, "validation.jsonl") if val_src else None
             )
             spec = JobSpec(
                 job_uuid=request.job_uuid,
@@ -253,7 +254,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
                     warmup_steps=tc.optimizer_config.num_warmup_steps,
                 ),
                 output_format=self.config.checkpoint_format or model.layout,
-                output_uri=str(output_dir),
+                output_uri=output_uri,
             )
             record = JobRecord(job_uuid=request.job_uuid, spec=spec, scheduled_at=now())
             self.scheduler.submit(record)
@@ -302,12 +303,42 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
                 ) from None
         return found
 
-    @staticmethod
-    async def _materialize(source: str | list[dict], path: Path) -> str:
-        if isinstance(source, str):
+    def _resolve_model(self, name: str, checkpoint_dir: str | None) -> ModelSpec:
+        where = checkpoint_dir or name
+        if self.remote:
+            if not storage.is_s3(where):
+                raise ModelError(
+                    f"in remote mode the weights must be in S3: upload them with "
+                    f"scripts/upload-model.py and pass checkpoint_dir='s3://...' (got {where!r})"
+                )
+            return inspect_s3_model(name, where)
+        return resolve_model(name, checkpoint_dir, self.config.model_dirs, _descriptor_repo(name))
+
+    def _job_prefix(self, job_uuid: str) -> str:
+        r = self.config.remote
+        return storage.join(f"s3://{r.s3_bucket}", r.s3_prefix, "jobs", job_uuid)
+
+    def _output_uri(self, job_uuid: str, job_dir: Path) -> str:
+        if self.remote:
+            return storage.join(self._job_prefix(job_uuid), "output")
+        (job_dir / "output").mkdir()
+        return str(job_dir / "output")
+
+    async def _materialize(self, source: str | list[dict], job_dir: Path, name: str) -> str:
+        """A dataset location the pipeline's steps can read: inline rows become a JSONL file;
+        in remote mode, files on this machine are uploaded to the job's S3 prefix."""
+        if isinstance(source, list):
+            path = await asyncio.to_thread(data_uri.write_jsonl, source, job_dir / "input" / name)
+            source = str(path)
+        if not self.remote:
             return source
-        await asyncio.to_thread(data_uri.write_jsonl, source, path)
-        return str(path)
+        local = data_uri.local_file(source)
+        if local is None:
+            return source  # s3://, data:, or a hub dataset the pod reads itself
+        key = Path(name).stem + local.suffix  # keep the suffix: it says how to parse the file
+        uri = storage.join(self._job_prefix(job_dir.name), "input", key)
+        await asyncio.to_thread(storage.upload_file, local, uri)
+        return uri
 
     # ---- tracking -----------------------------------------------------------------------
 
@@ -323,7 +354,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
     @staticmethod
     def _checkpoints(record: JobRecord) -> list[Checkpoint]:
         out = []
-        for c in list_checkpoints(Path(record.spec.output_uri)):
+        for c in list_checkpoints(record.spec.output_uri):
             metrics = None
             if c.get("validation_loss") is not None:
                 metrics = PostTrainingMetric(
@@ -358,8 +389,10 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
     ) -> PostTrainingJobStatusResponse:
         record = self._record(request.job_uuid)
         seen = self.runner.observe(record)
-        output = Path(record.spec.output_uri)
+        output = record.spec.output_uri
         resources: dict[str, Any] = {"job_dir": str(self.store.job_dir(record.job_uuid))}
+        if seen.note:
+            resources["runner"] = seen.note
         resources.update(read_progress(output) or {})
         result = read_result(output)
         if result:

@@ -8,11 +8,69 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 
+class RemoteResources(BaseModel):
+    """Kubernetes resources of the train step (prepare-data gets a small fixed share)."""
+
+    cpu_request: str | None = Field(default="2", description="e.g. '2' or '500m'")
+    cpu_limit: str | None = None
+    memory_request: str | None = Field(default="8Gi", description="e.g. '16Gi'")
+    memory_limit: str | None = None
+    gpu_count: int = Field(default=0, ge=0, description="accelerators for the train step")
+    accelerator: str = Field(
+        default="nvidia.com/gpu", description="resource name of the accelerator, e.g. amd.com/gpu"
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, str]] = Field(
+        default_factory=list, description="items with key, operator, value, effect"
+    )
+
+
+class RemoteConfig(BaseModel):
+    """How to reach a KFP v2 cluster and its object storage (mode: remote)."""
+
+    url: str | None = Field(
+        default=None,
+        description="KFP API endpoint. Empty on OpenShift: discovered from the "
+        "DataSciencePipelinesApplication of the namespace.",
+    )
+    namespace: str | None = Field(
+        default=None, description="default: the namespace of the current kubeconfig context"
+    )
+    token_env: str = Field(
+        default="KFP_TOKEN", description="environment variable holding a bearer token"
+    )
+    token_file: Path | None = Field(default=None, description="file holding a bearer token")
+    ca_bundle: Path | None = Field(default=None, description="CA bundle for the endpoint's TLS")
+    verify_ssl: bool = True
+    experiment: str = "llama-stack-post-training"
+    image: str = Field(
+        default="llama-stack-provider-kfp:0.1.0",
+        description="component image built from the repo's Containerfile",
+    )
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    service_account: str | None = None
+    s3_bucket: str | None = Field(default=None, description="bucket for inputs and outputs")
+    s3_prefix: str = "llama-stack-post-training"
+    s3_endpoint_url: str | None = Field(default=None, description="MinIO / ODF / Ceph endpoint")
+    s3_credentials_secret: str | None = Field(
+        default=None,
+        description="Kubernetes Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+        "mounted as env vars into the steps",
+    )
+    hf_token_secret: str | None = Field(
+        default=None, description="Kubernetes Secret with HF_TOKEN, for gated models"
+    )
+    resources: RemoteResources = Field(default_factory=RemoteResources)
+
+
 class KFPPostTrainingConfig(BaseModel):
     mode: Literal["local", "remote"] = Field(
         default="local",
         description="`local` runs the pipeline with kfp.local on this machine. "
         "`remote` (a KFP v2 cluster) is not available yet and is refused at start-up.",
+    )
+    remote: RemoteConfig = Field(
+        default_factory=RemoteConfig, description="settings used when mode is `remote`"
     )
     work_dir: Path = Field(
         default=Path("~/.llama/kfp-post-training"),

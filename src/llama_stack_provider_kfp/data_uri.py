@@ -103,6 +103,16 @@ def _iter_huggingface(uri: str) -> Iterator[dict]:
     yield from ds
 
 
+def local_file(uri: str) -> Path | None:
+    """The file on this machine that `uri` reads, if any (path, file://, local HF json/csv)."""
+    path = _local_path(uri)
+    if path is None and uri.startswith("huggingface://"):
+        parsed = urlparse(uri)
+        files = parse_qs(parsed.query).get("data_files", [None])[0]
+        path = Path(files) if files and Path(files).is_file() else None
+    return path if path is not None and path.is_file() else None
+
+
 def iter_rows(uri: str) -> Iterator[dict]:
     """Yield the rows at `uri` one by one."""
     path = _local_path(uri)

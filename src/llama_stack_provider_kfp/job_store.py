@@ -32,9 +32,12 @@ def now() -> datetime:
 
 
 class RunnerHandle(BaseModel):
-    pid: int
-    # Process start time guards against a recycled pid.
-    create_time: float
+    """Local: the worker's pid and start time (guards against a recycled pid).
+    Remote: the KFP run id."""
+
+    pid: int | None = None
+    create_time: float | None = None
+    run_id: str | None = None
 
 
 class JobRecord(BaseModel):

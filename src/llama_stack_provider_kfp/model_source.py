@@ -86,7 +86,7 @@ def arch_from_hf_config(cfg: dict) -> ModelArch:
     )
 
 
-def _check_arch(arch: ModelArch, where: Path) -> None:
+def _check_arch(arch: ModelArch, where: Path | str) -> None:
     if arch.embed_dim % arch.num_heads or arch.num_heads % arch.num_kv_heads:
         raise ModelError(
             f"{where}: hidden size {arch.embed_dim}, {arch.num_heads} heads and "
@@ -98,35 +98,41 @@ def inspect_model_dir(name: str, path: Path) -> ModelSpec:
     """Read a model directory in either layout; raise ModelError naming what is missing."""
     if not path.is_dir():
         raise ModelError(f"model directory {path} does not exist")
+    names = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+    return _inspect(name, str(path), names, lambda n: json.loads((path / n).read_text()))
+
+
+def _inspect(name: str, location: str, names: set[str], load) -> ModelSpec:
+    """Recognize a layout from a folder's file names; `load(name)` reads a JSON file."""
     try:
-        if (path / "config.json").is_file():
-            return _inspect_hf(name, path)
-        if (path / "params.json").is_file():
-            return _inspect_meta(name, path)
+        if "config.json" in names:
+            return _inspect_hf(name, location, names, load("config.json"))
+        if "params.json" in names:
+            return _inspect_meta(name, location, names, load("params.json"))
     except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path}: unreadable model configuration ({e!r})") from e
+        raise ModelError(f"{location}: unreadable model configuration ({e!r})") from e
     raise ModelError(
-        f"{path} holds neither a Hugging Face model (config.json + *.safetensors) nor a Meta "
-        "checkpoint (params.json + consolidated.00.pth)"
+        f"{location} holds neither a Hugging Face model (config.json + *.safetensors) nor a "
+        "Meta checkpoint (params.json + consolidated.00.pth)"
     )
 
 
-def _inspect_meta(name: str, path: Path) -> ModelSpec:
-    shards = sorted(p.name for p in path.glob("consolidated.*.pth"))
+def _inspect_meta(name: str, location: str, names: set[str], params: dict) -> ModelSpec:
+    shards = sorted(n for n in names if re.fullmatch(r"consolidated\.\d+\.pth", n))
     if not shards:
-        raise ModelError(f"{path}: params.json found but no consolidated.00.pth weights")
+        raise ModelError(f"{location}: params.json found but no consolidated.00.pth weights")
     if len(shards) > 1:
         raise ModelError(
-            f"{path}: {len(shards)} model-parallel shards; only single-file Meta checkpoints "
-            "are supported (use the Hugging Face layout for larger models)"
+            f"{location}: {len(shards)} model-parallel shards; only single-file Meta "
+            "checkpoints are supported (use the Hugging Face layout for larger models)"
         )
-    if not (path / "tokenizer.model").is_file():
-        raise ModelError(f"{path}: tokenizer.model is missing")
-    arch = arch_from_meta_params(json.loads((path / "params.json").read_text()))
-    _check_arch(arch, path)
+    if "tokenizer.model" not in names:
+        raise ModelError(f"{location}: tokenizer.model is missing")
+    arch = arch_from_meta_params(params)
+    _check_arch(arch, location)
     return ModelSpec(
         name=name,
-        path=str(path),
+        path=location,
         layout="meta",
         checkpoint_files=shards,
         tokenizer_file="tokenizer.model",
@@ -134,27 +140,73 @@ def _inspect_meta(name: str, path: Path) -> ModelSpec:
     )
 
 
-def _inspect_hf(name: str, path: Path) -> ModelSpec:
-    files = sorted(p.name for p in path.glob("*.safetensors"))
+def _inspect_hf(name: str, location: str, names: set[str], config: dict) -> ModelSpec:
+    files = sorted(n for n in names if "/" not in n and n.endswith(".safetensors"))
     if not files:
-        raise ModelError(f"{path}: config.json found but no *.safetensors weights")
+        raise ModelError(f"{location}: config.json found but no *.safetensors weights")
     tokenizer = next(
-        (t for t in ("original/tokenizer.model", "tokenizer.model") if (path / t).is_file()),
-        None,
+        (t for t in ("original/tokenizer.model", "tokenizer.model") if t in names), None
     )
     if tokenizer is None:
         raise ModelError(
-            f"{path}: the tiktoken tokenizer (original/tokenizer.model) is missing; Llama 3 "
+            f"{location}: the tiktoken tokenizer (original/tokenizer.model) is missing; Llama 3 "
             "repositories ship it under original/"
         )
-    arch = arch_from_hf_config(json.loads((path / "config.json").read_text()))
-    _check_arch(arch, path)
+    arch = arch_from_hf_config(config)
+    _check_arch(arch, location)
     return ModelSpec(
         name=name,
-        path=str(path),
+        path=location,
         layout="huggingface",
         checkpoint_files=files,
         tokenizer_file=tokenizer,
+        arch=arch,
+    )
+
+
+def inspect_s3_model(name: str, uri: str) -> ModelSpec:
+    """A model in S3: a prefix (listed) or a gzip tarball (its config read from the stream;
+    the train step checks the files once extracted)."""
+    from . import storage
+
+    try:
+        if uri.endswith((".tar.gz", ".tgz")):
+            return _inspect_s3_tarball(name, uri)
+        prefix = uri.rstrip("/") + "/"
+        _, key_prefix = storage.split(prefix)
+        names = {k[len(key_prefix) :] for k in storage.list_keys(prefix)}
+        if not names:
+            raise ModelError(f"nothing found under {prefix}")
+        return _inspect(name, uri, names, lambda n: storage.read_json(storage.join(uri, n)))
+    except ModelError:
+        raise
+    except Exception as e:  # botocore errors: no credentials, no bucket, access denied
+        raise ModelError(f"cannot read model at {uri}: {e}") from None
+
+
+def _inspect_s3_tarball(name: str, uri: str) -> ModelSpec:
+    import tarfile
+
+    from . import storage
+
+    bucket, key = storage.split(uri)
+    body = storage.client().get_object(Bucket=bucket, Key=key)["Body"]
+    with tarfile.open(fileobj=body, mode="r|gz") as tar:
+        for member in tar:  # upload-model.py puts the config first
+            if member.name in ("config.json", "params.json"):
+                config = json.load(tar.extractfile(member))
+                break
+        else:
+            raise ModelError(f"{uri}: no config.json or params.json in the archive")
+    hf = member.name == "config.json"
+    arch = arch_from_hf_config(config) if hf else arch_from_meta_params(config)
+    _check_arch(arch, uri)
+    return ModelSpec(
+        name=name,
+        path=uri,
+        layout="huggingface" if hf else "meta",
+        checkpoint_files=[],  # known once extracted
+        tokenizer_file="original/tokenizer.model" if hf else "tokenizer.model",
         arch=arch,
     )
 

@@ -28,7 +28,9 @@ class ComponentBuild:
         return cls(install_kfp_package=False)
 
 
-def build_pipeline(build: ComponentBuild):
+def build_pipeline(build: ComponentBuild, placement=None):
+    """The pipeline function. `placement(task, step)` may add resources, Secrets and
+    scheduling to each task (remote mode); it does not change the DAG."""
     opts = dict(
         base_image=build.base_image,
         packages_to_install=list(build.packages_to_install),
@@ -57,6 +59,9 @@ def build_pipeline(build: ComponentBuild):
         ).set_display_name("train")
         train_task.set_caching_options(False)
         prep.set_caching_options(False)
+        if placement is not None:
+            placement(prep, "prepare-data")
+            placement(train_task, "train")
 
     return sft_pipeline
 

@@ -31,8 +31,8 @@ def test_providers_d_declaration(tmp_path):
         srv.stop()
 
 
-def test_remote_mode_is_refused_clearly_until_it_exists(tmp_path):
+def test_remote_mode_without_bucket_is_refused_at_start(tmp_path):
     srv = Server(tmp_path, env={"KFP_MODE": "remote"})
-    with pytest.raises(RuntimeError, match="mode='remote' is not available yet"):
+    with pytest.raises(RuntimeError, match=r"mode: remote needs remote\.s3_bucket"):
         srv.start()
     srv.stop()

@@ -25,6 +25,8 @@ class Observed:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     error: dict | None = None
+    # Runner facts for the status response (e.g. the KFP run id and state).
+    note: dict | None = None
 
 
 class LocalRunner:
@@ -104,7 +106,7 @@ class LocalRunner:
 
 
 def _live(handle: RunnerHandle | None) -> psutil.Process | None:
-    if handle is None:
+    if handle is None or handle.pid is None:
         return None
     try:
         proc = psutil.Process(handle.pid)

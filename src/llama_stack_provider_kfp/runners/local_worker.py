@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from ..atomic_json import read_json
+from ..job_outputs import read_error
 from ..job_store import JobRecord, RunnerHandle, WorkerState, now, write_worker_state
 from ..log_tail import tail
 
@@ -41,10 +42,7 @@ def run(job_dir: Path) -> int:
     except BaseException as e:
         traceback.print_exc()
         sys.stdout.flush()
-        error = read_json(Path(spec.output_uri) / "error.json") or {
-            "message": f"{type(e).__name__}: {e}"
-        }
-        error.pop("traceback", None)
+        error = read_error(spec.output_uri) or {"message": f"{type(e).__name__}: {e}"}
         error["log_tail"] = tail(job_dir / "worker.log")
         write_worker_state(
             job_dir,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic_json import write_json
+from ..model_source import inspect_model_dir
 from ..spec import JobSpec, ModelSpec
 from .errors import report_errors
 from .locations import Output, fetch_model
@@ -165,6 +166,9 @@ def run_training(
     spec = JobSpec.model_validate_json(job_spec)
     with report_errors(output_uri, "train"), tempfile.TemporaryDirectory(prefix="model-") as tmp:
         model_dir = fetch_model(model_uri, Path(tmp))
+        if model_dir != Path(model_uri):  # downloaded: learn its files now
+            found = inspect_model_dir(spec.model.name, model_dir)
+            spec = spec.model_copy(update={"model": found.model_copy(update={"path": model_uri})})
         return _run(spec, model_dir, Output(output_uri), train_path, val_path)
 
 

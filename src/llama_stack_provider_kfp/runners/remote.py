@@ -1,0 +1,175 @@
+"""Remote runner: the same pipeline, compiled to IR and run on a KFP v2 cluster.
+
+The job's record keeps the KFP run id; state comes from the KFP API, progress, errors and
+checkpoints from the job's S3 prefix (KFP's API gives no artifact URIs).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from ..config import RemoteConfig
+from ..job_store import JobRecord, JobStore, RunnerHandle
+from .local import Observed
+
+log = logging.getLogger(__name__)
+
+# V2beta1RuntimeState -> llama-stack JobStatus
+STATE_MAP = {
+    "PENDING": "scheduled",
+    "RUNTIME_STATE_UNSPECIFIED": "scheduled",
+    "RUNNING": "in_progress",
+    "PAUSED": "in_progress",
+    "CANCELING": "in_progress",
+    "SUCCEEDED": "completed",
+    "SKIPPED": "failed",
+    "FAILED": "failed",
+    "CANCELED": "cancelled",
+}
+
+
+class RemoteError(ValueError):
+    """The KFP endpoint cannot be used; the message says why and what to change."""
+
+
+def _token(cfg: RemoteConfig) -> str | None:
+    import os
+
+    if os.environ.get(cfg.token_env):
+        return os.environ[cfg.token_env]
+    if cfg.token_file and cfg.token_file.is_file():
+        return cfg.token_file.read_text().strip()
+    return None
+
+
+def _explain(e: Exception, url: str) -> RemoteError:
+    status = getattr(e, "status", None)
+    if status in (401, 403):
+        return RemoteError(
+            f"KFP at {url} refused the token (HTTP {status}); set a valid bearer token in the "
+            "token_env variable or token_file (e.g. `oc whoami -t`), with rights on the namespace"
+        )
+    text = str(e)
+    if "certificate" in text.lower() or "SSL" in text:
+        return RemoteError(f"TLS to {url} failed ({text}); set remote.ca_bundle or verify_ssl")
+    if status is None:
+        return RemoteError(f"KFP endpoint {url} is unreachable ({type(e).__name__}: {text[:200]})")
+    return RemoteError(f"KFP at {url} answered HTTP {status}: {text[:300]}")
+
+
+class RemoteRunner:
+    def __init__(self, store: JobStore, cfg: RemoteConfig, placement) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.placement = placement
+        self._client = None
+        self._last_state: dict[str, str] = {}
+
+    def client(self):
+        if self._client is None:
+            import kfp
+
+            if not self.cfg.url:
+                raise RemoteError("remote.url is not set (KFP API endpoint)")
+            if not self.cfg.namespace:
+                raise RemoteError("remote.namespace is not set")
+            try:
+                # namespace= skips kfp's own healthz retry loop; check it ourselves.
+                client = kfp.Client(
+                    host=self.cfg.url,
+                    existing_token=_token(self.cfg),
+                    namespace=self.cfg.namespace,
+                    ssl_ca_cert=str(self.cfg.ca_bundle) if self.cfg.ca_bundle else None,
+                    verify_ssl=self.cfg.verify_ssl,
+                )
+                client._healthz_api.healthz_service_get_healthz()
+            except Exception as e:
+                raise _explain(e, self.cfg.url) from None
+            self._client = client
+        return self._client
+
+    def check(self) -> None:
+        """Fail early (at submit) when the endpoint cannot take a run."""
+        self.client()
+
+    def start(self, job_uuid: str) -> RunnerHandle:
+        from kfp import compiler
+
+        from ..pipeline import ComponentBuild, build_pipeline, pipeline_arguments
+
+        record = self.store.load(job_uuid)
+        build = ComponentBuild(base_image=self.cfg.image, install_kfp_package=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            package = Path(tmp) / "pipeline.yaml"
+            compiler.Compiler().compile(build_pipeline(build, self.placement), str(package))
+            try:
+                result = self.client().create_run_from_pipeline_package(
+                    str(package),
+                    arguments=pipeline_arguments(record.spec),
+                    run_name=job_uuid,
+                    experiment_name=self.cfg.experiment,
+                    namespace=self.cfg.namespace,
+                    service_account=self.cfg.service_account,
+                )
+            except RemoteError:
+                raise
+            except Exception as e:
+                raise _explain(e, self.cfg.url) from None
+        if not result.run_id:
+            raise RemoteError(
+                f"KFP at {self.cfg.url} answered without a run id: probably a login page "
+                "(an OAuth proxy redirect); the token is missing or expired"
+            )
+        return RunnerHandle(run_id=result.run_id)
+
+    def handle(self, record: JobRecord) -> RunnerHandle | None:
+        return record.runner
+
+    def observe(self, record: JobRecord) -> Observed:
+        from ..job_outputs import read_error
+
+        if record.runner is None or record.runner.run_id is None:
+            return Observed("cancelled" if record.cancelled_at else "scheduled")
+        run_id = record.runner.run_id
+        try:
+            run = self.client().get_run(run_id)
+            state = getattr(run, "state", None)
+            if state is None and getattr(run, "run_id", None) is None:
+                raise RemoteError(
+                    "KFP answered with an empty run: probably a login page (an OAuth proxy "
+                    "redirect); the token is missing or expired"
+                )
+        except Exception as e:
+            err = e if isinstance(e, RemoteError) else _explain(e, self.cfg.url)
+            self._client = None  # reconnect next time
+            last = self._last_state.get(run_id, "RUNNING")
+            status = "cancelled" if record.cancelled_at else STATE_MAP.get(last, "in_progress")
+            return Observed(status, note={"run_id": run_id, "state": last, "warning": str(err)})
+        state = str(state.value if hasattr(state, "value") else state)
+        self._last_state[run_id] = state
+        status = STATE_MAP.get(state, "in_progress")
+        if record.cancelled_at is not None and status != "completed":
+            status = "cancelled"
+        error = None
+        if status == "failed":
+            error = read_error(record.spec.output_uri) or {}
+            error.setdefault("message", f"the KFP run ended {state}")
+            if getattr(run, "error", None) is not None:
+                error["kfp_error"] = getattr(run.error, "message", str(run.error))
+        return Observed(
+            status,
+            started_at=getattr(run, "created_at", None),
+            completed_at=getattr(run, "finished_at", None) if status != "in_progress" else None,
+            error=error,
+            note={"run_id": run_id, "state": state},
+        )
+
+    def kill(self, record: JobRecord, grace_seconds: float = 5.0) -> None:
+        if record.runner is None or record.runner.run_id is None:
+            return
+        try:
+            self.client().terminate_run(record.runner.run_id)
+        except Exception as e:
+            raise _explain(e, self.cfg.url) from None

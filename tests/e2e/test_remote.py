@@ -1,0 +1,212 @@
+"""Remote mode through a real llama-stack server and the real kfp.Client.
+
+No Kubernetes or KFP server can run on these machines, so two stand-ins are used, both on
+loopback: `kfp_api_stub.KFPStub` for the KFP v2beta1 API, and moto's S3-compatible server for
+object storage. The provider, kfp.Client, boto3 and the compiled pipeline are real. The steps
+themselves are exercised in tests/test_remote_steps.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from kfp_api_stub import KFPStub
+from llama_stack_client import APIStatusError
+from s3_server import s3_server
+
+from llama_stack_provider_kfp import storage
+from llama_stack_provider_kfp.client import cancel_job, job_status
+from llama_stack_provider_kfp.demo_data import instruct_rows
+from llama_stack_provider_kfp.local_server import ROOT, Server
+
+from .helpers import new_id, register_rows, submit
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "kfp-bearer-token-123"
+HF_TOKEN = "hf_secret_value_must_not_leak"
+MODEL = "s3://models/tiny-hf.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def s3(tiny_models):
+    with s3_server() as env:
+        s3c = storage.client()
+        s3c.create_bucket(Bucket="models")
+        s3c.create_bucket(Bucket="kfp")
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "upload-model.py"), str(tiny_models / "hf"),
+             MODEL], check=True, capture_output=True,
+        )  # fmt: skip
+        yield env
+
+
+@pytest.fixture
+def stub():
+    s = KFPStub()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def remote(s3, stub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
+    env = {
+        "KFP_MODE": "remote",
+        "KFP_URL": stub.url,
+        "KFP_NAMESPACE": "team-a",
+        "KFP_TOKEN": TOKEN,
+        "KFP_S3_BUCKET": "kfp",
+        "KFP_S3_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"],
+        "KFP_S3_SECRET": "s3-credentials",
+        "KFP_HF_TOKEN_SECRET": "hf-token",
+        "KFP_GPUS": "1",
+        "KFP_MAX_CONCURRENT_JOBS": "8",
+    }
+    server = Server(tmp_path, env=env).start()
+    yield server
+    server.stop()
+
+
+def _progress_to_s3(job: str, step: int) -> None:
+    out = f"s3://kfp/llama-stack-post-training/jobs/{job}/output"
+    storage.write_json(f"{out}/progress.json", {"progress": {"step": step, "total_steps": 10}})
+
+
+def test_submit_poll_restart_complete(remote, stub, s3, tmp_path):
+    client = remote.client()
+    ds = register_rows(client, tmp_path, instruct_rows(20))
+    job = new_id("remote")
+    submit(client, job, "tiny", ds, checkpoint_dir=MODEL)
+
+    run = stub.run_for(job)
+    params = run["runtime_config"]["parameters"]
+    assert params["model_uri"] == MODEL
+    assert params["output_uri"] == f"s3://kfp/llama-stack-post-training/jobs/{job}/output"
+    # The dataset was staged to the job's prefix.
+    staged = params["dataset_uri"]
+    assert staged == f"s3://kfp/llama-stack-post-training/jobs/{job}/input/train.jsonl"
+    assert len(storage.read_json(staged.replace("train.jsonl", "x")) or []) == 0
+    body = storage.client().get_object(Bucket="kfp", Key=staged[len("s3://kfp/") :])["Body"]
+    assert len(body.read().splitlines()) == 20
+    # The pipeline is the compiled IR with the provider's placement.
+    spec = run["pipeline_spec"]
+    assert set(spec["pipeline_spec"]["root"]["dag"]["tasks"]) == {"prepare-data", "train"}
+    k8s = spec["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert {s["secretName"] for s in k8s["exec-train"]["secretAsEnv"]} == {
+        "s3-credentials",
+        "hf-token",
+    }
+    assert run.get("service_account") in (None, "")
+    # Secrets travel by reference only.
+    headers = [r["headers"].get("authorization") for r in stub.requests]
+    assert f"Bearer {TOKEN}" in headers
+    everything = json.dumps([r["body"] for r in stub.requests])
+    everything += (remote.jobs_dir / job / "job.json").read_text()
+    for secret in (TOKEN, HF_TOKEN, s3["AWS_SECRET_ACCESS_KEY"]):
+        assert secret not in everything
+
+    st = job_status(client, job)
+    assert st["status"] == "scheduled"
+    assert st["resources_allocated"]["runner"] == {"run_id": run["run_id"], "state": "PENDING"}
+
+    stub.set_state(run["run_id"], "RUNNING")
+    _progress_to_s3(job, 4)
+    st = job_status(client, job)
+    assert st["status"] == "in_progress"
+    assert st["resources_allocated"]["progress"]["step"] == 4
+
+    # Re-attach after a server crash: same run, no second submission.
+    remote.kill9()
+    remote.restart()
+    client = remote.client()
+    assert job_status(client, job)["status"] == "in_progress"
+    assert len([r for r in stub.runs.values() if r["display_name"] == job]) == 1
+
+    out = f"s3://kfp/llama-stack-post-training/jobs/{job}/output"
+    storage.write_json(f"{out}/checkpoints/epoch_1/merged/config.json", {})
+    storage.write_json(
+        f"{out}/checkpoints/epoch_1/metrics.json",
+        {"epoch": 1, "created_at": "2026-11-24T00:09:00+00:00", "train_loss": 3.0,
+         "validation_loss": 2.5, "perplexity": 12.18},
+    )  # fmt: skip
+    stub.set_state(run["run_id"], "SUCCEEDED")
+    st = job_status(client, job)
+    assert st["status"] == "completed"
+    (ckpt,) = st["checkpoints"]
+    assert ckpt["path"] == f"{out}/checkpoints/epoch_1"
+    assert ckpt["training_metrics"]["validation_loss"] == 2.5
+
+
+def test_cancel_terminates_and_canceled_maps(remote, stub, tmp_path):
+    client = remote.client()
+    ds = register_rows(client, tmp_path, instruct_rows(12))
+    a, b = new_id("cancel"), new_id("ui-cancel")
+    submit(client, a, "tiny", ds, checkpoint_dir=MODEL)
+    submit(client, b, "tiny", ds, checkpoint_dir=MODEL)
+    run_a, run_b = stub.run_for(a), stub.run_for(b)
+    stub.set_state(run_a["run_id"], "RUNNING")
+    cancel_job(client, a)
+    assert stub.terminated == [run_a["run_id"]]
+    assert job_status(client, a)["status"] == "cancelled"
+    # Cancelled from the KFP UI: CANCELED maps to cancelled, never a hang.
+    stub.set_state(run_b["run_id"], "CANCELED")
+    assert job_status(client, b)["status"] == "cancelled"
+
+
+def test_failed_run_reports_step_error(remote, stub, tmp_path):
+    client = remote.client()
+    ds = register_rows(client, tmp_path, instruct_rows(12))
+    job = new_id("fail")
+    submit(client, job, "tiny", ds, checkpoint_dir=MODEL)
+    out = f"s3://kfp/llama-stack-post-training/jobs/{job}/output"
+    storage.write_json(
+        f"{out}/error.json",
+        {"step": "train", "message": "RuntimeError: CUDA out of memory", "traceback": "..."},
+    )
+    stub.set_state(stub.run_for(job)["run_id"], "FAILED")
+    st = job_status(client, job)
+    assert st["status"] == "failed"
+    err = st["resources_allocated"]["error"]
+    assert err["message"] == "RuntimeError: CUDA out of memory" and "traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("mode", "words"),
+    [("unauthorized", "refused the token"), ("login-redirect", "login page")],
+)
+def test_auth_problems_are_clear_400s(remote, stub, tmp_path, mode, words):
+    client = remote.client()
+    ds = register_rows(client, tmp_path, instruct_rows(12))
+    stub.mode = mode
+    job = new_id("auth")
+    with pytest.raises(APIStatusError) as err:
+        submit(client, job, "tiny", ds, checkpoint_dir=MODEL)
+    assert err.value.status_code == 400
+    assert words in str(err.value)
+    assert not (remote.jobs_dir / job).exists()
+    assert remote.alive()
+
+
+def test_model_outside_s3_is_refused(remote, tmp_path, tiny_models):
+    client = remote.client()
+    ds = register_rows(client, tmp_path, instruct_rows(12))
+    with pytest.raises(APIStatusError) as err:
+        submit(client, new_id("local"), str(tiny_models / "hf"), ds)
+    assert err.value.status_code == 400 and "upload-model.py" in str(err.value)
+
+
+def test_endpoint_gone_mid_run(remote, stub, tmp_path):
+    client = remote.client()
+    ds = register_rows(client, tmp_path, instruct_rows(12))
+    job = new_id("gone")
+    submit(client, job, "tiny", ds, checkpoint_dir=MODEL)
+    stub.set_state(stub.run_for(job)["run_id"], "RUNNING")
+    assert job_status(client, job)["status"] == "in_progress"
+    stub.stop()
+    st = job_status(client, job)  # answers, from the last known state
+    assert st["status"] == "in_progress"
+    assert "unreachable" in st["resources_allocated"]["runner"]["warning"]
