@@ -1,0 +1,215 @@
+"""Remote mode, layer by layer, without a cluster.
+
+1. The compiled IR (pipeline + kfp-kubernetes platform spec) is validated with kfp's own
+   loaders and protobuf schemas: resources, accelerator, placement, Secrets by reference, and
+   no secret value anywhere in it.
+2. Both steps run exactly as KFP's launcher runs them in a pod: the executor's `command` +
+   `args` from the IR, with an executor input, through `python -m kfp.dsl.executor_main`.
+   Data and a model tarball come from, and checkpoints and progress go to, an S3-compatible
+   server on loopback (moto: the stand-in for MinIO/ODF/Ceph) through real boto3. The
+   launcher's own artifact copying between steps is KFP's job: artifact URIs are local paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp import compiler
+from kfp.components import load_component_from_file
+from kfp.kubernetes import kubernetes_executor_config_pb2
+from kfp.pipeline_spec import pipeline_spec_pb2
+from s3_server import s3_server
+
+from llama_stack_provider_kfp import storage
+from llama_stack_provider_kfp.config import RemoteConfig, RemoteResources
+from llama_stack_provider_kfp.data_uri import write_jsonl
+from llama_stack_provider_kfp.demo_data import instruct_rows
+from llama_stack_provider_kfp.job_outputs import list_checkpoints, read_progress
+from llama_stack_provider_kfp.local_server import ROOT
+from llama_stack_provider_kfp.model_source import inspect_s3_model
+from llama_stack_provider_kfp.pipeline import (
+    ComponentBuild,
+    build_pipeline,
+    pipeline_arguments,
+)
+from llama_stack_provider_kfp.placement import remote_placement
+from llama_stack_provider_kfp.spec import DataSpec, JobSpec, LoraSpec, OptimSpec, TrainSpec
+
+SECRET_VALUES = ("aws-secret-value-xyz", "hf_token_value_xyz", "bearer-token-xyz")
+
+
+def _config(endpoint: str = "http://minio.example:9000") -> RemoteConfig:
+    return RemoteConfig(
+        url="https://kfp.example",
+        namespace="team-a",
+        image="registry.example/llama-stack-provider-kfp:0.1.0",
+        image_pull_secrets=["pull-secret"],
+        s3_bucket="kfp",
+        s3_endpoint_url=endpoint,
+        s3_credentials_secret="s3-credentials",
+        hf_token_secret="hf-token",
+        resources=RemoteResources(
+            cpu_request="4", cpu_limit="8", memory_request="24Gi", memory_limit="32Gi",
+            gpu_count=2, accelerator="amd.com/gpu", node_selector={"pool": "gpu"},
+            tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        ),
+    )  # fmt: skip
+
+
+def _compile(cfg: RemoteConfig, path: Path) -> tuple[dict, dict]:
+    build = ComponentBuild(base_image=cfg.image, install_kfp_package=False)
+    compiler.Compiler().compile(build_pipeline(build, remote_placement(cfg)), str(path))
+    pipeline, platform = yaml.safe_load_all(path.read_text())
+    return pipeline, platform
+
+
+def test_ir_is_valid_and_carries_placement_not_secrets(tmp_path, monkeypatch):
+    for name, value in zip(
+        ("AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "KFP_TOKEN"), SECRET_VALUES, strict=True
+    ):
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "pipeline.yaml"
+    pipeline, platform = _compile(_config(), path)
+
+    # kfp's own loaders and schemas accept it.
+    assert load_component_from_file(str(path)).name == "llama-stack-sft-lora"
+    json_format.ParseDict(pipeline, pipeline_spec_pb2.PipelineSpec())
+    json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for cfg in executors.values():
+        json_format.ParseDict(cfg, kubernetes_executor_config_pb2.KubernetesExecutorConfig())
+
+    train = pipeline["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert train["image"] == "registry.example/llama-stack-provider-kfp:0.1.0"
+    r = train["resources"]
+    assert (r["resourceCpuRequest"], r["resourceCpuLimit"]) == ("4", "8")
+    assert (r["resourceMemoryRequest"], r["resourceMemoryLimit"]) == ("24Gi", "32Gi")
+    assert r["accelerator"]["resourceType"] == "amd.com/gpu"
+    assert r["accelerator"]["resourceCount"] == "2"
+    k8s = executors["exec-train"]
+    assert {s["secretName"] for s in k8s["secretAsEnv"]} == {"s3-credentials", "hf-token"}
+    assert k8s["nodeSelector"]["labels"] == {"pool": "gpu"}
+    assert k8s["tolerations"][0]["key"] == "gpu"
+    assert [s["secretName"] for s in k8s["imagePullSecret"]] == ["pull-secret"]
+    prep = pipeline["deploymentSpec"]["executors"]["exec-prepare-data"]["container"]
+    assert "accelerator" not in prep["resources"]
+
+    text = path.read_text()
+    for secret in SECRET_VALUES:
+        assert secret not in text
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with s3_server() as env:
+        storage.client().create_bucket(Bucket="kfp")
+        yield env
+
+
+def _artifact(name: str, schema: str, uri: Path) -> dict:
+    return {"artifacts": [{"name": name, "type": {"schemaTitle": schema, "schemaVersion": "0.0.1"},
+                           "uri": str(uri), "metadata": {}}]}  # fmt: skip
+
+
+def _run_as_launcher(container: dict, executor_input: dict, env: dict, cwd: Path) -> None:
+    args = [a.replace("{{$}}", json.dumps(executor_input)) for a in container["args"]]
+    pod_env = {e["name"]: e["value"] for e in container.get("env", [])}
+    subprocess.run(
+        container["command"] + args,
+        check=True,
+        cwd=cwd,
+        env={**env, **pod_env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
+
+
+def test_steps_run_as_in_a_pod_against_s3(s3, tiny_models, tmp_path):
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "upload-model.py"), str(tiny_models / "hf"),
+         "s3://kfp/models/tiny.tar.gz"], check=True, capture_output=True,
+    )  # fmt: skip
+    rows = write_jsonl(instruct_rows(30), tmp_path / "rows.jsonl")
+    storage.upload_file(rows, "s3://kfp/jobs/j1/input/train.jsonl")
+    model = inspect_s3_model("tiny", "s3://kfp/models/tiny.tar.gz")
+    assert model.layout == "huggingface" and model.arch.embed_dim == 64
+    spec = JobSpec(
+        job_uuid="j1",
+        model=model,
+        data=DataSpec(uri="s3://kfp/jobs/j1/input/train.jsonl", data_format="instruct",
+                      validation_fraction=0.2),
+        train=TrainSpec(epochs=2, max_steps_per_epoch=None, gradient_accumulation_steps=1,
+                        batch_size=4, shuffle=True, train_on_input=False, dtype="fp32",
+                        max_validation_steps=None, max_seq_len=64, seed=1, device="cpu"),
+        lora=LoraSpec(rank=4, alpha=8, attn_modules=["q_proj", "v_proj"], apply_to_mlp=True,
+                      apply_to_output=False),
+        optim=OptimSpec(type="adamw", lr=2e-2, weight_decay=0.0, warmup_steps=1),
+        output_format="huggingface",
+        output_uri="s3://kfp/jobs/j1/output",
+    )  # fmt: skip
+    params = pipeline_arguments(spec)
+    pipeline, _ = _compile(_config(endpoint=s3["AWS_ENDPOINT_URL"]), tmp_path / "p.yaml")
+    executors = pipeline["deploymentSpec"]["executors"]
+    # The Secret mounts (s3-credentials) become these variables in the pod.
+    pod_secrets = {k: s3[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    env = {"HOME": os.environ.get("HOME", "/root"), "AWS_DEFAULT_REGION": "us-east-1",
+           **pod_secrets}  # fmt: skip
+
+    art = tmp_path / "artifacts"
+    _run_as_launcher(
+        executors["exec-prepare-data"]["container"],
+        {
+            "inputs": {"parameterValues": {k: params[k] for k in
+                                           ("job_spec", "dataset_uri", "validation_uri")}},
+            "outputs": {
+                "artifacts": {
+                    "train_data": _artifact("train_data", "system.Dataset", art / "train"),
+                    "validation_data": _artifact("validation_data", "system.Dataset", art / "val"),
+                },
+                "outputFile": str(tmp_path / "prepare-output.json"),
+            },
+        },
+        env,
+        tmp_path,
+    )  # fmt: skip
+    _run_as_launcher(
+        executors["exec-train"]["container"],
+        {
+            "inputs": {
+                "parameterValues": {k: params[k] for k in ("job_spec", "model_uri", "output_uri")},
+                "artifacts": {
+                    "train_data": _artifact("train_data", "system.Dataset", art / "train"),
+                    "validation_data": _artifact("validation_data", "system.Dataset", art / "val"),
+                },
+            },
+            "outputs": {
+                "artifacts": {"metrics": _artifact("metrics", "system.Metrics", art / "metrics")},
+                "outputFile": str(tmp_path / "train-output.json"),
+            },
+        },
+        env,
+        tmp_path,
+    )
+
+    # Results are where the provider reads them: in S3, under the job's output prefix.
+    ckpts = list_checkpoints(spec.output_uri)
+    assert [c["epoch"] for c in ckpts] == [1, 2]
+    assert ckpts[-1]["validation_loss"] is not None
+    keys = storage.list_keys("s3://kfp/jobs/j1/output/")
+    for rel in ("merged/model.safetensors", "merged/config.json", "adapter/adapter_config.json",
+                "adapter/adapter_model.safetensors", "metrics.json"):  # fmt: skip
+        assert f"jobs/j1/output/checkpoints/epoch_2/{rel}" in keys
+    progress = read_progress(spec.output_uri)
+    assert progress["progress"]["step"] == progress["progress"]["total_steps"]
+    result = storage.read_json("s3://kfp/jobs/j1/output/result.json")
+    assert result["train_rows"] + result["validation_rows"] == 30
+    assert result["final_loss"] < result["first_loss"]
+    # The step also logs its final metrics as a KFP Metrics artifact (shown in the KFP UI).
+    out = json.loads((tmp_path / "train-output.json").read_text())
+    logged = out["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert logged["validation_loss"] == pytest.approx(ckpts[-1]["validation_loss"])
