@@ -22,6 +22,7 @@ class KFPStub:
         self.runs: dict[str, dict] = {}
         self.requests: list[dict] = []  # method, path, headers, body: everything received
         self.terminated: list[str] = []
+        self.dspas: dict[str, list[dict]] = {}  # namespace -> DSPA objects
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -69,6 +70,10 @@ class KFPStub:
 
     def route(self, h, method: str, url, body: str):
         p = url.path
+        # The Kubernetes API's answer for OpenShift AI pipeline servers (DSPA discovery).
+        dspa = "/apis/datasciencepipelinesapplications.opendatahub.io/v1alpha1/namespaces/"
+        if p.startswith(dspa) and p.endswith("/datasciencepipelinesapplications"):
+            return h._send(200, {"items": self.dspas.get(p[len(dspa) :].split("/")[0], [])})
         if p == "/apis/v2beta1/healthz":
             return h._send(200, {"multi_user": False})
         if p == "/apis/v2beta1/experiments" and method == "GET":

@@ -210,3 +210,41 @@ def test_endpoint_gone_mid_run(remote, stub, tmp_path):
     st = job_status(client, job)  # answers, from the last known state
     assert st["status"] == "in_progress"
     assert "unreachable" in st["resources_allocated"]["runner"]["warning"]
+
+
+def test_openshift_discovery_from_kubeconfig(s3, stub, tmp_path, monkeypatch):
+    """No url, namespace or token configured: all three come from the current kubeconfig
+    context and the namespace's DataSciencePipelinesApplication (the stub answers the
+    Kubernetes API call too)."""
+    stub.dspas["team-b"] = [
+        {"spec": {"dspVersion": "v1"}, "status": {}},
+        {"spec": {"dspVersion": "v2"},
+         "status": {"components": {"apiServer": {"externalUrl": stub.url}}}},
+    ]  # fmt: skip
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "ctx",
+        "clusters": [{"name": "c", "cluster": {"server": stub.url}}],
+        "users": [{"name": "u", "user": {"token": "sha256~kube-token"}}],
+        "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u",
+                                                 "namespace": "team-b"}}],
+    }))  # fmt: skip
+    env = {"KFP_MODE": "remote", "KFP_S3_BUCKET": "kfp", "KUBECONFIG": str(kubeconfig),
+           "KFP_S3_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"]}  # fmt: skip
+    monkeypatch.delenv("KFP_TOKEN", raising=False)
+    server = Server(tmp_path / "srv", env=env)
+    server.root.mkdir()
+    server.start()
+    try:
+        client = server.client()
+        ds = register_rows(client, tmp_path, instruct_rows(12))
+        job = new_id("dspa")
+        submit(client, job, "tiny", ds, checkpoint_dir=MODEL)
+        run = stub.run_for(job)
+        assert job_status(client, job)["resources_allocated"]["runner"]["run_id"] == run["run_id"]
+        kfp_calls = [r for r in stub.requests if r["path"].startswith("/apis/v2beta1/runs")]
+        assert kfp_calls[0]["headers"]["authorization"] == "Bearer sha256~kube-token"
+        exp = next(iter(stub.experiments.values()))
+        assert exp["namespace"] == "team-b"
+    finally:
+        server.stop()

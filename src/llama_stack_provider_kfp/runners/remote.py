@@ -34,6 +34,10 @@ class RemoteError(ValueError):
     """The KFP endpoint cannot be used; the message says why and what to change."""
 
 
+DSPA = ("datasciencepipelinesapplications.opendatahub.io", "v1alpha1",
+        "datasciencepipelinesapplications")  # fmt: skip
+
+
 def _token(cfg: RemoteConfig) -> str | None:
     import os
 
@@ -42,6 +46,58 @@ def _token(cfg: RemoteConfig) -> str | None:
     if cfg.token_file and cfg.token_file.is_file():
         return cfg.token_file.read_text().strip()
     return None
+
+
+def connection(cfg: RemoteConfig) -> tuple[str, str, str | None]:
+    """(url, namespace, token): from the config, else from the current kubeconfig context
+    (namespace, bearer token as `oc login` leaves it) and, for the URL, the namespace's
+    DataSciencePipelinesApplication (OpenShift AI)."""
+    url, namespace, token = cfg.url, cfg.namespace, _token(cfg)
+    if url and namespace and token:
+        return url, namespace, token
+    try:
+        from kubernetes import client as k8s
+        from kubernetes import config as kubeconfig
+
+        _, active = kubeconfig.list_kube_config_contexts()
+        api = kubeconfig.new_client_from_config()
+    except Exception as e:
+        if url and namespace:
+            return url, namespace, token  # no kubeconfig: go without a token
+        raise RemoteError(
+            f"remote.url/namespace are not set and no kubeconfig context is usable ({e}); "
+            "set remote.url and remote.namespace, or log in (`oc login`)"
+        ) from None
+    namespace = namespace or active.get("context", {}).get("namespace") or "default"
+    if token is None:
+        bearer = api.configuration.api_key.get("authorization", "")
+        token = bearer.removeprefix("Bearer ").strip() or None
+    if not url:
+        try:
+            items = k8s.CustomObjectsApi(api).list_namespaced_custom_object(
+                DSPA[0], DSPA[1], namespace, DSPA[2]
+            )["items"]
+        except Exception as e:
+            raise RemoteError(
+                f"cannot list DataSciencePipelinesApplications in namespace {namespace!r} "
+                f"({getattr(e, 'status', '')} {getattr(e, 'reason', e)}); set remote.url"
+            ) from None
+        v2 = [i for i in items if (i.get("spec") or {}).get("dspVersion") == "v2"]
+        url = next(
+            (
+                i["status"]["components"]["apiServer"]["externalUrl"]
+                for i in v2
+                if (i.get("status") or {}).get("components", {}).get("apiServer", {})
+                .get("externalUrl")
+            ),
+            None,
+        )  # fmt: skip
+        if not url:
+            raise RemoteError(
+                f"no ready DataSciencePipelinesApplication with dspVersion v2 in namespace "
+                f"{namespace!r}; create a pipeline server there or set remote.url"
+            )
+    return url, namespace, token
 
 
 def _explain(e: Exception, url: str) -> RemoteError:
@@ -66,27 +122,26 @@ class RemoteRunner:
         self.placement = placement
         self._client = None
         self._last_state: dict[str, str] = {}
+        self.url, self.namespace = cfg.url or "(discovered)", cfg.namespace
 
     def client(self):
         if self._client is None:
             import kfp
 
-            if not self.cfg.url:
-                raise RemoteError("remote.url is not set (KFP API endpoint)")
-            if not self.cfg.namespace:
-                raise RemoteError("remote.namespace is not set")
+            url, namespace, token = connection(self.cfg)
+            self.url, self.namespace = url, namespace
             try:
                 # namespace= skips kfp's own healthz retry loop; check it ourselves.
                 client = kfp.Client(
-                    host=self.cfg.url,
-                    existing_token=_token(self.cfg),
-                    namespace=self.cfg.namespace,
+                    host=url,
+                    existing_token=token,
+                    namespace=namespace,
                     ssl_ca_cert=str(self.cfg.ca_bundle) if self.cfg.ca_bundle else None,
                     verify_ssl=self.cfg.verify_ssl,
                 )
                 client._healthz_api.healthz_service_get_healthz()
             except Exception as e:
-                raise _explain(e, self.cfg.url) from None
+                raise _explain(e, url) from None
             self._client = client
         return self._client
 
@@ -110,16 +165,16 @@ class RemoteRunner:
                     arguments=pipeline_arguments(record.spec),
                     run_name=job_uuid,
                     experiment_name=self.cfg.experiment,
-                    namespace=self.cfg.namespace,
+                    namespace=self.namespace,
                     service_account=self.cfg.service_account,
                 )
             except RemoteError:
                 raise
             except Exception as e:
-                raise _explain(e, self.cfg.url) from None
+                raise _explain(e, self.url) from None
         if not result.run_id:
             raise RemoteError(
-                f"KFP at {self.cfg.url} answered without a run id: probably a login page "
+                f"KFP at {self.url} answered without a run id: probably a login page "
                 "(an OAuth proxy redirect); the token is missing or expired"
             )
         return RunnerHandle(run_id=result.run_id)
@@ -142,7 +197,7 @@ class RemoteRunner:
                     "redirect); the token is missing or expired"
                 )
         except Exception as e:
-            err = e if isinstance(e, RemoteError) else _explain(e, self.cfg.url)
+            err = e if isinstance(e, RemoteError) else _explain(e, self.url)
             self._client = None  # reconnect next time
             last = self._last_state.get(run_id, "RUNNING")
             status = "cancelled" if record.cancelled_at else STATE_MAP.get(last, "in_progress")
@@ -172,4 +227,4 @@ class RemoteRunner:
         try:
             self.client().terminate_run(record.runner.run_id)
         except Exception as e:
-            raise _explain(e, self.cfg.url) from None
+            raise _explain(e, self.url) from None
