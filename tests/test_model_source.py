@@ -1,6 +1,10 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+from hf_cache import make_hf_cache
 
 from llama_stack_provider_kfp.model_source import (
     ModelError,
@@ -71,3 +75,14 @@ def test_resolution_order_and_errors(tiny_models, tmp_path):
         (bad / f"consolidated.0{i}.pth").write_bytes(b"")
     with pytest.raises(ModelError, match="2 model-parallel shards"):
         inspect_model_dir("x", bad)
+
+
+def test_repo_id_resolves_from_the_local_hf_cache(tiny_models, tmp_path):
+    env = {**os.environ, **make_hf_cache(tmp_path / "hf", "acme/tiny-llama", tiny_models / "meta")}
+    code = (
+        "from llama_stack_provider_kfp.model_source import resolve_model;"
+        "m = resolve_model('acme/tiny-llama', None, []); print(m.layout, m.arch.num_layers)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["meta", "2"]

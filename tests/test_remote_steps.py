@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from google.protobuf import json_format
+from hf_cache import make_hf_cache
 from kfp import compiler
 from kfp.components import load_component_from_file
 from kfp.kubernetes import kubernetes_executor_config_pb2
@@ -33,7 +34,7 @@ from llama_stack_provider_kfp.data_uri import write_jsonl
 from llama_stack_provider_kfp.demo_data import instruct_rows
 from llama_stack_provider_kfp.job_outputs import list_checkpoints, read_progress
 from llama_stack_provider_kfp.local_server import ROOT
-from llama_stack_provider_kfp.model_source import inspect_s3_model
+from llama_stack_provider_kfp.model_source import ModelError, inspect_s3_model, pvc_model
 from llama_stack_provider_kfp.pipeline import (
     ComponentBuild,
     build_pipeline,
@@ -41,6 +42,7 @@ from llama_stack_provider_kfp.pipeline import (
 )
 from llama_stack_provider_kfp.placement import remote_placement
 from llama_stack_provider_kfp.spec import DataSpec, JobSpec, LoraSpec, OptimSpec, TrainSpec
+from llama_stack_provider_kfp.training.locations import fetch_model
 
 SECRET_VALUES = ("aws-secret-value-xyz", "hf_token_value_xyz", "bearer-token-xyz")
 
@@ -63,9 +65,9 @@ def _config(endpoint: str = "http://minio.example:9000") -> RemoteConfig:
     )  # fmt: skip
 
 
-def _compile(cfg: RemoteConfig, path: Path) -> tuple[dict, dict]:
+def _compile(cfg: RemoteConfig, path: Path, spec: JobSpec | None = None) -> tuple[dict, dict]:
     build = ComponentBuild(base_image=cfg.image, install_kfp_package=False)
-    compiler.Compiler().compile(build_pipeline(build, remote_placement(cfg)), str(path))
+    compiler.Compiler().compile(build_pipeline(build, remote_placement(cfg)(spec)), str(path))
     pipeline, platform = yaml.safe_load_all(path.read_text())
     return pipeline, platform
 
@@ -106,11 +108,64 @@ def test_ir_is_valid_and_carries_placement_not_secrets(tmp_path, monkeypatch):
         assert secret not in text
 
 
+def test_pvc_weights_are_mounted_into_the_train_step(tmp_path):
+    spec = _job_spec(pvc_model("llama", "pvc://models-pvc/llama/3b"), "s3://kfp/jobs/p/output")
+    assert spec.model.arch is None  # only the mounted step can read it
+    _, platform = _compile(_config(), tmp_path / "p.yaml", spec)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    (mount,) = executors["exec-train"]["pvcMount"]
+    assert mount["mountPath"] == "/mnt/models/models-pvc"
+    assert mount["pvcNameParameter"]["runtimeValue"]["constant"] == "models-pvc"
+    assert "pvcMount" not in executors["exec-prepare-data"]
+    assert fetch_model(spec.model.path, tmp_path) == Path("/mnt/models/models-pvc/llama/3b")
+    with pytest.raises(ModelError):
+        pvc_model("x", "pvc://Bad_Claim/../etc")
+
+
+def test_hub_model_read_at_submit_and_fetched_in_the_step(tiny_models, tmp_path):
+    env = {**os.environ, **make_hf_cache(tmp_path / "hf", "acme/tiny-llama", tiny_models / "hf")}
+    code = (
+        "from llama_stack_provider_kfp.model_source import hub_model;"
+        "from llama_stack_provider_kfp.training.locations import fetch_model;"
+        "from pathlib import Path;"
+        "m = hub_model('tiny', 'acme/tiny-llama'); print(m.path, m.arch.embed_dim);"
+        "d = fetch_model(m.path, Path('.')); print(sorted(p.name for p in d.iterdir()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, files = out.stdout.splitlines()[-2:]
+    assert first == "hf://acme/tiny-llama 64"
+    assert "model.safetensors" in files and "config.json" in files
+    missing = subprocess.run(
+        [sys.executable, "-c", "from llama_stack_provider_kfp.model_source import hub_model;"
+         "hub_model('x', 'acme/not-there')"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "cannot read config.json" in missing.stderr
+
+
 @pytest.fixture(scope="module")
 def s3():
     with s3_server() as env:
         storage.client().create_bucket(Bucket="kfp")
         yield env
+
+
+def _job_spec(model, output_uri: str) -> JobSpec:
+    return JobSpec(
+        job_uuid="j1",
+        model=model,
+        data=DataSpec(uri="s3://kfp/jobs/j1/input/train.jsonl", data_format="instruct",
+                      validation_fraction=0.2),
+        train=TrainSpec(epochs=2, max_steps_per_epoch=None, gradient_accumulation_steps=1,
+                        batch_size=4, shuffle=True, train_on_input=False, dtype="fp32",
+                        max_validation_steps=None, max_seq_len=64, seed=1, device="cpu"),
+        lora=LoraSpec(rank=4, alpha=8, attn_modules=["q_proj", "v_proj"], apply_to_mlp=True,
+                      apply_to_output=False),
+        optim=OptimSpec(type="adamw", lr=2e-2, weight_decay=0.0, warmup_steps=1),
+        output_format=model.layout,
+        output_uri=output_uri,
+    )  # fmt: skip
 
 
 def _artifact(name: str, schema: str, uri: Path) -> dict:
@@ -138,20 +193,7 @@ def test_steps_run_as_in_a_pod_against_s3(s3, tiny_models, tmp_path):
     storage.upload_file(rows, "s3://kfp/jobs/j1/input/train.jsonl")
     model = inspect_s3_model("tiny", "s3://kfp/models/tiny.tar.gz")
     assert model.layout == "huggingface" and model.arch.embed_dim == 64
-    spec = JobSpec(
-        job_uuid="j1",
-        model=model,
-        data=DataSpec(uri="s3://kfp/jobs/j1/input/train.jsonl", data_format="instruct",
-                      validation_fraction=0.2),
-        train=TrainSpec(epochs=2, max_steps_per_epoch=None, gradient_accumulation_steps=1,
-                        batch_size=4, shuffle=True, train_on_input=False, dtype="fp32",
-                        max_validation_steps=None, max_seq_len=64, seed=1, device="cpu"),
-        lora=LoraSpec(rank=4, alpha=8, attn_modules=["q_proj", "v_proj"], apply_to_mlp=True,
-                      apply_to_output=False),
-        optim=OptimSpec(type="adamw", lr=2e-2, weight_decay=0.0, warmup_steps=1),
-        output_format="huggingface",
-        output_uri="s3://kfp/jobs/j1/output",
-    )  # fmt: skip
+    spec = _job_spec(model, "s3://kfp/jobs/j1/output")
     params = pipeline_arguments(spec)
     pipeline, _ = _compile(_config(endpoint=s3["AWS_ENDPOINT_URL"]), tmp_path / "p.yaml")
     executors = pipeline["deploymentSpec"]["executors"]

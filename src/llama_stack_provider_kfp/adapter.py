@@ -44,7 +44,7 @@ from .config import KFPPostTrainingConfig
 from .http_errors import as_http_errors
 from .job_outputs import list_checkpoints, read_progress, read_result
 from .job_store import JobRecord, JobStore, check_job_id, now
-from .model_source import ModelError, inspect_s3_model, resolve_model
+from .model_source import ModelError, hub_model, inspect_s3_model, pvc_model, resolve_model
 from .placement import remote_placement
 from .rows import RowError, to_messages
 from .runners.local import LocalRunner
@@ -118,7 +118,7 @@ def _check_lora(lc: LoraFinetuningConfig, model: ModelSpec) -> None:
         problems.append(f"rank must be >= 1 (got {lc.rank})")
     if lc.alpha <= 0:
         problems.append(f"alpha must be > 0 (got {lc.alpha})")
-    if lc.apply_lora_to_output and model.arch.tie_word_embeddings:
+    if lc.apply_lora_to_output and model.arch and model.arch.tie_word_embeddings:
         problems.append(
             f"{model.name} ties its output projection to the embeddings; "
             "set apply_lora_to_output=false"
@@ -306,12 +306,18 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
     def _resolve_model(self, name: str, checkpoint_dir: str | None) -> ModelSpec:
         where = checkpoint_dir or name
         if self.remote:
-            if not storage.is_s3(where):
+            if storage.is_s3(where):
+                return inspect_s3_model(name, where)
+            if where.startswith("pvc://"):
+                return pvc_model(name, where)
+            if where.startswith("/") or where.startswith("."):
                 raise ModelError(
-                    f"in remote mode the weights must be in S3: upload them with "
-                    f"scripts/upload-model.py and pass checkpoint_dir='s3://...' (got {where!r})"
+                    f"in remote mode the weights must be reachable from the cluster: upload "
+                    f"them with scripts/upload-model.py and pass checkpoint_dir='s3://...', "
+                    f"or use pvc://<claim>/<path> (got {where!r})"
                 )
-            return inspect_s3_model(name, where)
+            repo = where.removeprefix("hf://")
+            return hub_model(name, _descriptor_repo(repo) or repo)
         return resolve_model(name, checkpoint_dir, self.config.model_dirs, _descriptor_repo(name))
 
     def _job_prefix(self, job_uuid: str) -> str:

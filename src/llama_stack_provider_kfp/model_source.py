@@ -184,6 +184,45 @@ def inspect_s3_model(name: str, uri: str) -> ModelSpec:
         raise ModelError(f"cannot read model at {uri}: {e}") from None
 
 
+def pvc_model(name: str, uri: str) -> ModelSpec:
+    """Weights on a PersistentVolumeClaim: pvc://<claim>/<path>. The server cannot read the
+    volume, so the layout and architecture are read by the train step once it is mounted."""
+    claim, _, rest = uri.removeprefix("pvc://").partition("/")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", claim) or ".." in rest.split("/"):
+        raise ModelError(f"{uri!r} is not pvc://<claim name>/<path inside the volume>")
+    return ModelSpec(
+        name=name, path=uri, layout=None, checkpoint_files=[], tokenizer_file="", arch=None
+    )
+
+
+def hub_model(name: str, repo: str) -> ModelSpec:
+    """A Hugging Face Hub repo, downloaded inside the pod (HF_TOKEN from a Secret). Its
+    config.json is read here, from the local cache or the Hub (HF_TOKEN from this process's
+    environment), so bad ids and unsupported architectures fail at submit."""
+    if not _HF_REPO_ID.match(repo):
+        raise ModelError(
+            f"model {name!r} is not an s3:// or pvc:// location nor a Hugging Face repo id"
+        )
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(repo, "config.json")
+    except Exception as e:
+        raise ModelError(
+            f"cannot read config.json of Hugging Face repo {repo!r} ({type(e).__name__}); "
+            "check the id, set HF_TOKEN for gated repos, or upload the weights to S3"
+        ) from None
+    arch = arch_from_hf_config(json.loads(Path(path).read_text()))
+    return ModelSpec(
+        name=name,
+        path=f"hf://{repo}",
+        layout="huggingface",
+        checkpoint_files=[],
+        tokenizer_file="original/tokenizer.model",
+        arch=arch,
+    )
+
+
 def _inspect_s3_tarball(name: str, uri: str) -> ModelSpec:
     import tarfile
 

@@ -7,14 +7,26 @@ enter the pipeline, its parameters or a job record.
 from __future__ import annotations
 
 from .config import RemoteConfig
+from .spec import JobSpec
+from .training.locations import pvc_mount
 
 _S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
 def remote_placement(cfg: RemoteConfig):
+    """A function of the job's spec returning `apply(task, step)` for build_pipeline."""
+
+    def for_job(spec: JobSpec | None = None):
+        return _placement(cfg, spec)
+
+    return for_job
+
+
+def _placement(cfg: RemoteConfig, spec: JobSpec | None):
     from kfp import kubernetes
 
     res = cfg.resources
+    pvc = spec.model.path if spec and spec.model.path.startswith("pvc://") else None
 
     def apply(task, step: str) -> None:
         if cfg.s3_credentials_secret:
@@ -44,6 +56,9 @@ def remote_placement(cfg: RemoteConfig):
         if step != "train":
             task.set_cpu_request("1").set_memory_request("2Gi")
             return
+        if pvc:
+            claim, mount = pvc_mount(pvc)
+            kubernetes.mount_pvc(task, pvc_name=claim, mount_path=mount)
         if res.cpu_request:
             task.set_cpu_request(res.cpu_request)
         if res.cpu_limit:

@@ -39,11 +39,15 @@ class ModelArch(_Strict):
 
 class ModelSpec(_Strict):
     name: str = Field(description="What the request named: descriptor, repo id or path.")
-    path: str = Field(description="Directory holding the weights (local path or s3:// URI).")
-    layout: Layout
+    path: str = Field(
+        description="Where the weights are: a local directory, s3://bucket/key(.tar.gz), "
+        "hf://<repo id> (downloaded by the step), or pvc://<claim>/<path> (mounted)."
+    )
+    layout: Layout | None = Field(description="None until a PVC is mounted by the step.")
     checkpoint_files: list[str]
     tokenizer_file: str = Field(description="tiktoken tokenizer.model, relative to path.")
-    arch: ModelArch
+    # None for weights on a PVC: only the train step can read them.
+    arch: ModelArch | None
 
 
 class DataSpec(_Strict):
@@ -93,5 +97,5 @@ class JobSpec(_Strict):
     train: TrainSpec
     lora: LoraSpec
     optim: OptimSpec
-    output_format: Layout
+    output_format: Layout | None = Field(description="None: the layout of the input weights.")
     output_uri: str = Field(description="Where the job's results go; chosen by the provider.")

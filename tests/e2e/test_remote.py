@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from hf_cache import make_hf_cache
 from kfp_api_stub import KFPStub
 from llama_stack_client import APIStatusError
 from s3_server import s3_server
@@ -52,9 +53,11 @@ def stub():
 
 
 @pytest.fixture
-def remote(s3, stub, tmp_path, monkeypatch):
+def remote(s3, stub, tmp_path, monkeypatch, tiny_models):
     monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
     env = {
+        # A Hugging Face cache holding the tiny model as acme/tiny-llama (no Hub here).
+        **make_hf_cache(tmp_path / "hf", "acme/tiny-llama", tiny_models / "hf"),
         "KFP_MODE": "remote",
         "KFP_URL": stub.url,
         "KFP_NAMESPACE": "team-a",
@@ -189,6 +192,24 @@ def test_auth_problems_are_clear_400s(remote, stub, tmp_path, mode, words):
     assert words in str(err.value)
     assert not (remote.jobs_dir / job).exists()
     assert remote.alive()
+
+
+def test_hub_and_pvc_models(remote, stub, tmp_path):
+    client = remote.client()
+    ds = register_rows(client, tmp_path, instruct_rows(12))
+    hub, pvc = new_id("hub"), new_id("pvc")
+    submit(client, hub, "acme/tiny-llama", ds)  # config.json read at submit, weights in the pod
+    assert stub.run_for(hub)["runtime_config"]["parameters"]["model_uri"] == "hf://acme/tiny-llama"
+    with pytest.raises(APIStatusError) as err:
+        submit(client, new_id("nohub"), "acme/not-cached", ds)
+    assert err.value.status_code == 400 and "cannot read config.json" in str(err.value)
+
+    submit(client, pvc, "llama", ds, checkpoint_dir="pvc://models-pvc/llama-3b")
+    run = stub.run_for(pvc)
+    assert run["runtime_config"]["parameters"]["model_uri"] == "pvc://models-pvc/llama-3b"
+    k8s = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]
+    (mount,) = k8s["executors"]["exec-train"]["pvcMount"]
+    assert mount["mountPath"] == "/mnt/models/models-pvc"
 
 
 def test_model_outside_s3_is_refused(remote, tmp_path, tiny_models):

@@ -158,7 +158,8 @@ class RemoteRunner:
         build = ComponentBuild(base_image=self.cfg.image, install_kfp_package=False)
         with tempfile.TemporaryDirectory() as tmp:
             package = Path(tmp) / "pipeline.yaml"
-            compiler.Compiler().compile(build_pipeline(build, self.placement), str(package))
+            placement = self.placement(record.spec)
+            compiler.Compiler().compile(build_pipeline(build, placement), str(package))
             try:
                 result = self.client().create_run_from_pipeline_package(
                     str(package),

@@ -23,8 +23,26 @@ def fetch_data(uri: str, workdir: Path) -> str:
     return str(storage.download_file(uri, workdir / Path(key).name))
 
 
+PVC_MOUNT_ROOT = "/mnt/models"
+HUB_FILES = ["*.json", "*.safetensors", "original/tokenizer.model", "tokenizer.model"]
+
+
+def pvc_mount(uri: str) -> tuple[str, str]:
+    """(claim, mount path) for a pvc://<claim>/<path> URI."""
+    claim = uri.removeprefix("pvc://").split("/", 1)[0]
+    return claim, f"{PVC_MOUNT_ROOT}/{claim}"
+
+
 def fetch_model(uri: str, workdir: Path) -> Path:
-    """A local model directory: as is, or downloaded from an s3 tarball or prefix."""
+    """A local model directory: as is, the mounted PVC path, downloaded from the Hugging Face
+    Hub (HF_TOKEN from the environment), or downloaded from an s3 tarball or prefix."""
+    if uri.startswith("pvc://"):
+        claim, mount = pvc_mount(uri)
+        return Path(mount) / uri.removeprefix(f"pvc://{claim}").strip("/")
+    if uri.startswith("hf://"):
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(uri.removeprefix("hf://"), allow_patterns=HUB_FILES))
     if not storage.is_s3(uri):
         return Path(uri)
     if uri.endswith((".tar.gz", ".tgz", ".tar")):

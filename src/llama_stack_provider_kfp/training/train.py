@@ -166,9 +166,19 @@ def run_training(
     spec = JobSpec.model_validate_json(job_spec)
     with report_errors(output_uri, "train"), tempfile.TemporaryDirectory(prefix="model-") as tmp:
         model_dir = fetch_model(model_uri, Path(tmp))
-        if model_dir != Path(model_uri):  # downloaded: learn its files now
+        if model_dir != Path(model_uri):  # downloaded or mounted: learn its files now
             found = inspect_model_dir(spec.model.name, model_dir)
-            spec = spec.model_copy(update={"model": found.model_copy(update={"path": model_uri})})
+            spec = spec.model_copy(
+                update={
+                    "model": found.model_copy(update={"path": model_uri}),
+                    "output_format": spec.output_format or found.layout,
+                }
+            )
+        if spec.lora.apply_to_output and spec.model.arch.tie_word_embeddings:
+            raise ValueError(
+                f"{spec.model.name} ties its output projection to the embeddings; "
+                "set apply_lora_to_output=false"
+            )
         return _run(spec, model_dir, Output(output_uri), train_path, val_path)
 
 
