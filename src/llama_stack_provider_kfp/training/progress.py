@@ -29,6 +29,7 @@ class ProgressLogger:
         self._input_tokens = 0
         self._started = self._last = time.perf_counter()
         self._tps: list[float] = []
+        self._trained_tps: list[float] = []
         self.on_write = lambda: None  # e.g. upload progress.json when the output is remote
 
     def begin(self, total_steps: int, steps_per_epoch: int, total_epochs: int, **facts) -> None:
@@ -53,6 +54,8 @@ class ProgressLogger:
         tps = self._input_tokens / dt
         self._input_tokens = 0
         self._tps.append(tps)
+        trained = float(payload.get("tokens_per_second_per_gpu", 0.0))
+        self._trained_tps.append(trained)
         loss = float(payload["loss"]) if "loss" in payload else None
         if loss is not None and step % self.stride == 0:
             self.history.append([step, round(loss, 6)])
@@ -65,17 +68,23 @@ class ProgressLogger:
                 "loss": loss,
                 "lr": payload.get("lr"),
                 "tokens_per_second": round(tps, 2),
-                "trained_tokens_per_second": round(
-                    float(payload.get("tokens_per_second_per_gpu", 0.0)), 2
-                ),
+                "trained_tokens_per_second": round(trained, 2),
                 "eta_seconds": round(per_step * (self.total_steps - step), 1),
             }
         )
 
-    def mean_tokens_per_second(self) -> float | None:
-        # Skip the first step: it carries one-off warm-up costs.
-        window = self._tps[1:] or self._tps
-        return sum(window) / len(window) if window else None
+    def throughput(self) -> dict[str, float | None]:
+        """Median tokens/s over steps 2..N (step 1 carries one-off warm-up costs): non-padding
+        tokens fed to the model, and label tokens (torchtune's own figure)."""
+
+        def median(series: list[float]) -> float | None:
+            window = sorted(series[1:] or series)
+            return round(window[len(window) // 2], 2) if window else None
+
+        return {
+            "tokens_per_second": median(self._tps),
+            "trained_tokens_per_second": median(self._trained_tps),
+        }
 
     def _write(self, progress: dict[str, Any]) -> None:
         step = progress["step"]

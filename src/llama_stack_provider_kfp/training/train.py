@@ -218,7 +218,7 @@ def _run(
         "device": str(recipe._device),
         "dtype": spec.train.dtype,
         "peak_memory_mb": round(recipe.peak_memory_mb(), 1),
-        "tokens_per_second": logger.mean_tokens_per_second(),
+        **logger.throughput(),
         "first_loss": logger.history[0][1] if logger.history else None,
         "final_loss": logger.history[-1][1] if logger.history else None,
         "train_seconds": round(time.perf_counter() - started, 2),

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Training efficiency: tokens/s of our train step vs torchtune's own LoRA recipe, unmodified.
+
+    python bench/efficiency.py [--repeats 3] [--rows 96]
+
+Both run the same tiny model, data, batch and steps (one epoch; the row count is a multiple
+of the batch so torchtune's dropped last batch changes nothing), alternating, each in a fresh
+process. The figure compared is torchtune's own per-step metric, label tokens per second
+(`tokens_per_second_per_gpu`), median over steps 2..N (step 1 carries warm-up). Target: ratio
+(ours / torchtune) >= 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import job_spec, make_tiny, save, summary
+
+from llama_stack_provider_kfp.data_uri import write_jsonl
+from llama_stack_provider_kfp.demo_data import instruct_rows
+
+RUN = r"""
+import json, re, sys, tempfile, time
+from pathlib import Path
+from omegaconf import OmegaConf
+from llama_stack_provider_kfp.spec import JobSpec
+from llama_stack_provider_kfp.training.prepare import prepare
+from llama_stack_provider_kfp.training.train import build_config, run_training
+mode, spec_json, work = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+spec = JobSpec.model_validate_json(spec_json)
+train, val = str(work / "train.jsonl"), str(work / "val.jsonl")
+prepare(spec_json, spec.data.uri, "", train, val)
+if mode == "ours":
+    result = run_training(spec_json, spec.model.path, spec.output_uri, train, val)
+    tps = result["trained_tokens_per_second"]
+else:
+    from llama_stack_provider_kfp.training.recipe import LoRAFinetuneRecipeSingleDevice
+    scratch = tempfile.mkdtemp()
+    cfg = build_config(spec, spec.model.path, work, train, None, scratch)
+    cfg["metric_logger"] = {"_component_": "torchtune.training.metric_logging.DiskLogger",
+                            "log_dir": str(work), "filename": "bare.txt"}
+    cfg = OmegaConf.create(cfg)
+    recipe = LoRAFinetuneRecipeSingleDevice(cfg)
+    recipe.setup(cfg)
+    recipe.train()
+    series = [float(m) for m in re.findall(r"tokens_per_second_per_gpu:([0-9.]+)",
+                                           (work / "bare.txt").read_text())]
+    window = sorted(series[1:])
+    tps = window[len(window) // 2]
+print(json.dumps(tps))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=96)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-eff-"))
+    model = make_tiny(tmp / "tiny")
+    data = write_jsonl(instruct_rows(args.rows), tmp / "rows.jsonl")
+    medians: dict[str, list[float]] = {"ours": [], "torchtune": []}
+    for r in range(args.repeats):
+        for mode in ("torchtune", "ours") if r % 2 else ("ours", "torchtune"):
+            work = tmp / f"{mode}-{r}"
+            work.mkdir()
+            spec = job_spec(model, data, work / "out", epochs=1)
+            out = subprocess.run(
+                [sys.executable, "-c", RUN, "ours" if mode == "ours" else "bare",
+                 spec.model_dump_json(), str(work)],
+                check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            medians[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"{mode:10s} run {r}: median {medians[mode][-1]:.0f} label tok/s")
+    ratio = statistics.median(medians["ours"]) / statistics.median(medians["torchtune"])
+    save(
+        "efficiency",
+        {
+            "what": "label tokens/s per step (torchtune's metric), median of steps 2..N",
+            "rows": args.rows,
+            "steps": args.rows // 4,
+            "repeats": args.repeats,
+            "ours_tokens_per_second": summary(medians["ours"]),
+            "torchtune_tokens_per_second": summary(medians["torchtune"]),
+            "ratio_ours_over_torchtune": round(ratio, 3),
+            "target": ">= 0.95",
+            "met": ratio >= 0.95,
+        },
+    )
+    print(f"ratio ours/torchtune = {ratio:.3f} (target >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Turn bench/results/*.json into bench/results/summary.md and PNG plots.
+
+python bench/report.py
+"""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from common import RESULTS
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def fmt(s: dict, scale: float = 1.0, unit: str = "s") -> str:
+    return (f"{s['median'] * scale:.3g} {unit} "
+            f"({s['min'] * scale:.3g}-{s['max'] * scale:.3g}, n={s['n']})")  # fmt: skip
+
+
+def main() -> None:
+    rows, header = [], None
+    if o := load("overhead"):
+        header = header or o
+        names = list(o["sizes"])
+        for name, v in o["sizes"].items():
+            rows.append(
+                (
+                    f"overhead, {name} job ({v['steps']} steps): server+KFP / direct warm / "
+                    "direct cold",
+                    f"{fmt(v['server'])} / {fmt(v['direct_warm'])} / {fmt(v['direct_cold'])}",
+                )
+            )
+            rows.append((f"overhead, {name} job: ratio server/direct-warm, fixed cost",
+                         f"{v['ratio_server_over_direct_warm']}x, "
+                         f"{v['fixed_cost_seconds']:.2f} s"))  # fmt: skip
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+        kinds = ["server", "direct_warm", "direct_cold"]
+        for i, kind in enumerate(kinds):
+            ax.bar(
+                [x + i * 0.27 for x in range(len(names))],
+                [o["sizes"][n][kind]["median"] for n in names],
+                width=0.27,
+                label=kind,
+            )
+        ax.set_xticks([x + 0.27 for x in range(len(names))], names)
+        ax.set(ylabel="seconds (median)", title="Same fine-tune: server + KFP vs direct call")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / "overhead.png")
+    if e := load("efficiency"):
+        header = header or e
+        rows.append(("train step vs torchtune recipe: label tokens/s (ours / torchtune)",
+                     f"{fmt(e['ours_tokens_per_second'], unit='tok/s')} / "
+                     f"{fmt(e['torchtune_tokens_per_second'], unit='tok/s')}"))  # fmt: skip
+        rows.append(
+            (
+                "train step vs torchtune recipe: ratio (target >= 0.95)",
+                f"{e['ratio_ours_over_torchtune']} ({'met' if e['met'] else 'missed'})",
+            )
+        )
+    if d := load("data_scale"):
+        header = header or d
+        sizes = list(d["sizes"])
+        for n, v in d["sizes"].items():
+            rows.append((f"data scale, {int(n):,} rows ({v['file_mb']} MB): submit latency, "
+                         "server RSS / peak",
+                         f"{fmt(v['submit_seconds'], 1000, 'ms')}, {v['server_rss_mb']} / "
+                         f"{v['server_peak_rss_mb']} MB"))  # fmt: skip
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+        ax.plot([int(n) for n in sizes],
+                [d["sizes"][n]["submit_seconds"]["median"] * 1000 for n in sizes], marker="o",
+                label="submit latency (ms)")  # fmt: skip
+        ax.plot([int(n) for n in sizes], [d["sizes"][n]["server_peak_rss_mb"] for n in sizes],
+                marker="s", label="server peak RSS (MB)")  # fmt: skip
+        ax.set(xscale="log", xlabel="dataset rows", title="Submit cost vs dataset size")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / "data_scale.png")
+    if t := load("tracking"):
+        rows.append(
+            (
+                "status latency while 2 jobs train: p50 / p99 / max",
+                f"{t['status_p50_ms']} / {t['status_p99_ms']} / {t['status_max_ms']} ms",
+            )
+        )
+        for c in t["cancel"]:
+            rows.append(
+                (
+                    "cancel: call returns / last process gone",
+                    f"{c['cancel_call_ms']} / {c['to_last_process_gone_ms']} ms",
+                )
+            )
+    if i := load("intree"):
+        for k, v in i["runs"].items():
+            rows.append((f"vs in-tree inline::torchtune ({k}): wall, tokens/s, peak RSS, "
+                         "final loss",
+                         f"{fmt(v['wall_seconds'])}, {v['tokens_per_second']}, "
+                         f"{v['peak_rss_mb']} MB, {v['final_loss']}"))  # fmt: skip
+    lines = []
+    if header:
+        lines.append(f"{header['machine']}; Python {header['python']}; " + ", ".join(
+            f"{k} {v}" for k, v in header["versions"].items()) + f"; model {header['model']}, "
+            f"batch {header['batch_size']}, max_seq_len {header['max_seq_len']}, "
+            f"{header['dtype']}. Figures: median (min-max, n repeats).\n")  # fmt: skip
+    lines += ["| measure | result |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
+    (RESULTS / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
