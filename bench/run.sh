@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every benchmark and write bench/results/{*.json,summary.md,*.png}.
-#   bash bench/run.sh --quick     # fewer repeats; about 6-8 minutes on 2 cores
+#   bash bench/run.sh --quick     # fewer repeats; about 6 minutes on 2 cores
 #   bash bench/run.sh             # the full set
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -8,11 +8,11 @@ venv=$(bash "$here/scripts/setup.sh" | tail -n 1)
 py="$venv/bin/python"
 cd "$here/bench"
 if [ "${1:-}" = "--quick" ]; then
-  "$py" efficiency.py --repeats 2 --rows 48
+  "$py" efficiency.py --repeats 3 --rows 96
   "$py" overhead.py --quick
   "$py" data_scale.py --repeats 2
   "$py" tracking.py --calls 200
-  "$py" intree.py --repeats 1
+  "$py" intree.py --repeats 2
 else
   "$py" efficiency.py --repeats 5 --rows 96
   "$py" overhead.py --repeats 3

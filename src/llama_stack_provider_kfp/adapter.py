@@ -151,7 +151,13 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             self.runner = RemoteRunner(self.store, config.remote, remote_placement(config.remote))
         else:
             self.runner = LocalRunner(self.store)
-        self.scheduler = JobScheduler(self.store, self.runner, config.max_concurrent_jobs)
+        self.scheduler = JobScheduler(
+            self.store,
+            self.runner,
+            config.max_concurrent_jobs,
+            # Local checks are file reads; remote ones are calls to the KFP API.
+            poll_seconds=config.remote.poll_seconds if self.remote else 0.5,
+        )
 
     async def initialize(self) -> None:
         pass

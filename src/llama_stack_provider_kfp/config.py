@@ -61,6 +61,9 @@ class RemoteConfig(BaseModel):
         default=None, description="Kubernetes Secret with HF_TOKEN, for gated models"
     )
     resources: RemoteResources = Field(default_factory=RemoteResources)
+    poll_seconds: float = Field(
+        default=5.0, gt=0, description="how often queued/finished runs are checked with KFP"
+    )
 
 
 class KFPPostTrainingConfig(BaseModel):

@@ -13,6 +13,7 @@ from typing import Any
 from ..atomic_json import write_json
 
 MAX_HISTORY = 500
+WRITE_EVERY_SECONDS = 1.0  # progress.json is rewritten at most this often (and at the end)
 
 
 class ProgressLogger:
@@ -31,6 +32,8 @@ class ProgressLogger:
         self._tps: list[float] = []
         self._trained_tps: list[float] = []
         self.on_write = lambda: None  # e.g. upload progress.json when the output is remote
+        self._written_at = -1e9
+        self._pending: dict[str, Any] | None = None
 
     def begin(self, total_steps: int, steps_per_epoch: int, total_epochs: int, **facts) -> None:
         self.total_steps, self.steps_per_epoch = total_steps, max(steps_per_epoch, 1)
@@ -62,16 +65,22 @@ class ProgressLogger:
             if len(self.history) > MAX_HISTORY:  # keep it bounded: halve the resolution
                 self.history, self.stride = self.history[::2], self.stride * 2
         per_step = (now - self._started) / max(step, 1)
-        self._write(
-            {
-                "step": step,
-                "loss": loss,
-                "lr": payload.get("lr"),
-                "tokens_per_second": round(tps, 2),
-                "trained_tokens_per_second": round(trained, 2),
-                "eta_seconds": round(per_step * (self.total_steps - step), 1),
-            }
-        )
+        self._pending = {
+            "step": step,
+            "loss": loss,
+            "lr": payload.get("lr"),
+            "tokens_per_second": round(tps, 2),
+            "trained_tokens_per_second": round(trained, 2),
+            "eta_seconds": round(per_step * (self.total_steps - step), 1),
+        }
+        if step >= self.total_steps or now - self._written_at >= WRITE_EVERY_SECONDS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            self._written_at = time.perf_counter()
+            self._write(self._pending)
+            self._pending = None
 
     def throughput(self) -> dict[str, float | None]:
         """Median tokens/s over steps 2..N (step 1 carries one-off warm-up costs): non-padding
@@ -93,8 +102,12 @@ class ProgressLogger:
             epoch=min(step // self.steps_per_epoch + (1 if step else 0), self.total_epochs),
             total_epochs=self.total_epochs,
         )
-        write_json(self.path, {"progress": progress, "loss_history": self.history, **self.facts})
+        write_json(
+            self.path,
+            {"progress": progress, "loss_history": self.history, **self.facts},
+            durable=False,
+        )
         self.on_write()
 
     def close(self) -> None:
-        pass
+        self._flush()
