@@ -100,10 +100,11 @@ def main() -> None:
             )
     if i := load("intree"):
         for k, v in i["runs"].items():
-            rows.append((f"vs in-tree inline::torchtune ({k}): wall, tokens/s, peak RSS, "
-                         "final loss",
-                         f"{fmt(v['wall_seconds'])}, {v['tokens_per_second']}, "
-                         f"{v['peak_rss_mb']} MB, {v['final_loss']}"))  # fmt: skip
+            rows.append((f"{k}, same {v['steps']}-step job: wall / setup+train, label tok/s, "
+                         "peak RSS, final loss",
+                         f"{fmt(v['wall_seconds'])} / {fmt(v['train_seconds'])}, "
+                         f"{v['tokens_per_second']:.0f}, {v['peak_rss_mb']} MB, "
+                         f"{v['final_loss']}"))  # fmt: skip
     lines = []
     if header:
         lines.append(f"{header['machine']}; Python {header['python']}; " + ", ".join(
