@@ -98,6 +98,9 @@ class KFPStub:
             rest = p[len("/apis/v2beta1/runs/") :]
             if rest.endswith(":terminate") and method == "POST":
                 run_id = rest[: -len(":terminate")]
+                if self.runs[run_id]["state"] in ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"):
+                    # As KFP's run store does: only PENDING/RUNNING/PAUSED runs terminate.
+                    return h._send(400, {"error": "run cannot be terminated", "code": 9})
                 self.terminated.append(run_id)
                 self.runs[run_id]["state"] = "CANCELED"
                 return h._send(200, {})

@@ -61,3 +61,17 @@ def test_optimizer_and_schedule_reach_torchtune(tiny_models, tmp_path):
     assert cfg["lr_scheduler"]["num_warmup_steps"] == 3
     assert cfg["model"]["_component_"] == "torchtune.models.llama3_2.lora_llama3_2"
     assert cfg["model"]["scale_factor"] == 32.0
+
+
+def test_progress_epochs_and_throttle(tmp_path):
+    from llama_stack_provider_kfp.training.progress import ProgressLogger
+
+    logger = ProgressLogger(str(tmp_path / "progress.json"))
+    logger.begin(total_steps=8, steps_per_epoch=4, total_epochs=2)
+    epochs = []
+    for step in range(1, 9):
+        logger.log_dict({"loss": 10.0 - step, "tokens_per_second_per_gpu": 100.0}, step)
+        logger._flush()
+        epochs.append(json.loads((tmp_path / "progress.json").read_text())["progress"]["epoch"])
+    assert epochs == [1, 1, 1, 1, 2, 2, 2, 2]
+    assert len(logger.history) == 8

@@ -263,7 +263,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
                 output_uri=output_uri,
             )
             record = JobRecord(job_uuid=request.job_uuid, spec=spec, scheduled_at=now())
-            self.scheduler.submit(record)
+            await asyncio.to_thread(self.scheduler.submit, record)
         except BaseException:
             self.store.discard(request.job_uuid)
             raise
@@ -280,6 +280,12 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             ) from None
         source = dataset.source
         n = self.config.submit_sample_rows
+        if source.type == "uri" and data_uri.has_credentials(source.uri):
+            raise ValueError(
+                f"dataset {dataset_id!r} carries a credential in its URI; register it without "
+                "one and give the token through the environment (HF_TOKEN), which is never "
+                "stored in job records or pipeline parameters"
+            )
         if source.type == "uri":
             try:
                 sample = await asyncio.to_thread(data_uri.sample_rows, source.uri, n)
@@ -344,9 +350,13 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             source = str(path)
         if not self.remote:
             return source
+        if source.startswith("data:"):  # too big for a pipeline parameter: stage it as a file
+            path = job_dir / "input" / name
+            await asyncio.to_thread(data_uri.write_jsonl, data_uri.iter_rows(source), path)
+            source = str(path)
         local = data_uri.local_file(source)
         if local is None:
-            return source  # s3://, data:, or a hub dataset the pod reads itself
+            return source  # s3://, or a hub dataset the pod reads itself
         key = Path(name).stem + local.suffix  # keep the suffix: it says how to parse the file
         uri = storage.join(self._job_prefix(job_dir.name), "input", key)
         await asyncio.to_thread(storage.upload_file, local, uri)
@@ -400,6 +410,10 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         self, request: GetTrainingJobStatusRequest
     ) -> PostTrainingJobStatusResponse:
         record = self._record(request.job_uuid)
+        # Off the event loop: in remote mode this calls the KFP API and S3.
+        return await asyncio.to_thread(self._status, record)
+
+    def _status(self, record: JobRecord) -> PostTrainingJobStatusResponse:
         seen = self.runner.observe(record)
         output = record.spec.output_uri
         resources: dict[str, Any] = {"job_dir": str(self.store.job_dir(record.job_uuid))}
@@ -424,19 +438,18 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
     @as_http_errors
     async def cancel_training_job(self, request: CancelTrainingJobRequest) -> None:
         record = self._record(request.job_uuid)
-        seen = self.runner.observe(record)
+        seen = await asyncio.to_thread(self.runner.observe, record)
         if seen.status in ("completed", "failed", "cancelled"):
             raise ValueError(f"job {record.job_uuid!r} has already ended ({seen.status})")
-        await asyncio.to_thread(self.scheduler.cancel, record)
+        await asyncio.to_thread(self.scheduler.cancel, record.job_uuid)
 
     @as_http_errors
     async def get_training_job_artifacts(
         self, request: GetTrainingJobArtifactsRequest
     ) -> PostTrainingJobArtifactsResponse:
         record = self._record(request.job_uuid)
-        return PostTrainingJobArtifactsResponse(
-            job_uuid=record.job_uuid, checkpoints=self._checkpoints(record)
-        )
+        checkpoints = await asyncio.to_thread(self._checkpoints, record)
+        return PostTrainingJobArtifactsResponse(job_uuid=record.job_uuid, checkpoints=checkpoints)
 
     @as_http_errors
     async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:

@@ -69,8 +69,8 @@ class RemoteConfig(BaseModel):
 class KFPPostTrainingConfig(BaseModel):
     mode: Literal["local", "remote"] = Field(
         default="local",
-        description="`local` runs the pipeline with kfp.local on this machine. "
-        "`remote` (a KFP v2 cluster) is not available yet and is refused at start-up.",
+        description="`local` runs the pipeline with kfp.local on this machine; `remote` "
+        "compiles it and runs it on a KFP v2 cluster (see `remote`).",
     )
     remote: RemoteConfig = Field(
         default_factory=RemoteConfig, description="settings used when mode is `remote`"

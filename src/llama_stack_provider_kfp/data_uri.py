@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
@@ -99,8 +99,21 @@ def _iter_huggingface(uri: str) -> Iterator[dict]:
     try:
         ds = hf_datasets.load_dataset(path, streaming=True, **params)
     except Exception as e:
-        raise DataSourceError(f"cannot load {uri}: {e}") from e
+        raise DataSourceError(f"cannot load {_redact(uri)}: {e}") from None
     yield from ds
+
+
+_CREDENTIAL_PARAMS = ("token", "secret", "password", "key", "credential")
+
+
+def has_credentials(uri: str) -> bool:
+    """True when a query parameter looks like a credential (e.g. huggingface://...?token=)."""
+    if uri.startswith("data:"):
+        return False
+    params = parse_qs(urlparse(uri).query)
+    return any(any(c in name.lower() for c in _CREDENTIAL_PARAMS) for name in params) or bool(
+        urlparse(uri).password
+    )
 
 
 def local_file(uri: str) -> Path | None:
@@ -114,7 +127,20 @@ def local_file(uri: str) -> Path | None:
 
 
 def iter_rows(uri: str) -> Iterator[dict]:
-    """Yield the rows at `uri` one by one."""
+    """Yield the rows at `uri` one by one; any reading problem is a DataSourceError."""
+    try:
+        yield from _iter_rows(uri)
+    except DataSourceError:
+        raise
+    except (OSError, csv.Error, UnicodeDecodeError, ValueError) as e:
+        raise DataSourceError(f"cannot read {_redact(uri)}: {type(e).__name__}: {e}") from None
+
+
+def _redact(uri: str) -> str:
+    return uri if len(uri) < 200 else uri[:200] + "..."
+
+
+def _iter_rows(uri: str) -> Iterator[dict]:
     path = _local_path(uri)
     if path is not None:
         yield from _iter_file(path)
@@ -129,7 +155,7 @@ def iter_rows(uri: str) -> Iterator[dict]:
         )
 
 
-def write_jsonl(rows: list[dict], path: Path) -> Path:
+def write_jsonl(rows: Iterable[dict], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as fh:
         for row in rows:

@@ -53,14 +53,14 @@ class Server:
                     str(BIN / "llama"),
                     "stack",
                     "run",
-                    str(ROOT / "run.yaml"),
+                    str(ROOT / self.config),
                     "--port",
                     str(self.port),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
-                cwd=self.root,
+                cwd=ROOT,  # run-external-dir.yaml names ./providers.d relative to the cwd
             )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

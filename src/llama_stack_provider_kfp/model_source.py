@@ -8,6 +8,7 @@ dimensions come from the files, not from a table of known models.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -212,7 +213,10 @@ def hub_model(name: str, repo: str) -> ModelSpec:
             f"cannot read config.json of Hugging Face repo {repo!r} ({type(e).__name__}); "
             "check the id, set HF_TOKEN for gated repos, or upload the weights to S3"
         ) from None
-    arch = arch_from_hf_config(json.loads(Path(path).read_text()))
+    try:
+        arch = arch_from_hf_config(json.loads(Path(path).read_text()))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{repo}: unreadable config.json ({e!r})") from None
     return ModelSpec(
         name=name,
         path=f"hf://{repo}",
@@ -230,7 +234,7 @@ def _inspect_s3_tarball(name: str, uri: str) -> ModelSpec:
 
     bucket, key = storage.split(uri)
     body = storage.client().get_object(Bucket=bucket, Key=key)["Body"]
-    with tarfile.open(fileobj=body, mode="r|gz") as tar:
+    with contextlib.closing(body), tarfile.open(fileobj=body, mode="r|gz") as tar:
         for member in tar:  # upload-model.py puts the config first
             if member.name in ("config.json", "params.json"):
                 config = json.load(tar.extractfile(member))

@@ -61,30 +61,37 @@ class JobScheduler:
     # ---- API ----------------------------------------------------------------------------
 
     def submit(self, record: JobRecord) -> None:
+        """Queue a new job and start it if a slot is free. A failure to start *this* job is
+        raised (the caller answers the request with it); other jobs' failures are recorded."""
         with self._lock:
             self.store.save(record)
             self._active.add(record.job_uuid)
-            self._dispatch()
+            self._dispatch(raise_for=record.job_uuid)
 
-    def cancel(self, record: JobRecord, grace_seconds: float = 5.0) -> None:
-        """Mark cancelled (durably, first), then stop the worker's process tree."""
+    def cancel(self, job_uuid: str, grace_seconds: float = 5.0) -> None:
+        """Mark cancelled (durably, first), then stop the job's process tree or run."""
         with self._lock:
+            record = self.store.load(job_uuid)  # the current record: it may have just started
+            if record is None:
+                return
             record.cancelled_at = now()
             self.store.save(record)
         self.runner.kill(record, grace_seconds)
         with self._lock:
-            self._active.discard(record.job_uuid)
-            self._dispatch()
+            self._active.discard(job_uuid)
+            self.runner.forget(record)
+            if not self._stop.is_set():
+                self._dispatch()
 
     def shutdown(self, cancel_jobs: bool) -> None:
         self._stop.set()
         if not cancel_jobs:
             return
         with self._lock:
-            records = [r for r in map(self.store.load, list(self._active)) if r is not None]
-        for record in records:
+            active = list(self._active)
+        for job_uuid in active:
             # llama-stack gives providers 5 s to shut down.
-            self.cancel(record, grace_seconds=1.0)
+            self.cancel(job_uuid, grace_seconds=1.0)
 
     # ---- dispatch -----------------------------------------------------------------------
 
@@ -92,39 +99,56 @@ class JobScheduler:
         while not self._stop.wait(self.poll_seconds):
             try:
                 with self._lock:
-                    self._dispatch()
+                    if not self._stop.is_set():
+                        self._dispatch()
             except Exception:  # keep dispatching whatever one poll hit
                 log.exception("job dispatch failed")
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, raise_for: str | None = None) -> None:
         running, queued = 0, []
         for job_uuid in list(self._active):
-            record = self.store.load(job_uuid)
-            if record is None:
-                self._active.discard(job_uuid)
-                continue
-            seen = self.runner.observe(record)
-            if seen.status in TERMINAL:
-                self._settle(record, seen)
-                self._active.discard(job_uuid)
-            elif self.runner.handle(record) is None:
-                queued.append(record)
-            else:
-                running += 1
+            try:
+                record = self.store.load(job_uuid)
+                if record is None:
+                    self._active.discard(job_uuid)
+                    continue
+                seen = self.runner.observe(record)
+                if seen.status in TERMINAL:
+                    self._settle(record, seen)
+                    self._active.discard(job_uuid)
+                elif self.runner.handle(record) is None:
+                    queued.append(record)
+                else:
+                    running += 1
+            except Exception:  # one job's trouble must not stall the others
+                log.exception("job %s: could not be checked", job_uuid)
+                running += 1  # unknown: count it, so the limit is never exceeded
         queued.sort(key=lambda r: r.scheduled_at)
         for record in queued[: max(self.max_concurrent - running, 0)]:
-            record.runner = self.runner.start(record.job_uuid)
+            try:
+                record.runner = self.runner.start(record.job_uuid)
+            except Exception as e:
+                if record.job_uuid == raise_for:
+                    raise
+                # Recorded, not retried forever: the job fails with the reason.
+                record.lost, record.lost_at = {"message": f"could not start: {e}"}, now()
+                self.store.save(record)
+                self._active.discard(record.job_uuid)
+                log.warning("job %s: could not start: %s", record.job_uuid, e)
+                continue
             self.store.save(record)
-            log.info("job %s: started (worker pid %d)", record.job_uuid, record.runner.pid)
+            log.info("job %s: started (%s)", record.job_uuid, record.runner)
 
     def _settle(self, record: JobRecord, seen: Observed) -> None:
         """Make a finished job's outcome durable and leave nothing of it running."""
-        state = self.store.worker_state(record.job_uuid)
-        reported = state is not None and state.status in TERMINAL
-        if seen.status == "failed" and not reported and record.lost is None:
+        if seen.lost and record.lost is None:
             record.lost, record.lost_at = seen.error, now()
             self.store.save(record)
             log.warning("job %s: worker vanished; marked failed", record.job_uuid)
-        if record.cancelled_at is not None or record.lost is not None:
+        if record.cancelled_at is not None or seen.lost:
             # A cancel interrupted by a server crash, or a killed worker's orphaned tasks.
-            self.runner.kill(record, grace_seconds=0.5)
+            try:
+                self.runner.kill(record, grace_seconds=0.5)
+            except Exception as e:
+                log.warning("job %s: clean-up after the end failed: %s", record.job_uuid, e)
+        self.runner.forget(record)

@@ -9,6 +9,7 @@ provider config or AWS_ENDPOINT_URL.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tarfile
 from pathlib import Path
@@ -74,6 +75,8 @@ def download_prefix(prefix_uri: str, dest: Path, s3=None) -> Path:
     prefix = prefix.rstrip("/") + "/"
     s3 = s3 or client()
     for key in list_keys(f"s3://{bucket}/{prefix}", s3):
+        if key.endswith("/"):
+            continue  # a "folder" marker object
         rel = Path(key[len(prefix) :])
         if rel.is_absolute() or ".." in rel.parts:
             raise ValueError(f"refusing object key {key!r}: it leaves the target folder")
@@ -82,11 +85,18 @@ def download_prefix(prefix_uri: str, dest: Path, s3=None) -> Path:
 
 
 def read_json(uri: str, s3=None) -> Any | None:
+    """The object's JSON, or None when it is missing or unreadable (access denied included:
+    a status call should answer, and the warning is logged)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     bucket, key = split(uri)
     s3 = s3 or client()
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except s3.exceptions.NoSuchKey:
+        return None
+    except (ClientError, BotoCoreError) as e:
+        logging.getLogger(__name__).warning("cannot read %s: %s", uri, e)
         return None
     try:
         return json.loads(body)

@@ -96,6 +96,16 @@ def test_dialog_without_answer(client, server, good):
                     model=good["model"], dataset_id=ds, training_config=tc)  # fmt: skip
 
 
+def test_credential_in_dataset_uri(client, server, good):
+    client.beta.datasets.register(
+        purpose="post-training/messages",
+        source={"type": "uri", "uri": "huggingface://acme/data?split=train&token=hf_secret"},
+        dataset_id="with-token",
+    )
+    _expect_refusal(client, server, 400, ["credential", "HF_TOKEN"],
+                    model=good["model"], dataset_id="with-token")  # fmt: skip
+
+
 def test_no_algorithm_config(client, server, good):
     _expect_refusal(client, server, 400, ["algorithm_config", "LoRA", "lora_attn_modules"],
                     model=good["model"], dataset_id=good["dataset"],

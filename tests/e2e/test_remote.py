@@ -158,6 +158,14 @@ def test_cancel_terminates_and_canceled_maps(remote, stub, tmp_path):
     # Cancelled from the KFP UI: CANCELED maps to cancelled, never a hang.
     stub.set_state(run_b["run_id"], "CANCELED")
     assert job_status(client, b)["status"] == "cancelled"
+    # Ended runs are settled without asking KFP to terminate them (it would refuse), and the
+    # server keeps accepting work.
+    remote.restart()
+    client = remote.client()
+    assert stub.terminated == [run_a["run_id"]]
+    c = new_id("after")
+    submit(client, c, "tiny", ds, checkpoint_dir=MODEL)
+    assert job_status(client, c)["status"] == "scheduled"
 
 
 def test_failed_run_reports_step_error(remote, stub, tmp_path):

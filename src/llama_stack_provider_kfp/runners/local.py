@@ -27,6 +27,8 @@ class Observed:
     error: dict | None = None
     # Runner facts for the status response (e.g. the KFP run id and state).
     note: dict | None = None
+    # True when the runner lost the job (its worker vanished without an outcome).
+    lost: bool = False
 
 
 class LocalRunner:
@@ -77,7 +79,7 @@ class LocalRunner:
             return Observed("scheduled")
         if self.worker(record) is not None:
             return Observed(state.status if state else "scheduled", started)
-        return Observed("failed", started, None, self.lost_reason(record))
+        return Observed("failed", started, None, self.lost_reason(record), lost=True)
 
     def lost_reason(self, record: JobRecord) -> dict:
         return {
@@ -86,9 +88,21 @@ class LocalRunner:
             "log_tail": tail(self.store.job_dir(record.job_uuid) / "worker.log"),
         }
 
+    def forget(self, record: JobRecord) -> None:
+        """Reap a finished worker this server started (no zombie left behind)."""
+        child = self._children.get(record.job_uuid)
+        if child is not None and child.poll() is not None:
+            del self._children[record.job_uuid]
+
     def kill(self, record: JobRecord, grace_seconds: float = 5.0) -> None:
         """Stop the worker's whole process group (kfp.local tasks included), then wait."""
         handle = self.handle(record)
+        child = self._children.get(record.job_uuid)
+        if handle is None and child is not None:
+            # Started a moment ago: neither the record nor state.json names it yet.
+            handle = RunnerHandle(
+                pid=child.pid, create_time=psutil.Process(child.pid).create_time()
+            )
         if handle is None:
             return
         for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5.0)):

@@ -30,6 +30,9 @@ STATE_MAP = {
 }
 
 
+TERMINAL_STATES = ("SUCCEEDED", "SKIPPED", "FAILED", "CANCELED")
+
+
 class RemoteError(ValueError):
     """The KFP endpoint cannot be used; the message says why and what to change."""
 
@@ -222,9 +225,15 @@ class RemoteRunner:
             note={"run_id": run_id, "state": state},
         )
 
+    def forget(self, record: JobRecord) -> None:
+        if record.runner is not None:
+            self._last_state.pop(record.runner.run_id, None)
+
     def kill(self, record: JobRecord, grace_seconds: float = 5.0) -> None:
         if record.runner is None or record.runner.run_id is None:
             return
+        if self._last_state.get(record.runner.run_id) in TERMINAL_STATES:
+            return  # KFP refuses to terminate a run that has ended
         try:
             self.client().terminate_run(record.runner.run_id)
         except Exception as e:

@@ -99,7 +99,7 @@ class ProgressLogger:
         step = progress["step"]
         progress.update(
             total_steps=self.total_steps,
-            epoch=min(step // self.steps_per_epoch + (1 if step else 0), self.total_epochs),
+            epoch=min((step - 1) // self.steps_per_epoch + 1 if step else 0, self.total_epochs),
             total_epochs=self.total_epochs,
         )
         write_json(

@@ -85,6 +85,12 @@ class ProviderLoRARecipe(LoRAFinetuneRecipeSingleDevice):
                         ignore_idx=self._loss_fn.ignore_index,
                     ),
                 )
+        if self._steps_per_epoch < 1:
+            raise ValueError(
+                f"{len(self._dataloader)} batch(es) per epoch is fewer than "
+                f"gradient_accumulation_steps={self._gradient_accumulation_steps}: no optimizer "
+                "step would run; lower gradient_accumulation_steps or batch_size, or add rows"
+            )
         self.train_rows = len(self._dataloader.dataset)
         self.validation_rows = len(self._val_loader.dataset) if self._val_loader else 0
         self._metric_logger.on_write = lambda: self.output.push("progress.json", 5.0)
