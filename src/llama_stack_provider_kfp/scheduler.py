@@ -16,7 +16,8 @@ import logging
 import threading
 
 from .job_store import TERMINAL, JobRecord, JobStore, now
-from .runners.local import LocalRunner, Observed
+from .runners import Observed
+from .runners.local import LocalRunner
 
 log = logging.getLogger(__name__)
 

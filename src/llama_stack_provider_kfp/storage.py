@@ -47,13 +47,6 @@ def upload_file(path: Path, uri: str, s3=None) -> None:
     (s3 or client()).upload_file(str(path), bucket, key)  # multipart for large files
 
 
-def upload_tree(local: Path, uri: str, s3=None) -> None:
-    s3 = s3 or client()
-    for p in sorted(local.rglob("*")):
-        if p.is_file():
-            upload_file(p, join(uri, p.relative_to(local).as_posix()), s3)
-
-
 def download_file(uri: str, path: Path, s3=None) -> Path:
     bucket, key = split(uri)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -64,14 +64,6 @@ def _record(server: Server, job: str) -> dict:
     return json.loads((server.jobs_dir / job / "job.json").read_text())
 
 
-def _job_pids(server: Server, job: str) -> set[int]:
-    return job_processes(server, job)
-
-
-def _gone(pids: set[int]) -> bool:
-    return not any_alive(pids)
-
-
 def test_server_kill9_and_restart_reattaches(srv, tiny_models, tmp_path):
     server = srv()
     client = server.client()
@@ -92,12 +84,17 @@ def test_server_kill9_and_restart_reattaches(srv, tiny_models, tmp_path):
     assert [c["epoch"] for c in st["checkpoints"]] == list(range(1, LONG_EPOCHS + 1))
 
 
-def test_worker_kill9_fails_job_with_reason(srv, tiny_models, tmp_path):
-    server = srv()
+def _training_job(srv, tiny: Path, tmp: Path, **env) -> tuple[Server, object, str, set[int]]:
+    """A server with one job past its first step, and the pids of that job's processes."""
+    server = srv(**env)
     client = server.client()
-    job = _long_job(client, tiny_models, tmp_path)
+    job = _long_job(client, tiny, tmp)
     _wait_step(client, job, 1)
-    pids = _job_pids(server, job)
+    return server, client, job, job_processes(server, job)
+
+
+def test_worker_kill9_fails_job_with_reason(srv, tiny_models, tmp_path):
+    server, client, job, pids = _training_job(srv, tiny_models, tmp_path)
     os.kill(_record(server, job)["runner"]["pid"], signal.SIGKILL)
 
     st = wait_done(client, job, timeout=30)
@@ -107,9 +104,9 @@ def test_worker_kill9_fails_job_with_reason(srv, tiny_models, tmp_path):
     assert error["log_tail"]
     # The orphaned kfp.local task processes are stopped too.
     deadline = time.monotonic() + 15
-    while not _gone(pids) and time.monotonic() < deadline:
+    while any_alive(pids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _gone(pids)
+    assert not any_alive(pids)
     # The outcome is durable: still failed, with the same reason, after a restart.
     server.restart()
     again = job_status(server.client(), job)
@@ -118,17 +115,13 @@ def test_worker_kill9_fails_job_with_reason(srv, tiny_models, tmp_path):
 
 
 def test_cancel_stops_every_process(srv, tiny_models, tmp_path):
-    server = srv()
-    client = server.client()
-    job = _long_job(client, tiny_models, tmp_path)
-    _wait_step(client, job, 1)
-    pids = _job_pids(server, job)
+    _, client, job, pids = _training_job(srv, tiny_models, tmp_path)
     assert len(pids) >= 2  # the worker and at least the running task
 
     cancel_job(client, job)
     st = job_status(client, job)
     assert st["status"] == "cancelled"
-    assert _gone(pids)
+    assert not any_alive(pids)
     # Finished epochs (if any) stay; nothing half-written is presented as a checkpoint.
     for c in st["checkpoints"]:
         assert (Path(c["path"]) / "metrics.json").is_file()
@@ -238,12 +231,10 @@ def test_shutdown_keeps_or_cancels_jobs(srv, tiny_models, tmp_path):
     assert wait_done(server.client(), job)["status"] == "completed"
 
     # cancel_jobs_on_shutdown: the stop cancels it.
-    server2 = srv(KFP_CANCEL_JOBS_ON_SHUTDOWN="true")
-    client2 = server2.client()
-    job2 = _long_job(client2, tiny_models, tmp_path)
-    _wait_step(client2, job2, 1)
-    pids = _job_pids(server2, job2)
+    server2, _, job2, pids = _training_job(
+        srv, tiny_models, tmp_path, KFP_CANCEL_JOBS_ON_SHUTDOWN="true"
+    )
     server2.stop()
-    assert _gone(pids)
+    assert not any_alive(pids)
     server2.restart()
     assert job_status(server2.client(), job2)["status"] == "cancelled"

@@ -8,27 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from datetime import datetime
 
 import psutil
 
-from ..job_store import TERMINAL, JobRecord, JobStore, RunnerHandle, Status
+from ..job_store import TERMINAL, JobRecord, JobStore, RunnerHandle
 from ..log_tail import tail
+from . import Observed
 
 WORKER_MODULE = "llama_stack_provider_kfp.runners.local_worker"
-
-
-@dataclass
-class Observed:
-    status: Status
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    error: dict | None = None
-    # Runner facts for the status response (e.g. the KFP run id and state).
-    note: dict | None = None
-    # True when the runner lost the job (its worker vanished without an outcome).
-    lost: bool = False
 
 
 class LocalRunner:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import RemoteConfig
 from ..job_store import JobRecord, JobStore, RunnerHandle
-from .local import Observed
+from . import Observed
 
 log = logging.getLogger(__name__)
 
