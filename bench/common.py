@@ -13,9 +13,9 @@ from pathlib import Path
 
 import psutil
 
-from llama_stack_provider_kfp.local_server import ROOT
-from llama_stack_provider_kfp.model_source import inspect_model_dir
-from llama_stack_provider_kfp.spec import DataSpec, JobSpec, LoraSpec, OptimSpec, TrainSpec
+from harness.server import ROOT
+from llama_stack_provider_kfp.core.model_source import inspect_model_dir
+from llama_stack_provider_kfp.core.spec import DataSpec, JobSpec, LoraSpec, OptimSpec, TrainSpec
 
 RESULTS = ROOT / "bench" / "results"
 logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -21,9 +21,9 @@ from pathlib import Path
 import psutil
 from common import make_tiny, save, summary
 
+from harness.demo_data import DEMO_LORA
+from harness.server import Server
 from llama_stack_provider_kfp.client import cancel_job, register_jsonl
-from llama_stack_provider_kfp.demo_data import DEMO_LORA
-from llama_stack_provider_kfp.local_server import Server
 
 
 def write_rows(path: Path, n: int) -> Path:

@@ -22,25 +22,26 @@ from pathlib import Path
 
 from common import job_spec, make_tiny, save, summary
 
-from llama_stack_provider_kfp.data_uri import write_jsonl
-from llama_stack_provider_kfp.demo_data import instruct_rows
+from harness.demo_data import instruct_rows
+from llama_stack_provider_kfp.core.data_uri import write_jsonl
 
 RUN = r"""
 import json, re, sys, tempfile, time
 from pathlib import Path
 from omegaconf import OmegaConf
-from llama_stack_provider_kfp.spec import JobSpec
+from llama_stack_provider_kfp.core.spec import JobSpec
 from llama_stack_provider_kfp.training.prepare import prepare
-from llama_stack_provider_kfp.training.train import build_config, run_training
+from llama_stack_provider_kfp.training.steps import train_step
+from llama_stack_provider_kfp.training.torchtune.engine import build_config
 mode, spec_json, work = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 spec = JobSpec.model_validate_json(spec_json)
 train, val = str(work / "train.jsonl"), str(work / "val.jsonl")
 prepare(spec_json, spec.data.uri, "", train, val)
 if mode == "ours":
-    result = run_training(spec_json, spec.model.path, spec.output_uri, train, val)
+    result = train_step(spec_json, spec.model.path, spec.output_uri, train, val)
     tps = result["trained_tokens_per_second"]
 else:
-    from llama_stack_provider_kfp.training.recipe import LoRAFinetuneRecipeSingleDevice
+    from llama_stack_provider_kfp.training.torchtune.recipe import LoRAFinetuneRecipeSingleDevice
     scratch = tempfile.mkdtemp()
     cfg = build_config(spec, spec.model.path, work, train, None, scratch)
     cfg["metric_logger"] = {"_component_": "torchtune.training.metric_logging.DiskLogger",

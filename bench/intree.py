@@ -31,10 +31,10 @@ from pathlib import Path
 
 from common import make_tiny, save, summary
 
+from harness.demo_data import DEMO_LORA, instruct_rows
+from harness.server import Server
 from llama_stack_provider_kfp.client import job_status, register_jsonl
-from llama_stack_provider_kfp.data_uri import write_jsonl
-from llama_stack_provider_kfp.demo_data import DEMO_LORA, instruct_rows
-from llama_stack_provider_kfp.local_server import Server
+from llama_stack_provider_kfp.core.data_uri import write_jsonl
 
 ROWS, EPOCHS, LR = 64, 2, 2e-2
 

@@ -23,26 +23,26 @@ from pathlib import Path
 
 from common import job_spec, make_tiny, save, summary
 
+from harness.demo_data import DEMO_LORA, instruct_rows
+from harness.server import Server
 from llama_stack_provider_kfp.client import job_status, register_jsonl
-from llama_stack_provider_kfp.data_uri import write_jsonl
-from llama_stack_provider_kfp.demo_data import DEMO_LORA, instruct_rows
-from llama_stack_provider_kfp.local_server import Server
+from llama_stack_provider_kfp.core.data_uri import write_jsonl
 
 DIRECT = r"""
 import sys, time
 from pathlib import Path
 t0 = time.perf_counter()
-from llama_stack_provider_kfp.spec import JobSpec
+from llama_stack_provider_kfp.core.spec import JobSpec
 from llama_stack_provider_kfp.training.prepare import prepare
-from llama_stack_provider_kfp.training.train import run_training
-import llama_stack_provider_kfp.training.recipe  # torch + torchtune
+from llama_stack_provider_kfp.training.steps import train_step
+import llama_stack_provider_kfp.training.torchtune.recipe  # torch + torchtune
 t1 = time.perf_counter()
 for i, spec_json in enumerate(sys.argv[1:]):
     spec = JobSpec.model_validate_json(spec_json)
     work = Path(spec.output_uri).parent
     s = time.perf_counter()
     prepare(spec_json, spec.data.uri, "", str(work / "t.jsonl"), str(work / "v.jsonl"))
-    run_training(spec_json, spec.model.path, spec.output_uri, str(work / "t.jsonl"),
+    train_step(spec_json, spec.model.path, spec.output_uri, str(work / "t.jsonl"),
                  str(work / "v.jsonl"))
     print("RUN", time.perf_counter() - s, t1 - t0 if i == 0 else 0.0)
 """

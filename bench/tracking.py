@@ -27,10 +27,10 @@ from pathlib import Path
 
 import psutil
 
+from harness.demo_data import DEMO_LORA, instruct_rows
+from harness.server import ROOT, Server, any_alive, job_processes
 from llama_stack_provider_kfp.client import cancel_job, job_status, register_jsonl
-from llama_stack_provider_kfp.data_uri import write_jsonl
-from llama_stack_provider_kfp.demo_data import DEMO_LORA, instruct_rows
-from llama_stack_provider_kfp.local_server import ROOT, Server, any_alive, job_processes
+from llama_stack_provider_kfp.core.data_uri import write_jsonl
 
 
 def _pct(values: list[float], q: float) -> float:

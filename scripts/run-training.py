@@ -23,9 +23,9 @@ from llama_stack_client import LlamaStackClient
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from harness.demo_data import DEMO_LORA, instruct_rows
 from llama_stack_provider_kfp.client import job_status, register_jsonl
-from llama_stack_provider_kfp.data_uri import write_jsonl
-from llama_stack_provider_kfp.demo_data import DEMO_LORA, instruct_rows
+from llama_stack_provider_kfp.core.data_uri import write_jsonl
 
 
 def parse_args() -> argparse.Namespace:

@@ -39,6 +39,10 @@ if [ ! -f "$venv/.complete" ]; then
 else
   echo "setup: reusing $venv" >&2
 fi
-# Point the editable install at this clone (cheap; needed when another clone built the venv).
+# Point the editable install at this clone (cheap; needed when another clone built the venv),
+# and put the clone's root on the path for the development harness (harness/: tests, bench,
+# scripts), which is not part of the package.
 "$venv/bin/python" -m pip install -q --no-deps -e "$here" >&2
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$here" > "$site/llama_stack_provider_kfp_harness.pth"
 echo "$venv"

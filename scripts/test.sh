@@ -5,6 +5,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=$(bash "$here/scripts/setup.sh" | tail -n 1)
 cd "$here"
-"$venv/bin/ruff" check src scripts tests bench
-"$venv/bin/ruff" format --check src scripts tests bench
+"$venv/bin/ruff" check src scripts tests bench harness
+"$venv/bin/ruff" format --check src scripts tests bench harness
+# The tiers' import rules (pyproject.toml [tool.importlinter]) and the types of the seams.
+"$venv/bin/lint-imports"
+"$venv/bin/mypy" src
 exec "$venv/bin/python" -m pytest "$@"

@@ -19,8 +19,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from llama_stack_provider_kfp import storage
-from llama_stack_provider_kfp.model_source import inspect_model_dir
+from llama_stack_provider_kfp.core import storage
+from llama_stack_provider_kfp.core.locations import parse
+from llama_stack_provider_kfp.core.model_source import inspect_model_dir
 
 FIRST = ("config.json", "params.json")
 
@@ -53,7 +54,7 @@ def main() -> int:
         archive = Path(tmp) / "model.tar.gz"
         n = pack(args.model_dir, archive)
         s3 = storage.client(args.endpoint_url, args.region)
-        storage.upload_file(archive, args.destination, s3)
+        storage.upload_file(archive, parse(args.destination), s3)
         size = archive.stat().st_size
     print(f"uploaded {n} files ({spec.layout} layout, {size / 2**20:.1f} MiB gzip) to "
           f"{args.destination}")  # fmt: skip

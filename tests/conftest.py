@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_stack_provider_kfp.local_server import ROOT, Server
+from harness.server import ROOT, Server
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ def tiny_models(tmp_path_factory) -> Path:
 def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("server")).start()
     yield srv
-    srv.stop()
+    srv.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,9 @@ import os
 
 import pytest
 
-from llama_stack_provider_kfp.atomic_json import read_json, write_json
-from llama_stack_provider_kfp.job_store import JobStore, check_job_id
+from llama_stack_provider_kfp.core.files import read_json, write_json
+from llama_stack_provider_kfp.jobs.record import check_job_id
+from llama_stack_provider_kfp.jobs.store import JobStore
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):

@@ -3,7 +3,11 @@
 import yaml
 from kfp import compiler
 
-from llama_stack_provider_kfp.pipeline import PIPELINE_NAME, ComponentBuild, build_pipeline
+from llama_stack_provider_kfp.pipeline.definition import (
+    PIPELINE_NAME,
+    ComponentBuild,
+    build_pipeline,
+)
 
 
 def test_compiles_to_ir_with_two_steps(tmp_path):

@@ -28,21 +28,23 @@ from kfp.kubernetes import kubernetes_executor_config_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 from s3_server import s3_server
 
-from llama_stack_provider_kfp import storage
+from harness.demo_data import instruct_rows
+from harness.server import ROOT
+from llama_stack_provider_kfp.backends.kfp.placement import remote_placement
 from llama_stack_provider_kfp.config import RemoteConfig, RemoteResources
-from llama_stack_provider_kfp.data_uri import write_jsonl
-from llama_stack_provider_kfp.demo_data import instruct_rows
-from llama_stack_provider_kfp.job_outputs import list_checkpoints, read_progress
-from llama_stack_provider_kfp.local_server import ROOT
-from llama_stack_provider_kfp.model_source import ModelError, inspect_s3_model, pvc_model
-from llama_stack_provider_kfp.pipeline import (
+from llama_stack_provider_kfp.core import storage
+from llama_stack_provider_kfp.core.data_uri import write_jsonl
+from llama_stack_provider_kfp.core.errors import InvalidRequest
+from llama_stack_provider_kfp.core.locations import parse
+from llama_stack_provider_kfp.core.model_source import inspect_s3_model, pvc_model
+from llama_stack_provider_kfp.core.outputs import JobOutputs
+from llama_stack_provider_kfp.core.spec import DataSpec, JobSpec, LoraSpec, OptimSpec, TrainSpec
+from llama_stack_provider_kfp.pipeline.definition import (
     ComponentBuild,
     build_pipeline,
     pipeline_arguments,
 )
-from llama_stack_provider_kfp.placement import remote_placement
-from llama_stack_provider_kfp.spec import DataSpec, JobSpec, LoraSpec, OptimSpec, TrainSpec
-from llama_stack_provider_kfp.training.locations import fetch_model
+from llama_stack_provider_kfp.training.io import fetch_model
 
 SECRET_VALUES = ("aws-secret-value-xyz", "hf_token_value_xyz", "bearer-token-xyz")
 
@@ -109,7 +111,9 @@ def test_ir_is_valid_and_carries_placement_not_secrets(tmp_path, monkeypatch):
 
 
 def test_pvc_weights_are_mounted_into_the_train_step(tmp_path):
-    spec = _job_spec(pvc_model("llama", "pvc://models-pvc/llama/3b"), "s3://kfp/jobs/p/output")
+    spec = _job_spec(
+        pvc_model("llama", parse("pvc://models-pvc/llama/3b")), "s3://kfp/jobs/p/output"
+    )
     assert spec.model.arch is None  # only the mounted step can read it
     _, platform = _compile(_config(), tmp_path / "p.yaml", spec)
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -118,15 +122,15 @@ def test_pvc_weights_are_mounted_into_the_train_step(tmp_path):
     assert mount["pvcNameParameter"]["runtimeValue"]["constant"] == "models-pvc"
     assert "pvcMount" not in executors["exec-prepare-data"]
     assert fetch_model(spec.model.path, tmp_path) == Path("/mnt/models/models-pvc/llama/3b")
-    with pytest.raises(ModelError):
-        pvc_model("x", "pvc://Bad_Claim/../etc")
+    with pytest.raises(InvalidRequest, match="pvc://<claim name>"):
+        parse("pvc://Bad_Claim/../etc")
 
 
 def test_hub_model_read_at_submit_and_fetched_in_the_step(tiny_models, tmp_path):
     env = {**os.environ, **make_hf_cache(tmp_path / "hf", "acme/tiny-llama", tiny_models / "hf")}
     code = (
-        "from llama_stack_provider_kfp.model_source import hub_model;"
-        "from llama_stack_provider_kfp.training.locations import fetch_model;"
+        "from llama_stack_provider_kfp.core.model_source import hub_model;"
+        "from llama_stack_provider_kfp.training.io import fetch_model;"
         "from pathlib import Path;"
         "m = hub_model('tiny', 'acme/tiny-llama'); print(m.path, m.arch.embed_dim);"
         "d = fetch_model(m.path, Path('.')); print(sorted(p.name for p in d.iterdir()))"
@@ -137,7 +141,7 @@ def test_hub_model_read_at_submit_and_fetched_in_the_step(tiny_models, tmp_path)
     assert first == "hf://acme/tiny-llama 64"
     assert "model.safetensors" in files and "config.json" in files
     missing = subprocess.run(
-        [sys.executable, "-c", "from llama_stack_provider_kfp.model_source import hub_model;"
+        [sys.executable, "-c", "from llama_stack_provider_kfp.core.model_source import hub_model;"
          "hub_model('x', 'acme/not-there')"],
         env=env, capture_output=True, text=True,
     )  # fmt: skip
@@ -190,8 +194,8 @@ def test_steps_run_as_in_a_pod_against_s3(s3, tiny_models, tmp_path):
          "s3://kfp/models/tiny.tar.gz"], check=True, capture_output=True,
     )  # fmt: skip
     rows = write_jsonl(instruct_rows(30), tmp_path / "rows.jsonl")
-    storage.upload_file(rows, "s3://kfp/jobs/j1/input/train.jsonl")
-    model = inspect_s3_model("tiny", "s3://kfp/models/tiny.tar.gz")
+    storage.upload_file(rows, parse("s3://kfp/jobs/j1/input/train.jsonl"))
+    model = inspect_s3_model("tiny", parse("s3://kfp/models/tiny.tar.gz"))
     assert model.layout == "huggingface" and model.arch.embed_dim == 64
     spec = _job_spec(model, "s3://kfp/jobs/j1/output")
     params = pipeline_arguments(spec)
@@ -239,19 +243,20 @@ def test_steps_run_as_in_a_pod_against_s3(s3, tiny_models, tmp_path):
     )
 
     # Results are where the provider reads them: in S3, under the job's output prefix.
-    ckpts = list_checkpoints(spec.output_uri)
-    assert [c["epoch"] for c in ckpts] == [1, 2]
-    assert ckpts[-1]["validation_loss"] is not None
-    keys = storage.list_keys("s3://kfp/jobs/j1/output/")
+    outputs = JobOutputs(parse(spec.output_uri))
+    ckpts = outputs.checkpoints()
+    assert [c.epoch for c in ckpts] == [1, 2]
+    assert ckpts[-1].validation_loss is not None
+    keys = storage.list_keys(parse("s3://kfp"))
     for rel in ("merged/model.safetensors", "merged/config.json", "adapter/adapter_config.json",
                 "adapter/adapter_model.safetensors", "metrics.json"):  # fmt: skip
         assert f"jobs/j1/output/checkpoints/epoch_2/{rel}" in keys
-    progress = read_progress(spec.output_uri)
+    progress = outputs.progress()
     assert progress["progress"]["step"] == progress["progress"]["total_steps"]
-    result = storage.read_json("s3://kfp/jobs/j1/output/result.json")
+    result = storage.read_json(parse("s3://kfp/jobs/j1/output/result.json"))
     assert result["train_rows"] + result["validation_rows"] == 30
     assert result["final_loss"] < result["first_loss"]
     # The step also logs its final metrics as a KFP Metrics artifact (shown in the KFP UI).
     out = json.loads((tmp_path / "train-output.json").read_text())
     logged = out["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert logged["validation_loss"] == pytest.approx(ckpts[-1]["validation_loss"])
+    assert logged["validation_loss"] == pytest.approx(ckpts[-1].validation_loss)

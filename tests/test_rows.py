@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from llama_stack_provider_kfp.rows import RowError, to_messages
+from llama_stack_provider_kfp.core.rows import RowError, to_messages
 
 
 def test_instruct_row_becomes_messages():

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from s3_server import s3_server
 
-from llama_stack_provider_kfp import storage
-from llama_stack_provider_kfp.local_server import ROOT
+from harness.server import ROOT
+from llama_stack_provider_kfp.core import storage
+from llama_stack_provider_kfp.core.locations import parse
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_upload_model_round_trip(s3, tiny_models, tmp_path, layout):
         check=True, capture_output=True, text=True, env={**s3, "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert "uploaded" in out.stdout
-    archive = storage.download_file(uri, tmp_path / "m.tar.gz")
+    archive = storage.download_file(parse(uri), tmp_path / "m.tar.gz")
     assert archive.read_bytes()[:2] == b"\x1f\x8b"  # really gzip
     with tarfile.open(archive) as tar:
         first = tar.getnames()[0]
@@ -87,11 +88,11 @@ def test_prefix_download_and_json(s3, tmp_path):
     s3c = storage.client()
     for key in ("m/config.json", "m/sub/w.safetensors"):
         s3c.put_object(Bucket="models", Key=key, Body=b"{}")
-    got = storage.download_prefix("s3://models/m", tmp_path / "m")
+    got = storage.download_prefix(parse("s3://models/m"), tmp_path / "m")
     assert sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file()) == [
         "config.json",
         "sub/w.safetensors",
     ]
-    storage.write_json("s3://models/j/progress.json", {"step": 3})
-    assert storage.read_json("s3://models/j/progress.json") == {"step": 3}
-    assert storage.read_json("s3://models/j/missing.json") is None
+    storage.write_json(parse("s3://models/j/progress.json"), {"step": 3})
+    assert storage.read_json(parse("s3://models/j/progress.json")) == {"step": 3}
+    assert storage.read_json(parse("s3://models/j/missing.json")) is None

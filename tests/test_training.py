@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llama_stack_provider_kfp.data_uri import write_jsonl
-from llama_stack_provider_kfp.demo_data import instruct_rows
-from llama_stack_provider_kfp.model_source import inspect_model_dir
-from llama_stack_provider_kfp.spec import DataSpec, JobSpec, LoraSpec, OptimSpec, TrainSpec
+from harness.demo_data import instruct_rows
+from llama_stack_provider_kfp.core.data_uri import write_jsonl
+from llama_stack_provider_kfp.core.model_source import inspect_model_dir
+from llama_stack_provider_kfp.core.spec import DataSpec, JobSpec, LoraSpec, OptimSpec, TrainSpec
 from llama_stack_provider_kfp.training.prepare import prepare
-from llama_stack_provider_kfp.training.train import build_config, run_training
+from llama_stack_provider_kfp.training.steps import train_step
+from llama_stack_provider_kfp.training.torchtune.engine import build_config
 
 
 def _spec(model_dir: Path, out: Path, data: Path, **optim) -> JobSpec:
@@ -35,7 +36,7 @@ def _spec(model_dir: Path, out: Path, data: Path, **optim) -> JobSpec:
 def _train(spec: JobSpec, work: Path) -> list:
     js = spec.model_dump_json()
     prepare(js, spec.data.uri, "", str(work / "train.jsonl"), str(work / "val.jsonl"))
-    run_training(js, spec.model.path, spec.output_uri, str(work / "train.jsonl"),
+    train_step(js, spec.model.path, spec.output_uri, str(work / "train.jsonl"),
                  str(work / "val.jsonl"))  # fmt: skip
     return json.loads((Path(spec.output_uri) / "progress.json").read_text())["loss_history"]
 

@@ -7,10 +7,10 @@ from .config import KFPPostTrainingConfig
 __all__ = ["KFPPostTrainingConfig", "get_adapter_impl", "get_provider_impl"]
 
 
-async def get_adapter_impl(config: KFPPostTrainingConfig, deps: dict[Any, Any]):
+async def get_adapter_impl(config: KFPPostTrainingConfig, deps: dict[Any, Any]) -> Any:
     from llama_stack_api import Api
 
-    from .adapter import KFPPostTrainingImpl
+    from .api.impl import KFPPostTrainingImpl
 
     return KFPPostTrainingImpl(config, deps[Api.datasetio], deps[Api.datasets])
 

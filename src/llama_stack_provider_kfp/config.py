@@ -75,6 +75,11 @@ class KFPPostTrainingConfig(BaseModel):
     remote: RemoteConfig = Field(
         default_factory=RemoteConfig, description="settings used when mode is `remote`"
     )
+    engine: Literal["auto", "torchtune"] = Field(
+        default="auto",
+        description="Training engine: `auto` picks by model family and algorithm (the choice "
+        "and its reason appear in the job's status).",
+    )
     work_dir: Path = Field(
         default=Path("~/.llama/kfp-post-training"),
         description="Where job records, logs, pipeline artifacts and checkpoints are written.",

@@ -9,8 +9,8 @@ import json
 import pytest
 from llama_stack_client import APIStatusError
 
+from harness.demo_data import instruct_rows
 from llama_stack_provider_kfp.client import cancel_job, job_status
-from llama_stack_provider_kfp.demo_data import instruct_rows
 
 from .helpers import LORA, new_id, register_rows, submit, training_config, wait_done
 

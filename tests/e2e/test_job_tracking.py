@@ -15,9 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from harness.demo_data import instruct_rows
+from harness.server import Server, any_alive, job_processes
 from llama_stack_provider_kfp.client import cancel_job, job_status
-from llama_stack_provider_kfp.demo_data import instruct_rows
-from llama_stack_provider_kfp.local_server import Server, any_alive, job_processes
 
 from .helpers import new_id, register_rows, submit, training_config, wait_done
 
@@ -38,7 +38,7 @@ def srv(tmp_path):
 
     yield make
     for s in servers:
-        s.stop()
+        s.cleanup()
 
 
 def _long_job(client, tiny: Path, tmp: Path, epochs: int = LONG_EPOCHS) -> str:
@@ -167,7 +167,7 @@ def test_training_exception_reaches_status(srv, tiny_models, tmp_path):
     import subprocess
     import sys
 
-    from llama_stack_provider_kfp.local_server import ROOT
+    from harness.server import ROOT
 
     out = tmp_path / "untied"
     subprocess.run(

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.demo_data import instruct_rows
 from llama_stack_provider_kfp.client import job_artifacts
-from llama_stack_provider_kfp.demo_data import instruct_rows
 
 from .helpers import new_id, register_rows, submit, training_config, wait_done
 
@@ -165,7 +165,7 @@ def test_dora_all_modules_untied_model(client, tmp_path):
     import subprocess
     import sys
 
-    from llama_stack_provider_kfp.local_server import ROOT
+    from harness.server import ROOT
 
     models = tmp_path / "untied"
     subprocess.run(

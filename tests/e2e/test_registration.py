@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from llama_stack_provider_kfp.local_server import Server
+from harness.server import Server
 
 pytestmark = pytest.mark.e2e
 

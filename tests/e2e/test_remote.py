@@ -18,10 +18,11 @@ from kfp_api_stub import KFPStub
 from llama_stack_client import APIStatusError
 from s3_server import s3_server
 
-from llama_stack_provider_kfp import storage
+from harness.demo_data import instruct_rows
+from harness.server import ROOT, Server
 from llama_stack_provider_kfp.client import cancel_job, job_status
-from llama_stack_provider_kfp.demo_data import instruct_rows
-from llama_stack_provider_kfp.local_server import ROOT, Server
+from llama_stack_provider_kfp.core import storage
+from llama_stack_provider_kfp.core.locations import parse
 
 from .helpers import new_id, register_rows, submit
 
@@ -71,12 +72,14 @@ def remote(s3, stub, tmp_path, monkeypatch, tiny_models):
     }
     server = Server(tmp_path, env=env).start()
     yield server
-    server.stop()
+    server.cleanup()
 
 
 def _progress_to_s3(job: str, step: int) -> None:
     out = f"s3://kfp/llama-stack-post-training/jobs/{job}/output"
-    storage.write_json(f"{out}/progress.json", {"progress": {"step": step, "total_steps": 10}})
+    storage.write_json(
+        parse(f"{out}/progress.json"), {"progress": {"step": step, "total_steps": 10}}
+    )
 
 
 def test_submit_poll_restart_complete(remote, stub, s3, tmp_path):
@@ -92,7 +95,7 @@ def test_submit_poll_restart_complete(remote, stub, s3, tmp_path):
     # The dataset was staged to the job's prefix.
     staged = params["dataset_uri"]
     assert staged == f"s3://kfp/llama-stack-post-training/jobs/{job}/input/train.jsonl"
-    assert len(storage.read_json(staged.replace("train.jsonl", "x")) or []) == 0
+    assert len(storage.read_json(parse(staged.replace("train.jsonl", "x"))) or []) == 0
     body = storage.client().get_object(Bucket="kfp", Key=staged[len("s3://kfp/") :])["Body"]
     assert len(body.read().splitlines()) == 20
     # The pipeline is the compiled IR with the provider's placement.
@@ -130,9 +133,9 @@ def test_submit_poll_restart_complete(remote, stub, s3, tmp_path):
     assert len([r for r in stub.runs.values() if r["display_name"] == job]) == 1
 
     out = f"s3://kfp/llama-stack-post-training/jobs/{job}/output"
-    storage.write_json(f"{out}/checkpoints/epoch_1/merged/config.json", {})
+    storage.write_json(parse(f"{out}/checkpoints/epoch_1/merged/config.json"), {})
     storage.write_json(
-        f"{out}/checkpoints/epoch_1/metrics.json",
+        parse(f"{out}/checkpoints/epoch_1/metrics.json"),
         {"epoch": 1, "created_at": "2026-11-24T00:09:00+00:00", "train_loss": 3.0,
          "validation_loss": 2.5, "perplexity": 12.18},
     )  # fmt: skip
@@ -175,7 +178,7 @@ def test_failed_run_reports_step_error(remote, stub, tmp_path):
     submit(client, job, "tiny", ds, checkpoint_dir=MODEL)
     out = f"s3://kfp/llama-stack-post-training/jobs/{job}/output"
     storage.write_json(
-        f"{out}/error.json",
+        parse(f"{out}/error.json"),
         {"step": "train", "message": "RuntimeError: CUDA out of memory", "traceback": "..."},
     )
     stub.set_state(stub.run_for(job)["run_id"], "FAILED")
@@ -189,14 +192,15 @@ def test_failed_run_reports_step_error(remote, stub, tmp_path):
     ("mode", "words"),
     [("unauthorized", "refused the token"), ("login-redirect", "login page")],
 )
-def test_auth_problems_are_clear_400s(remote, stub, tmp_path, mode, words):
+def test_auth_problems_are_clear_502s(remote, stub, tmp_path, mode, words):
     client = remote.client()
     ds = register_rows(client, tmp_path, instruct_rows(12))
     stub.mode = mode
     job = new_id("auth")
     with pytest.raises(APIStatusError) as err:
         submit(client, job, "tiny", ds, checkpoint_dir=MODEL)
-    assert err.value.status_code == 400
+    # The cluster refused: a bad gateway, not the caller's request.
+    assert err.value.status_code == 502
     assert words in str(err.value)
     assert not (remote.jobs_dir / job).exists()
     assert remote.alive()

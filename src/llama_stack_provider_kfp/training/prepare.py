@@ -7,11 +7,10 @@ import random
 import tempfile
 from pathlib import Path
 
-from ..data_uri import iter_rows
-from ..rows import RowError, to_messages
-from ..spec import JobSpec
-from .errors import report_errors
-from .locations import fetch_data
+from ..core.data_uri import iter_rows
+from ..core.rows import RowError, to_messages
+from ..core.spec import JobSpec
+from .io import fetch_data, report_errors
 
 MAX_REPORTED_ROWS = 10
 

@@ -1,7 +1,7 @@
-"""A torchtune metric logger that publishes job progress to `<output>/progress.json`.
+"""Publishes job progress to `<output>/progress.json` (core.outputs), for every engine.
 
-The recipe calls `log_dict` after every optimizer step; the provider reads the file when a
-client asks for the job's status.
+It has torchtune's MetricLoggerInterface (the recipe calls `log_dict` after every optimizer
+step); the server reads the file when a client asks for the job's status.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..atomic_json import write_json
+from ..core.files import write_json
+from ..core.outputs import MAX_LOSS_HISTORY
 
-MAX_HISTORY = 500
+MAX_HISTORY = MAX_LOSS_HISTORY
 WRITE_EVERY_SECONDS = 1.0  # progress.json is rewritten at most this often (and at the end)
 
 

@@ -1,0 +1,1 @@
+"""The llama-stack face: the only package that imports llama-stack."""

@@ -1,0 +1,158 @@
+"""The provider's implementation of llama-stack's post-training API.
+
+Each method: check and translate the request (api.requests, api.datasets), hand a JobSpec to
+the scheduler, answer from what the backend observes (api.responses). Which backend runs the
+jobs was decided once, at construction; nothing here depends on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from llama_stack.providers.inline.post_training.torchtune.post_training import (
+    TorchtunePostTrainingImpl,
+)
+from llama_stack_api import (
+    CancelTrainingJobRequest,
+    DatasetIO,
+    Datasets,
+    GetTrainingJobArtifactsRequest,
+    GetTrainingJobStatusRequest,
+    ListPostTrainingJobsResponse,
+    PostTrainingJob,
+    PostTrainingJobArtifactsResponse,
+    PostTrainingJobStatusResponse,
+    PreferenceOptimizeRequest,
+    SupervisedFineTuneRequest,
+)
+
+from ..backends import select_backend
+from ..config import KFPPostTrainingConfig
+from ..core.engines import select_engine
+from ..core.errors import InvalidRequest, JobNotFound, Unsupported
+from ..jobs.record import JobRecord, check_job_id, now
+from ..jobs.scheduler import JobScheduler
+from ..jobs.store import JobStore
+from . import requests, responses
+from .datasets import dataset_source
+from .errors import as_http_errors
+
+
+class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
+    """llama-stack's torchtune provider, with its jobs run as Kubeflow Pipelines.
+
+    The parent's __init__ is not called: it starts llama-stack's in-memory scheduler thread,
+    which this provider replaces with file-backed job records and a backend.
+    """
+
+    def __init__(
+        self, config: KFPPostTrainingConfig, datasetio_api: DatasetIO, datasets: Datasets
+    ) -> None:
+        self.config = config
+        self.datasetio_api = datasetio_api
+        self.datasets_api = datasets
+        self.store = JobStore(config.work_dir)
+        self.backend = select_backend(config, self.store)
+        self.scheduler = JobScheduler(self.store, self.backend, config.max_concurrent_jobs)
+
+    async def initialize(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        # Jobs run outside the server and outlive it unless told otherwise.
+        await asyncio.to_thread(self.scheduler.shutdown, self.config.cancel_jobs_on_shutdown)
+
+    # ---- submit -------------------------------------------------------------------------
+
+    @as_http_errors
+    async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
+        check_job_id(request.job_uuid)
+        if self.store.exists(request.job_uuid):
+            raise InvalidRequest(
+                f"job_uuid {request.job_uuid!r} is already used by another job; choose a new one"
+            )
+        lora = requests.check_algorithm(request.algorithm_config)
+        tc = request.training_config
+        requests.check_training(tc)
+        name = requests.model_name(request)
+        model = await asyncio.to_thread(
+            self.backend.resolve_model,
+            name,
+            request.checkpoint_dir,
+            requests.descriptor_repo(name),
+        )
+        requests.check_lora(lora, model)
+        engine = select_engine(model.family, requests.algorithm_name(lora), self.config.engine)
+        dc = tc.data_config
+        assert dc is not None  # check_training refused it missing
+        fmt, sample = dc.data_format.value, self.config.submit_sample_rows
+        train = await dataset_source(
+            self.datasets_api, self.datasetio_api, dc.dataset_id, fmt, sample
+        )
+        validation = (
+            await dataset_source(
+                self.datasets_api, self.datasetio_api, dc.validation_dataset_id, fmt, sample
+            )
+            if dc.validation_dataset_id
+            else None
+        )
+        await asyncio.to_thread(self.backend.check)  # reachable, before anything is created
+        job_dir = self.store.reserve(request.job_uuid)
+        try:
+            staged = await asyncio.to_thread(
+                self.backend.stage, request.job_uuid, job_dir, train, validation
+            )
+            spec = requests.build_spec(request, lora, model, staged, engine, self.config)
+            record = JobRecord(job_uuid=request.job_uuid, spec=spec, scheduled_at=now())
+            await asyncio.to_thread(self.scheduler.submit, record)
+        except BaseException:
+            self.store.discard(request.job_uuid)
+            raise
+        return PostTrainingJob(job_uuid=request.job_uuid)
+
+    @as_http_errors
+    async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
+        raise Unsupported("preference optimization (DPO) is not supported yet")
+
+    # ---- tracking -----------------------------------------------------------------------
+
+    def _record(self, job_uuid: str) -> JobRecord:
+        check_job_id(job_uuid)
+        record = self.store.load(job_uuid)
+        if record is None:
+            raise JobNotFound(job_uuid)
+        return record
+
+    @as_http_errors
+    async def get_training_jobs(self) -> ListPostTrainingJobsResponse:
+        records = [r for r in map(self.store.load, self.store.list_ids()) if r is not None]
+        records.sort(key=lambda r: r.scheduled_at)
+        return ListPostTrainingJobsResponse(
+            data=[PostTrainingJob(job_uuid=r.job_uuid) for r in records]
+        )
+
+    @as_http_errors
+    async def get_training_job_status(
+        self, request: GetTrainingJobStatusRequest
+    ) -> PostTrainingJobStatusResponse:
+        record = self._record(request.job_uuid)
+        return await asyncio.to_thread(self._status, record)  # may call the cluster and S3
+
+    def _status(self, record: JobRecord) -> PostTrainingJobStatusResponse:
+        seen = self.backend.observe(record)
+        return responses.status(
+            record, seen, self.backend.outputs(record), self.store.job_dir(record.job_uuid)
+        )
+
+    @as_http_errors
+    async def cancel_training_job(self, request: CancelTrainingJobRequest) -> None:
+        record = self._record(request.job_uuid)
+        await asyncio.to_thread(self.scheduler.cancel, record.job_uuid)
+
+    @as_http_errors
+    async def get_training_job_artifacts(
+        self, request: GetTrainingJobArtifactsRequest
+    ) -> PostTrainingJobArtifactsResponse:
+        record = self._record(request.job_uuid)
+        found = await asyncio.to_thread(responses.checkpoints, record, self.backend.outputs(record))
+        return PostTrainingJobArtifactsResponse(job_uuid=record.job_uuid, checkpoints=found)

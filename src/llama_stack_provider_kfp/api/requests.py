@@ -1,0 +1,182 @@
+"""A llama-stack request -> JobSpec: the checks (pure functions) and the translation.
+
+Everything here runs before anything is created; a problem is an InvalidRequest (400) or
+Unsupported (501) whose message says what to change.
+"""
+
+from __future__ import annotations
+
+import math
+
+from llama_stack_api import (
+    AlgorithmConfig,
+    LoraFinetuningConfig,
+    QATFinetuningConfig,
+    SupervisedFineTuneRequest,
+    TrainingConfig,
+)
+
+from ..config import KFPPostTrainingConfig
+from ..core.errors import InvalidRequest, Unsupported
+from ..core.spec import (
+    DataSpec,
+    EngineChoice,
+    JobSpec,
+    LoraSpec,
+    ModelSpec,
+    OptimSpec,
+    TrainSpec,
+)
+from ..jobs.backend import StagedInputs
+
+LORA_EXAMPLE = (
+    "algorithm_config={'type': 'LoRA', 'lora_attn_modules': ['q_proj', 'v_proj'], "
+    "'apply_lora_to_mlp': True, 'apply_lora_to_output': False, 'rank': 8, 'alpha': 16}"
+)
+ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
+
+
+def descriptor_repo(model: str) -> str | None:
+    """The Hugging Face repo llama-stack's model registry lists for a descriptor."""
+    from llama_stack.models.llama.sku_list import resolve_model as resolve_sku
+
+    sku = resolve_sku(model)
+    return getattr(sku, "huggingface_repo", None) if sku else None
+
+
+def model_name(request: SupervisedFineTuneRequest) -> str:
+    name = request.model or request.checkpoint_dir
+    if not name:
+        raise InvalidRequest(
+            "name the base model: model='Llama3.2-1B-Instruct', a Hugging Face repo id or "
+            "a directory, or checkpoint_dir=<directory with the weights>"
+        )
+    return name
+
+
+def check_algorithm(algo: AlgorithmConfig | None) -> LoraFinetuningConfig:
+    if algo is None:
+        raise InvalidRequest(f"algorithm_config is required; for LoRA send {LORA_EXAMPLE}")
+    if isinstance(algo, QATFinetuningConfig):
+        raise Unsupported("QAT fine-tuning is not supported yet; use LoRA")
+    if algo.quantize_base:
+        raise Unsupported("quantize_base (QLoRA) is not supported yet; send quantize_base=false")
+    return algo
+
+
+def algorithm_name(lora: LoraFinetuningConfig) -> str:
+    return "dora" if lora.use_dora else "lora"
+
+
+def check_training(tc: TrainingConfig) -> None:
+    problems = []
+    if tc.n_epochs < 1:
+        problems.append(f"n_epochs must be >= 1 (got {tc.n_epochs})")
+    if tc.max_steps_per_epoch is not None and tc.max_steps_per_epoch < 1:
+        problems.append(f"max_steps_per_epoch must be >= 1 (got {tc.max_steps_per_epoch})")
+    if tc.gradient_accumulation_steps < 1:
+        problems.append(
+            f"gradient_accumulation_steps must be >= 1 (got {tc.gradient_accumulation_steps})"
+        )
+    if tc.max_validation_steps is not None and tc.max_validation_steps < 1:
+        problems.append(
+            f"max_validation_steps must be >= 1 or null (got {tc.max_validation_steps})"
+        )
+    if (tc.dtype or "bf16") not in ("bf16", "fp32"):
+        problems.append(f"dtype {tc.dtype!r} is not supported: use 'bf16' or 'fp32'")
+    dc, oc = tc.data_config, tc.optimizer_config
+    if dc is None:
+        problems.append("training_config.data_config is required (dataset_id, batch_size, ...)")
+    elif dc.batch_size < 1:
+        problems.append(f"data_config.batch_size must be >= 1 (got {dc.batch_size})")
+    if oc is None:
+        problems.append("training_config.optimizer_config is required (optimizer_type, lr, ...)")
+    else:
+        if not (math.isfinite(oc.lr) and oc.lr > 0):
+            problems.append(f"optimizer_config.lr must be a positive number (got {oc.lr})")
+        if not (math.isfinite(oc.weight_decay) and oc.weight_decay >= 0):
+            problems.append(f"optimizer_config.weight_decay must be >= 0 (got {oc.weight_decay})")
+        if oc.num_warmup_steps < 0:
+            problems.append(
+                f"optimizer_config.num_warmup_steps must be >= 0 (got {oc.num_warmup_steps})"
+            )
+    if problems:
+        raise InvalidRequest("invalid training_config: " + "; ".join(problems))
+    if dc is not None and dc.packed:
+        raise Unsupported("data_config.packed=true is not supported yet; send packed=false")
+
+
+def check_lora(lc: LoraFinetuningConfig, model: ModelSpec) -> None:
+    problems = []
+    bad = [m for m in lc.lora_attn_modules if m not in ATTN_MODULES]
+    if bad:
+        problems.append(f"unknown lora_attn_modules {bad}; choose from {list(ATTN_MODULES)}")
+    if not (lc.lora_attn_modules or lc.apply_lora_to_mlp or lc.apply_lora_to_output):
+        problems.append("no module to adapt: name lora_attn_modules or set apply_lora_to_mlp")
+    if lc.rank < 1:
+        problems.append(f"rank must be >= 1 (got {lc.rank})")
+    if lc.alpha <= 0:
+        problems.append(f"alpha must be > 0 (got {lc.alpha})")
+    if lc.apply_lora_to_output and model.arch and model.arch.tie_word_embeddings:
+        problems.append(
+            f"{model.name} ties its output projection to the embeddings; "
+            "set apply_lora_to_output=false"
+        )
+    if problems:
+        raise InvalidRequest("invalid LoRA algorithm_config: " + "; ".join(problems))
+
+
+def build_spec(
+    request: SupervisedFineTuneRequest,
+    lora: LoraFinetuningConfig,
+    model: ModelSpec,
+    staged: StagedInputs,
+    engine: EngineChoice,
+    config: KFPPostTrainingConfig,
+) -> JobSpec:
+    """The JobSpec of a request that passed every check above."""
+    tc = request.training_config
+    dc, oc, ec = tc.data_config, tc.optimizer_config, tc.efficiency_config
+    assert dc is not None and oc is not None  # check_training refused them missing
+    return JobSpec(
+        job_uuid=request.job_uuid,
+        engine=engine,
+        model=model,
+        data=DataSpec(
+            uri=staged.train_uri,
+            data_format=dc.data_format.value,
+            validation_uri=staged.validation_uri,
+            validation_fraction=config.validation_fraction,
+        ),
+        train=TrainSpec(
+            epochs=tc.n_epochs,
+            max_steps_per_epoch=tc.max_steps_per_epoch,
+            gradient_accumulation_steps=tc.gradient_accumulation_steps,
+            batch_size=dc.batch_size,
+            shuffle=dc.shuffle,
+            train_on_input=bool(dc.train_on_input),
+            dtype=tc.dtype or "bf16",
+            max_validation_steps=tc.max_validation_steps,
+            max_seq_len=config.max_seq_len,
+            seed=config.seed,
+            device=config.device,
+            enable_activation_checkpointing=bool(ec and ec.enable_activation_checkpointing),
+            enable_activation_offloading=bool(ec and ec.enable_activation_offloading),
+        ),
+        lora=LoraSpec(
+            rank=lora.rank,
+            alpha=lora.alpha,
+            attn_modules=list(lora.lora_attn_modules),
+            apply_to_mlp=lora.apply_lora_to_mlp,
+            apply_to_output=lora.apply_lora_to_output,
+            use_dora=bool(lora.use_dora),
+        ),
+        optim=OptimSpec(
+            type=oc.optimizer_type.value,
+            lr=oc.lr,
+            weight_decay=oc.weight_decay,
+            warmup_steps=oc.num_warmup_steps,
+        ),
+        output_format=config.checkpoint_format or model.layout,
+        output_uri=staged.output_uri,
+    )

@@ -1,0 +1,76 @@
+"""What the backend observed and the job wrote -> llama-stack response types."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llama_stack_api import (
+    Checkpoint,
+    JobStatus,
+    PostTrainingJobStatusResponse,
+    PostTrainingMetric,
+)
+
+from ..core.outputs import CheckpointInfo, JobOutputs, StatusResources, StepError
+from ..jobs.backend import Observed
+from ..jobs.record import JobRecord, Status
+
+STATUS: dict[Status, JobStatus] = {
+    "scheduled": JobStatus.scheduled,
+    "in_progress": JobStatus.in_progress,
+    "completed": JobStatus.completed,
+    "failed": JobStatus.failed,
+    "cancelled": JobStatus.cancelled,
+}
+
+
+def checkpoint(job_uuid: str, info: CheckpointInfo) -> Checkpoint:
+    metrics = None
+    # The API's metric needs a validation loss: only jobs with a validation set have one.
+    if info.validation_loss is not None and info.perplexity is not None:
+        metrics = PostTrainingMetric(
+            epoch=info.epoch,
+            train_loss=info.train_loss if info.train_loss is not None else float("nan"),
+            validation_loss=info.validation_loss,
+            perplexity=info.perplexity,
+        )
+    return Checkpoint(
+        identifier=f"{job_uuid}/epoch_{info.epoch}",
+        created_at=info.created_at,
+        epoch=info.epoch,
+        post_training_job_id=job_uuid,
+        path=info.path,
+        training_metrics=metrics,
+    )
+
+
+def checkpoints(record: JobRecord, outputs: JobOutputs) -> list[Checkpoint]:
+    return [checkpoint(record.job_uuid, c) for c in outputs.checkpoints()]
+
+
+def status(
+    record: JobRecord, seen: Observed, outputs: JobOutputs, job_dir: Path
+) -> PostTrainingJobStatusResponse:
+    resources = StatusResources.model_validate(
+        {"job_dir": str(job_dir), "engine": record.spec.engine, **(outputs.progress() or {})}
+    )
+    if seen.note:
+        resources.runner = seen.note
+    result = outputs.result()
+    if result:
+        resources.result = {k: v for k, v in result.items() if k != "epochs"}
+    if seen.error:
+        resources.error = StepError.model_validate({"message": "the job failed", **seen.error})
+    return PostTrainingJobStatusResponse(
+        job_uuid=record.job_uuid,
+        status=STATUS[seen.status],
+        scheduled_at=record.scheduled_at,
+        started_at=seen.started_at,
+        completed_at=seen.completed_at,
+        resources_allocated={
+            k: v
+            for k, v in resources.model_dump(mode="json", exclude={"error": {"traceback"}}).items()
+            if v is not None
+        },
+        checkpoints=checkpoints(record, outputs),
+    )

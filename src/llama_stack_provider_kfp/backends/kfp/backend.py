@@ -1,0 +1,241 @@
+"""kfp backend: the same pipeline, compiled to IR and run on a KFP v2 cluster.
+
+The job's record keeps the KFP run id; state comes from the KFP API, progress, errors and
+checkpoints from the job's S3 prefix (KFP's API gives no artifact URIs). Inputs from this
+machine are staged to that prefix before the run starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ...config import RemoteConfig
+from ...core import data_uri, storage
+from ...core.errors import Refused
+from ...core.locations import Location, parse
+from ...core.model_source import ModelError, hub_model, inspect_s3_model, pvc_model
+from ...core.outputs import JobOutputs
+from ...core.spec import ModelSpec
+from ...jobs.backend import DatasetSource, Observed, StagedInputs
+from ...jobs.record import JobRecord, RunnerHandle, Status
+from ...jobs.store import JobStore
+from .connection import connection, explain
+from .placement import remote_placement
+
+log = logging.getLogger(__name__)
+
+# V2beta1RuntimeState -> the provider's job status
+STATE_MAP: dict[str, Status] = {
+    "PENDING": "scheduled",
+    "RUNTIME_STATE_UNSPECIFIED": "scheduled",
+    "RUNNING": "in_progress",
+    "PAUSED": "in_progress",
+    "CANCELING": "in_progress",
+    "SUCCEEDED": "completed",
+    "SKIPPED": "failed",
+    "FAILED": "failed",
+    "CANCELED": "cancelled",
+}
+TERMINAL_STATES = ("SUCCEEDED", "SKIPPED", "FAILED", "CANCELED")
+
+
+class KFPBackend:
+    name = "kfp"
+
+    def __init__(self, store: JobStore, cfg: RemoteConfig) -> None:
+        if not cfg.s3_bucket:
+            raise ValueError("mode: remote needs remote.s3_bucket (where jobs stage data)")
+        self.store = store
+        self.cfg = cfg
+        self.poll_seconds = cfg.poll_seconds  # each check is a call to the KFP API
+        self.placement = remote_placement(cfg)
+        self.root = Location("s3", cfg.s3_bucket, cfg.s3_prefix.strip("/"))
+        self._client: Any = None
+        self._s3: Any = None
+        self._last_state: dict[str, str] = {}
+        self.url, self.namespace = cfg.url or "(discovered)", cfg.namespace
+
+    @property
+    def s3(self) -> Any:
+        """The server's own S3 client, on the configured endpoint (not set process-wide)."""
+        if self._s3 is None:
+            self._s3 = storage.client(self.cfg.s3_endpoint_url)
+        return self._s3
+
+    # ---- before a job exists ------------------------------------------------------------
+
+    def resolve_model(
+        self, name: str, checkpoint_dir: str | None, descriptor_repo: str | None
+    ) -> ModelSpec:
+        where = checkpoint_dir or name
+        loc = parse(where)
+        if loc.scheme == "s3":
+            return inspect_s3_model(name, loc, self.s3)
+        if loc.scheme == "pvc":
+            return pvc_model(name, loc)
+        if loc.scheme == "hf":
+            return hub_model(name, loc.root)
+        if where.startswith(("/", ".", "~")):
+            raise ModelError(
+                f"in remote mode the weights must be reachable from the cluster: upload "
+                f"them with scripts/upload-model.py and pass checkpoint_dir='s3://...', "
+                f"or use pvc://<claim>/<path> (got {where!r})"
+            )
+        # A llama-stack descriptor maps to its Hub repo; anything else is taken as a repo id.
+        return hub_model(name, (descriptor_repo if where == name else None) or where)
+
+    def _job_prefix(self, job_uuid: str) -> Location:
+        return self.root.join("jobs", job_uuid)
+
+    def stage(
+        self,
+        job_uuid: str,
+        job_dir: Path,
+        train: DatasetSource,
+        validation: DatasetSource | None,
+    ) -> StagedInputs:
+        prefix = self._job_prefix(job_uuid)
+        return StagedInputs(
+            train_uri=self._stage_dataset(train, job_dir, prefix, "train.jsonl"),
+            validation_uri=(
+                self._stage_dataset(validation, job_dir, prefix, "validation.jsonl")
+                if validation is not None
+                else None
+            ),
+            output_uri=str(prefix.join("output")),
+        )
+
+    def _stage_dataset(
+        self, source: DatasetSource, job_dir: Path, prefix: Location, name: str
+    ) -> str:
+        """Inline rows and data: URIs (too big for a pipeline parameter) become a JSONL file;
+        files on this machine are uploaded to the job's prefix; the rest the pod reads."""
+        if isinstance(source, list):
+            source = str(data_uri.write_jsonl(source, job_dir / "input" / name))
+        elif source.startswith("data:"):
+            path = job_dir / "input" / name
+            source = str(data_uri.write_jsonl(data_uri.iter_rows(source), path))
+        local = data_uri.local_file(source)
+        if local is None:
+            return source  # s3://, or a hub dataset the pod reads itself
+        key = Path(name).stem + local.suffix  # keep the suffix: it says how to parse the file
+        target = prefix.join("input", key)
+        storage.upload_file(local, target, self.s3)
+        return str(target)
+
+    def outputs(self, record: JobRecord) -> JobOutputs:
+        return JobOutputs(parse(record.spec.output_uri), self.s3)
+
+    def client(self):
+        if self._client is None:
+            import kfp
+
+            url, namespace, token = connection(self.cfg)
+            self.url, self.namespace = url, namespace
+            try:
+                # namespace= skips kfp's own healthz retry loop; check it ourselves.
+                client = kfp.Client(
+                    host=url,
+                    existing_token=token,
+                    namespace=namespace,
+                    ssl_ca_cert=str(self.cfg.ca_bundle) if self.cfg.ca_bundle else None,
+                    verify_ssl=self.cfg.verify_ssl,
+                )
+                client._healthz_api.healthz_service_get_healthz()
+            except Exception as e:
+                raise explain(e, url) from None
+            self._client = client
+        return self._client
+
+    def check(self) -> None:
+        """Fail early (at submit) when the endpoint cannot take a run."""
+        self.client()
+
+    # ---- running ------------------------------------------------------------------------
+
+    def start(self, record: JobRecord) -> RunnerHandle:
+        from kfp import compiler
+
+        from ...pipeline.definition import ComponentBuild, build_pipeline, pipeline_arguments
+
+        job_uuid = record.job_uuid
+        build = ComponentBuild(base_image=self.cfg.image, install_kfp_package=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            package = Path(tmp) / "pipeline.yaml"
+            placement = self.placement(record.spec)
+            compiler.Compiler().compile(build_pipeline(build, placement), str(package))
+            try:
+                result = self.client().create_run_from_pipeline_package(
+                    str(package),
+                    arguments=pipeline_arguments(record.spec),
+                    run_name=job_uuid,
+                    experiment_name=self.cfg.experiment,
+                    namespace=self.namespace,
+                    service_account=self.cfg.service_account,
+                )
+            except Exception as e:
+                raise explain(e, self.url) from None
+        if not result.run_id:
+            raise Refused(
+                f"KFP at {self.url} answered without a run id: probably a login page "
+                "(an OAuth proxy redirect); the token is missing or expired"
+            )
+        return RunnerHandle(run_id=result.run_id)
+
+    def handle(self, record: JobRecord) -> RunnerHandle | None:
+        return record.runner
+
+    def observe(self, record: JobRecord) -> Observed:
+        if record.runner is None or record.runner.run_id is None:
+            return Observed("cancelled" if record.cancelled_at else "scheduled")
+        run_id = record.runner.run_id
+        try:
+            run = self.client().get_run(run_id)
+            raw_state = getattr(run, "state", None)
+            if raw_state is None and getattr(run, "run_id", None) is None:
+                raise Refused(
+                    "KFP answered with an empty run: probably a login page (an OAuth proxy "
+                    "redirect); the token is missing or expired"
+                )
+        except Exception as e:
+            err = e if isinstance(e, Refused) else explain(e, self.url)
+            self._client = None  # reconnect next time
+            last = self._last_state.get(run_id, "RUNNING")
+            status = "cancelled" if record.cancelled_at else STATE_MAP.get(last, "in_progress")
+            return Observed(status, note={"run_id": run_id, "state": last, "warning": str(err)})
+        state = str(getattr(raw_state, "value", raw_state))
+        self._last_state[run_id] = state
+        status = STATE_MAP.get(state, "in_progress")
+        if record.cancelled_at is not None and status != "completed":
+            status = "cancelled"
+        error: dict[str, Any] | None = None
+        if status == "failed":
+            step_error = self.outputs(record).error()
+            error = step_error.model_dump(exclude_none=True) if step_error else {}
+            error.setdefault("message", f"the KFP run ended {state}")
+            if getattr(run, "error", None) is not None:
+                error["kfp_error"] = getattr(run.error, "message", str(run.error))
+        return Observed(
+            status,
+            started_at=getattr(run, "created_at", None),
+            completed_at=getattr(run, "finished_at", None) if status != "in_progress" else None,
+            error=error,
+            note={"run_id": run_id, "state": state},
+        )
+
+    def forget(self, record: JobRecord) -> None:
+        if record.runner is not None and record.runner.run_id is not None:
+            self._last_state.pop(record.runner.run_id, None)
+
+    def kill(self, record: JobRecord, grace_seconds: float = 5.0) -> None:
+        if record.runner is None or record.runner.run_id is None:
+            return
+        if self._last_state.get(record.runner.run_id) in TERMINAL_STATES:
+            return  # KFP refuses to terminate a run that has ended
+        try:
+            self.client().terminate_run(record.runner.run_id)
+        except Exception as e:
+            raise explain(e, self.url) from None

@@ -1,0 +1,73 @@
+"""Kubernetes placement of the pipeline's tasks in remote mode (kfp-kubernetes).
+
+Secrets are referenced by name and mounted as environment variables: their values never
+enter the pipeline, its parameters or a job record.
+"""
+
+from __future__ import annotations
+
+from ...config import RemoteConfig
+from ...core.locations import parse
+from ...core.spec import JobSpec
+
+_S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def remote_placement(cfg: RemoteConfig):
+    """A function of the job's spec returning `apply(task, step)` for build_pipeline."""
+
+    def for_job(spec: JobSpec | None = None):
+        return _placement(cfg, spec)
+
+    return for_job
+
+
+def _placement(cfg: RemoteConfig, spec: JobSpec | None):
+    from kfp import kubernetes
+
+    res = cfg.resources
+    model = parse(spec.model.path) if spec else None
+    pvc = model if model is not None and model.scheme == "pvc" else None
+
+    def apply(task, step: str) -> None:
+        if cfg.s3_credentials_secret:
+            kubernetes.use_secret_as_env(
+                task,
+                secret_name=cfg.s3_credentials_secret,
+                secret_key_to_env={k: k for k in _S3_KEYS},
+            )
+        if cfg.hf_token_secret:
+            kubernetes.use_secret_as_env(
+                task, secret_name=cfg.hf_token_secret, secret_key_to_env={"HF_TOKEN": "HF_TOKEN"}
+            )
+        if cfg.s3_endpoint_url:
+            task.set_env_variable("AWS_ENDPOINT_URL", cfg.s3_endpoint_url)
+        if cfg.image_pull_secrets:
+            kubernetes.set_image_pull_secrets(task, list(cfg.image_pull_secrets))
+        for key, value in res.node_selector.items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for t in res.tolerations:
+            kubernetes.add_toleration(
+                task,
+                key=t.get("key"),
+                operator=t.get("operator", "Equal"),
+                value=t.get("value"),
+                effect=t.get("effect"),
+            )
+        if step != "train":
+            task.set_cpu_request("1").set_memory_request("2Gi")
+            return
+        if pvc is not None:
+            kubernetes.mount_pvc(task, pvc_name=pvc.root, mount_path=pvc.mount_path)
+        if res.cpu_request:
+            task.set_cpu_request(res.cpu_request)
+        if res.cpu_limit:
+            task.set_cpu_limit(res.cpu_limit)
+        if res.memory_request:
+            task.set_memory_request(res.memory_request)
+        if res.memory_limit:
+            task.set_memory_limit(res.memory_limit)
+        if res.gpu_count:
+            task.set_accelerator_type(res.accelerator).set_accelerator_limit(res.gpu_count)
+
+    return apply

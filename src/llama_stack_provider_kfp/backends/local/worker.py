@@ -1,0 +1,69 @@
+"""The worker process of one local job: runs the pipeline with kfp.local.
+
+Started by LocalBackend in a session of its own, one per job, because kfp.local keeps
+process-wide state. It reports only through files in the job directory, so the server can
+restart without losing the job.
+
+    python -m llama_stack_provider_kfp.backends.local.worker <job_dir>
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ...core.files import read_json, tail
+from ...core.locations import parse
+from ...core.outputs import JobOutputs
+from ...jobs.record import JobRecord, RunnerHandle, WorkerState, now
+from ...jobs.store import JOB_FILE, WORKER_LOG, write_worker_state
+
+
+def run(job_dir: Path) -> int:
+    record = JobRecord.model_validate(read_json(job_dir / JOB_FILE))
+    spec = record.spec
+    started = now()
+    me = RunnerHandle(pid=os.getpid(), create_time=psutil.Process().create_time())
+    write_worker_state(job_dir, WorkerState(status="in_progress", started_at=started, runner=me))
+    try:
+        from kfp import local
+
+        from ...pipeline.definition import ComponentBuild, build_pipeline, pipeline_arguments
+
+        local.init(
+            runner=local.SubprocessRunner(use_venv=False),
+            pipeline_root=str(job_dir / "kfp"),
+            raise_on_error=True,
+        )
+        build_pipeline(ComponentBuild.local())(**pipeline_arguments(spec))
+    except BaseException as e:
+        traceback.print_exc()
+        sys.stdout.flush()
+        step_error = JobOutputs(parse(spec.output_uri)).error()
+        error: dict[str, Any] = (
+            step_error.model_dump(exclude_none=True)
+            if step_error
+            else {"message": f"{type(e).__name__}: {e}"}
+        )
+        error["log_tail"] = tail(job_dir / WORKER_LOG)
+        write_worker_state(
+            job_dir,
+            WorkerState(
+                status="failed", started_at=started, completed_at=now(), error=error, runner=me
+            ),
+        )
+        return 1
+    write_worker_state(
+        job_dir,
+        WorkerState(status="completed", started_at=started, completed_at=now(), runner=me),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(Path(sys.argv[1])))

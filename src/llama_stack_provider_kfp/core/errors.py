@@ -1,0 +1,31 @@
+"""Errors by cause. The front end turns each into its HTTP status; nothing below it knows HTTP.
+
+Lower tiers raise these; a plain exception anywhere (ValueError from a library included) is a
+bug and reaches the caller as a 500, never as their fault.
+"""
+
+from __future__ import annotations
+
+
+class InvalidRequest(ValueError):
+    """The caller sent something that cannot work; the message says what to change (400)."""
+
+
+class Unsupported(NotImplementedError):
+    """A feature this provider does not offer yet; the message names what would work (501)."""
+
+
+class JobNotFound(LookupError):
+    """No job with this id (404)."""
+
+    def __init__(self, job_uuid: str) -> None:
+        super().__init__(job_uuid)
+        self.job_uuid = job_uuid
+
+
+class Unavailable(ConnectionError):
+    """A cluster or storage endpoint cannot be reached: network, DNS, TLS, timeouts (503)."""
+
+
+class Refused(Unavailable):
+    """A cluster or storage endpoint answered but refused: bad token, no rights, odd reply (502)."""

@@ -1,0 +1,298 @@
+"""Find a model's weights on disk and read its architecture, without importing torch.
+
+Accepts the two layouts users have: Meta (`params.json`, `consolidated.00.pth`,
+`tokenizer.model`) and Hugging Face (`config.json`, `*.safetensors`,
+`original/tokenizer.model`). Any Llama-3-architecture size works because the
+dimensions come from the files, not from a table of known models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from . import storage
+from .errors import InvalidRequest
+from .locations import Location, is_hf_repo_id
+from .spec import ModelArch, ModelSpec
+
+
+class ModelError(InvalidRequest):
+    """A model that cannot be used; the message says what to change."""
+
+
+def _meta_intermediate_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
+    # Same rule as Meta's reference model (and torchtune's scale_hidden_dim_for_mlp).
+    hidden = int(8 * dim / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * math.ceil(hidden / multiple_of)
+
+
+def arch_from_meta_params(params: dict) -> ModelArch:
+    dim = int(params["dim"])
+    use_scaled_rope = bool(params.get("use_scaled_rope", False))
+    # params.json states neither tying nor the RoPE factor. Published Llama 3.2 1B/3B
+    # (dim <= 3072) are tied with factor 32; Llama 3.1 8B+ untied with factor 8.
+    # Optional explicit keys win, so converted or custom checkpoints can say so.
+    tied = bool(params.get("tie_word_embeddings", use_scaled_rope and dim <= 3072))
+    factor = params.get("rope_scale_factor")
+    if factor is None and use_scaled_rope:
+        factor = 32.0 if tied else 8.0
+    return ModelArch(
+        vocab_size=int(params["vocab_size"]),
+        num_layers=int(params["n_layers"]),
+        num_heads=int(params["n_heads"]),
+        num_kv_heads=int(params.get("n_kv_heads") or params["n_heads"]),
+        embed_dim=dim,
+        intermediate_dim=int(params["hidden_dim"])
+        if params.get("hidden_dim")
+        else _meta_intermediate_dim(
+            dim, int(params.get("multiple_of", 256)), params.get("ffn_dim_multiplier")
+        ),
+        norm_eps=float(params.get("norm_eps", 1e-5)),
+        rope_base=float(params.get("rope_theta", 500000.0)),
+        rope_scale_factor=float(factor) if factor is not None else None,
+        tie_word_embeddings=tied,
+    )
+
+
+def arch_from_hf_config(cfg: dict) -> ModelArch:
+    if cfg.get("model_type") != "llama":
+        raise ModelError(
+            f"config.json has model_type={cfg.get('model_type')!r}; only Llama-3-architecture "
+            "models (model_type 'llama') are supported"
+        )
+    # transformers < 5 writes rope_theta + rope_scaling; 5.x writes rope_parameters.
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    if rope_type not in ("default", "llama3"):
+        raise ModelError(f"RoPE type {rope_type!r} is not supported (use 'default' or 'llama3')")
+    factor = rope.get("factor") if rope_type == "llama3" else None
+    rope_base = rope.get("rope_theta", cfg.get("rope_theta", 500000.0))
+    heads = int(cfg["num_attention_heads"])
+    return ModelArch(
+        vocab_size=int(cfg["vocab_size"]),
+        num_layers=int(cfg["num_hidden_layers"]),
+        num_heads=heads,
+        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+        embed_dim=int(cfg["hidden_size"]),
+        intermediate_dim=int(cfg["intermediate_size"]),
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+        rope_base=float(rope_base),
+        rope_scale_factor=float(factor) if factor is not None else None,
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+    )
+
+
+def _check_arch(arch: ModelArch, where: Path | str) -> None:
+    if arch.embed_dim % arch.num_heads or arch.num_heads % arch.num_kv_heads:
+        raise ModelError(
+            f"{where}: hidden size {arch.embed_dim}, {arch.num_heads} heads and "
+            f"{arch.num_kv_heads} KV heads do not divide evenly"
+        )
+
+
+def inspect_model_dir(name: str, path: Path) -> ModelSpec:
+    """Read a model directory in either layout; raise ModelError naming what is missing."""
+    if not path.is_dir():
+        raise ModelError(f"model directory {path} does not exist")
+    names = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+    return _inspect(name, str(path), names, lambda n: json.loads((path / n).read_text()))
+
+
+def _inspect(name: str, location: str, names: set[str], load) -> ModelSpec:
+    """Recognize a layout from a folder's file names; `load(name)` reads a JSON file."""
+    try:
+        if "config.json" in names:
+            return _inspect_hf(name, location, names, load("config.json"))
+        if "params.json" in names:
+            return _inspect_meta(name, location, names, load("params.json"))
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{location}: unreadable model configuration ({e!r})") from e
+    raise ModelError(
+        f"{location} holds neither a Hugging Face model (config.json + *.safetensors) nor a "
+        "Meta checkpoint (params.json + consolidated.00.pth)"
+    )
+
+
+def _inspect_meta(name: str, location: str, names: set[str], params: dict) -> ModelSpec:
+    shards = sorted(n for n in names if re.fullmatch(r"consolidated\.\d+\.pth", n))
+    if not shards:
+        raise ModelError(f"{location}: params.json found but no consolidated.00.pth weights")
+    if len(shards) > 1:
+        raise ModelError(
+            f"{location}: {len(shards)} model-parallel shards; only single-file Meta "
+            "checkpoints are supported (use the Hugging Face layout for larger models)"
+        )
+    if "tokenizer.model" not in names:
+        raise ModelError(f"{location}: tokenizer.model is missing")
+    arch = arch_from_meta_params(params)
+    _check_arch(arch, location)
+    return ModelSpec(
+        name=name,
+        path=location,
+        layout="meta",
+        checkpoint_files=shards,
+        tokenizer_file="tokenizer.model",
+        arch=arch,
+    )
+
+
+def _inspect_hf(name: str, location: str, names: set[str], config: dict) -> ModelSpec:
+    files = sorted(n for n in names if "/" not in n and n.endswith(".safetensors"))
+    if not files:
+        raise ModelError(f"{location}: config.json found but no *.safetensors weights")
+    tokenizer = next(
+        (t for t in ("original/tokenizer.model", "tokenizer.model") if t in names), None
+    )
+    if tokenizer is None:
+        raise ModelError(
+            f"{location}: the tiktoken tokenizer (original/tokenizer.model) is missing; Llama 3 "
+            "repositories ship it under original/"
+        )
+    arch = arch_from_hf_config(config)
+    _check_arch(arch, location)
+    return ModelSpec(
+        name=name,
+        path=location,
+        layout="huggingface",
+        checkpoint_files=files,
+        tokenizer_file=tokenizer,
+        arch=arch,
+    )
+
+
+def inspect_s3_model(name: str, loc: Location, s3: Any = None) -> ModelSpec:
+    """A model in S3: a prefix (listed) or a gzip tarball (its config read from the stream;
+    the train step checks the files once extracted)."""
+    try:
+        if loc.key.endswith((".tar.gz", ".tgz")):
+            return _inspect_s3_tarball(name, loc, s3)
+        names = set(storage.list_keys(loc, s3))
+        if not names:
+            raise ModelError(f"nothing found under {loc}/")
+        return _inspect(name, str(loc), names, lambda n: storage.read_json(loc.join(n), s3))
+    except ModelError:
+        raise
+    except Exception as e:  # botocore errors: no credentials, no bucket, access denied
+        raise ModelError(f"cannot read model at {loc}: {e}") from None
+
+
+def pvc_model(name: str, loc: Location) -> ModelSpec:
+    """Weights on a PersistentVolumeClaim. The server cannot read the volume, so the layout
+    and architecture are read by the train step once it is mounted."""
+    return ModelSpec(
+        name=name, path=str(loc), layout=None, checkpoint_files=[], tokenizer_file="", arch=None
+    )
+
+
+def hub_model(name: str, repo: str) -> ModelSpec:
+    """A Hugging Face Hub repo, downloaded inside the pod (HF_TOKEN from a Secret). Its
+    config.json is read here, from the local cache or the Hub (HF_TOKEN from this process's
+    environment), so bad ids and unsupported architectures fail at submit."""
+    if not is_hf_repo_id(repo):
+        raise ModelError(
+            f"model {name!r} is not an s3:// or pvc:// location nor a Hugging Face repo id"
+        )
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(repo, "config.json")
+    except Exception as e:
+        raise ModelError(
+            f"cannot read config.json of Hugging Face repo {repo!r} ({type(e).__name__}); "
+            "check the id, set HF_TOKEN for gated repos, or upload the weights to S3"
+        ) from None
+    try:
+        arch = arch_from_hf_config(json.loads(Path(path).read_text()))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{repo}: unreadable config.json ({e!r})") from None
+    return ModelSpec(
+        name=name,
+        path=f"hf://{repo}",
+        layout="huggingface",
+        checkpoint_files=[],
+        tokenizer_file="original/tokenizer.model",
+        arch=arch,
+    )
+
+
+def _inspect_s3_tarball(name: str, loc: Location, s3: Any = None) -> ModelSpec:
+    import tarfile
+
+    uri = str(loc)
+    body = (s3 or storage.client()).get_object(Bucket=loc.root, Key=loc.key)["Body"]
+    with contextlib.closing(body), tarfile.open(fileobj=body, mode="r|gz") as tar:
+        for member in tar:  # upload-model.py puts the config first
+            extracted = tar.extractfile(member)
+            if member.name in ("config.json", "params.json") and extracted is not None:
+                config = json.load(extracted)
+                break
+        else:
+            raise ModelError(f"{uri}: no config.json or params.json in the archive")
+    hf = member.name == "config.json"
+    arch = arch_from_hf_config(config) if hf else arch_from_meta_params(config)
+    _check_arch(arch, uri)
+    return ModelSpec(
+        name=name,
+        path=uri,
+        layout="huggingface" if hf else "meta",
+        checkpoint_files=[],  # known once extracted
+        tokenizer_file="original/tokenizer.model" if hf else "tokenizer.model",
+        arch=arch,
+    )
+
+
+def _hf_cache_dir(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:  # pragma: no cover - huggingface_hub comes with datasets
+        return None
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
+def resolve_model(
+    model: str, checkpoint_dir: str | None, model_dirs: list[Path], hf_repo: str | None = None
+) -> ModelSpec:
+    """Turn a request's `model` + `checkpoint_dir` into a ModelSpec.
+
+    Order: checkpoint_dir; `model` as a local directory; `<model_dirs>/<model>`; the local
+    Hugging Face cache (for a repo id, or the repo a llama-stack descriptor maps to).
+    """
+    if checkpoint_dir:
+        return inspect_model_dir(model, Path(checkpoint_dir).expanduser())
+    as_path = Path(model).expanduser()
+    if as_path.is_absolute() or model.startswith("."):
+        return inspect_model_dir(model, as_path)
+    tried: list[str] = []
+    if "/" not in model:
+        for d in model_dirs:
+            candidate = d / model
+            tried.append(str(candidate))
+            if candidate.is_dir():
+                return inspect_model_dir(model, candidate)
+    repo = model if is_hf_repo_id(model) else hf_repo
+    if repo:
+        tried.append(f"Hugging Face cache for {repo}")
+        cached = _hf_cache_dir(repo)
+        if cached is not None:
+            return inspect_model_dir(model, cached)
+    if not tried:
+        raise ModelError(
+            f"model {model!r} is not a directory, a llama-stack descriptor or a Hugging Face "
+            "repo id"
+        )
+    raise ModelError(
+        f"weights for model {model!r} not found (looked in: {', '.join(tried)}). Pass "
+        "checkpoint_dir=<directory with the weights>, or download them first "
+        "(`llama model download` or `hf download <repo>`)"
+    )

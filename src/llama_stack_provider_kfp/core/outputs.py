@@ -1,0 +1,154 @@
+"""A job's output layout: file names, how to read and write them, and what the status carries.
+
+The train and prepare-data steps write here; the server reads here. Layout under a job's
+output location (a local directory or an s3:// prefix):
+
+    progress.json                 Progress + loss_history + facts (device, dtype, rows)
+    result.json                   the train step's summary
+    error.json                    why a step failed (StepError)
+    checkpoints/epoch_<N>/        one finished epoch; `epoch_<N>.partial/` while written
+        merged/  adapter/  metrics.json   (metrics.json last: a listed epoch is complete)
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from . import files, storage
+from .locations import Location
+from .spec import EngineChoice
+
+PROGRESS = "progress.json"
+RESULT = "result.json"
+ERROR = "error.json"
+METRICS = "metrics.json"
+CHECKPOINTS = "checkpoints"
+MERGED = "merged"
+ADAPTER = "adapter"
+PARTIAL_SUFFIX = ".partial"
+MAX_LOSS_HISTORY = 500
+_EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+
+
+def epoch_dir(epoch: int) -> str:
+    """Relative path of an epoch's checkpoint folder (epochs are numbered from 1)."""
+    return f"{CHECKPOINTS}/epoch_{epoch}"
+
+
+class _Open(BaseModel):
+    # Tolerant on read: a newer step may add fields an older server passes through.
+    model_config = ConfigDict(extra="allow")
+
+
+class Progress(_Open):
+    step: int = 0
+    total_steps: int | None = None
+    epoch: int | None = None
+    total_epochs: int | None = None
+    loss: float | None = None
+    lr: float | None = None
+    tokens_per_second: float | None = None
+    trained_tokens_per_second: float | None = None
+    eta_seconds: float | None = None
+
+
+class StepError(_Open):
+    message: str
+    step: str | None = None
+    log_tail: list[str] = []
+    # Written by the step for its log; dropped before a status shows the error.
+    traceback: str | None = None
+
+
+class StatusResources(_Open):
+    """`resources_allocated` of the status response: llama-stack's only free-form field."""
+
+    job_dir: str | None = None
+    engine: EngineChoice | None = None
+    progress: Progress | None = None
+    loss_history: list[list[float]] = []
+    device: str | None = None
+    dtype: str | None = None
+    rows: dict[str, int] | None = None
+    result: dict[str, Any] | None = None
+    error: StepError | None = None
+    # Backend facts: the KFP run id and state, or a warning when the cluster is unreachable.
+    runner: dict[str, Any] | None = None
+
+
+class CheckpointInfo(BaseModel):
+    epoch: int
+    path: str
+    created_at: datetime
+    train_loss: float | None = None
+    validation_loss: float | None = None
+    perplexity: float | None = None
+
+
+class JobOutputs:
+    """Read a job's outputs wherever they are (local directory or s3:// prefix)."""
+
+    def __init__(self, location: Location, s3: Any = None) -> None:
+        self.location = location
+        self._s3 = s3
+
+    def read(self, name: str) -> Any | None:
+        if self.location.is_local:
+            return files.read_json(self.location.path / name)
+        return storage.read_json(self.location.join(name), self._s3)
+
+    def progress(self) -> dict[str, Any] | None:
+        return self.read(PROGRESS)
+
+    def result(self) -> dict[str, Any] | None:
+        return self.read(RESULT)
+
+    def error(self) -> StepError | None:
+        data = self.read(ERROR)
+        if not isinstance(data, dict):
+            return None
+        try:
+            return StepError.model_validate({**data, "traceback": None})
+        except ValidationError:
+            return None
+
+    def _epoch_names(self) -> set[str]:
+        root = self.location.join(CHECKPOINTS)
+        if self.location.is_local:
+            d = root.path
+            return {p.parent.name for p in d.glob(f"*/{METRICS}")} if d.is_dir() else set()
+        return {
+            k.split("/")[0] for k in storage.list_keys(root, self._s3) if k.endswith(f"/{METRICS}")
+        }
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        """One entry per finished epoch, in order; half-written epochs are never listed."""
+        found = []
+        for name in self._epoch_names():
+            m = _EPOCH_DIR.match(name)
+            if not m:
+                continue  # epoch_<N>.partial, stray files
+            metrics = self.read(f"{CHECKPOINTS}/{name}/{METRICS}")
+            if not isinstance(metrics, dict):
+                continue
+            path = str(self.location.join(CHECKPOINTS, name))
+            try:
+                found.append(
+                    CheckpointInfo.model_validate({**metrics, "epoch": int(m[1]), "path": path})
+                )
+            except ValidationError:
+                continue
+        return sorted(found, key=lambda c: c.epoch)
+
+
+def write_error(location: Location, error: StepError, s3: Any = None) -> None:
+    """What a failing step leaves for the server (the traceback goes in as an extra)."""
+    data = error.model_dump(mode="json")
+    if location.is_local:
+        files.write_json(location.path / ERROR, data)
+    else:
+        storage.write_json(location.join(ERROR), data, s3)

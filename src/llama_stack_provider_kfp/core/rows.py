@@ -1,0 +1,85 @@
+"""Check dataset rows against llama-stack's data formats and turn them into chat messages.
+
+Pure Python: used on a bounded sample at submit time (server) and on every row in
+prepare-data (pipeline), so both tiers apply the same rules.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import InvalidRequest
+
+ROLES = ("system", "user", "assistant")
+REQUIRED_COLUMNS = {
+    "instruct": ("chat_completion_input", "expected_answer"),
+    "dialog": ("dialog",),
+}
+
+
+class RowError(InvalidRequest):
+    """A row that does not match the data format."""
+
+
+def _json_field(row: dict, key: str) -> Any:
+    value = row[key]
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise RowError(f"column {key!r} is not valid JSON ({e.msg})") from None
+    return value
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        content = [content]
+    if isinstance(content, list) and all(
+        isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str)
+        for c in content
+    ):
+        return "".join(c["text"] for c in content)
+    raise RowError("message content must be a string or a list of text items")
+
+
+def _message(m: Any) -> dict[str, str]:
+    if not isinstance(m, dict) or "role" not in m or "content" not in m:
+        raise RowError("each message needs 'role' and 'content'")
+    if m["role"] not in ROLES:
+        raise RowError(f"role {m['role']!r} is not one of {', '.join(ROLES)}")
+    return {"role": m["role"], "content": _text(m["content"])}
+
+
+def to_messages(row: dict, data_format: str) -> list[dict[str, str]]:
+    """Return the row as OpenAI-style messages, or raise RowError saying what is wrong."""
+    if not isinstance(row, dict):
+        raise RowError("a row must be an object")
+    missing = [c for c in REQUIRED_COLUMNS[data_format] if c not in row]
+    if missing:
+        raise RowError(
+            f"missing column(s) {', '.join(missing)} required by data_format={data_format}"
+        )
+    if data_format == "instruct":
+        prompt = _json_field(row, "chat_completion_input")
+        if isinstance(prompt, dict):
+            prompt = [prompt]
+        if not isinstance(prompt, list) or not prompt:
+            raise RowError("chat_completion_input must be a non-empty list of messages")
+        messages = [_message(m) for m in prompt]
+        answer = row["expected_answer"]
+        if not isinstance(answer, str) or not answer:
+            raise RowError("expected_answer must be a non-empty string")
+        messages.append({"role": "assistant", "content": answer})
+    else:
+        dialog = _json_field(row, "dialog")
+        if not isinstance(dialog, list) or not dialog:
+            raise RowError("dialog must be a non-empty list of messages")
+        messages = [_message(m) for m in dialog]
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RowError("no assistant message to learn from")
+    if messages[-1]["role"] != "assistant":
+        raise RowError("the last message must be the assistant's answer")
+    return messages

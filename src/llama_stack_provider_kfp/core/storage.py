@@ -1,0 +1,95 @@
+"""S3-compatible object storage (AWS S3, MinIO, ODF, Ceph) through boto3.
+
+Credentials come from the environment the way boto3 reads them (AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY, or a profile; in a pod, a Kubernetes Secret mounted as env vars):
+never from a request, a pipeline parameter or a job record. The endpoint is passed to
+`client()` by whoever owns the setting (the kfp backend's config; AWS_ENDPOINT_URL in a
+step's pod), never set process-wide.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from .locations import Location
+
+log = logging.getLogger(__name__)
+
+
+def client(endpoint_url: str | None = None, region: str | None = None) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
+        region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+    )
+
+
+def upload_file(path: Path, loc: Location, s3: Any = None) -> None:
+    (s3 or client()).upload_file(str(path), loc.root, loc.key)  # multipart for large files
+
+
+def download_file(loc: Location, path: Path, s3: Any = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (s3 or client()).download_file(loc.root, loc.key, str(path))
+    return path
+
+
+def list_keys(prefix: Location, s3: Any = None) -> list[str]:
+    """Keys under `prefix`, relative to it."""
+    s3 = s3 or client()
+    base = prefix.key.rstrip("/") + "/" if prefix.key else ""
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=prefix.root, Prefix=base):
+        keys += [o["Key"][len(base) :] for o in page.get("Contents", [])]
+    return keys
+
+
+def download_prefix(prefix: Location, dest: Path, s3: Any = None) -> Path:
+    s3 = s3 or client()
+    for rel_key in list_keys(prefix, s3):
+        if not rel_key or rel_key.endswith("/"):
+            continue  # a "folder" marker object
+        rel = Path(rel_key)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise ValueError(f"refusing object key {rel_key!r}: it leaves the target folder")
+        download_file(prefix.join(rel_key), dest / rel, s3)
+    return dest
+
+
+def read_json(loc: Location, s3: Any = None) -> Any | None:
+    """The object's JSON, or None when it is missing or unreadable (access denied included:
+    a status call should answer, and the warning is logged)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    s3 = s3 or client()
+    try:
+        body = s3.get_object(Bucket=loc.root, Key=loc.key)["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return None
+    except (ClientError, BotoCoreError) as e:
+        log.warning("cannot read %s: %s", loc, e)
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def write_json(loc: Location, data: Any, s3: Any = None) -> None:
+    body = json.dumps(data, default=str).encode()
+    (s3 or client()).put_object(Bucket=loc.root, Key=loc.key, Body=body)
+
+
+def safe_extract(archive: Path, dest: Path) -> Path:
+    """Extract a (gzip) tarball; refuse absolute paths, '..', links out of dest, devices."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "r:*") as tar:
+        tar.extractall(dest, filter="data")
+    return dest

@@ -1,0 +1,1 @@
+"""Job records, their store, and the scheduler that drives a Backend."""

@@ -1,0 +1,85 @@
+"""The seam between the job scheduler and where jobs run.
+
+A Backend runs the one pipeline definition somewhere: `backends.local` (a worker process
+running kfp.local on this machine) or `backends.kfp` (a KFP v2 cluster). The provider picks
+one from its config, once; everything above this interface is the same for both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from ..core.outputs import JobOutputs
+from ..core.spec import ModelSpec
+from .record import JobRecord, RunnerHandle, Status
+
+# A dataset as the front end found it: its registered URI, or its rows when registered inline.
+DatasetSource = str | list[dict]
+
+
+@dataclass
+class Observed:
+    status: Status
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    error: dict | None = None
+    # Backend facts for the status response (e.g. the KFP run id and state).
+    note: dict | None = None
+    # True when the backend lost the job (its worker vanished without an outcome).
+    lost: bool = False
+
+
+@dataclass(frozen=True)
+class StagedInputs:
+    """Locations the pipeline's steps can read and write (see core.locations)."""
+
+    train_uri: str
+    validation_uri: str | None
+    output_uri: str
+
+
+class Backend(Protocol):
+    name: str
+    # How often the scheduler re-checks running and queued jobs.
+    poll_seconds: float
+
+    def check(self) -> None:
+        """Raise core.errors.Unavailable/Refused when no job could be started now."""
+        ...
+
+    def resolve_model(
+        self, name: str, checkpoint_dir: str | None, descriptor_repo: str | None
+    ) -> ModelSpec:
+        """Find the weights a request names, where this backend's steps can read them."""
+        ...
+
+    def stage(
+        self,
+        job_uuid: str,
+        job_dir: Path,
+        train: DatasetSource,
+        validation: DatasetSource | None,
+    ) -> StagedInputs:
+        """Put a job's inputs where its steps can read them; choose its output location."""
+        ...
+
+    def start(self, record: JobRecord) -> RunnerHandle: ...
+
+    def handle(self, record: JobRecord) -> RunnerHandle | None:
+        """The handle of a started job (None while it is queued)."""
+        ...
+
+    def observe(self, record: JobRecord) -> Observed: ...
+
+    def outputs(self, record: JobRecord) -> JobOutputs: ...
+
+    def kill(self, record: JobRecord, grace_seconds: float = 5.0) -> None:
+        """Stop the job; return when nothing of it runs any more."""
+        ...
+
+    def forget(self, record: JobRecord) -> None:
+        """Drop what the backend keeps in memory about a finished job."""
+        ...

@@ -1,0 +1,59 @@
+"""What is known about a job: the server's record and the worker's own report."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel
+
+from ..core.errors import InvalidRequest
+from ..core.spec import JobSpec
+
+# The provider's job states; the front end maps them to llama-stack's JobStatus.
+Status = Literal["scheduled", "in_progress", "completed", "failed", "cancelled"]
+TERMINAL: tuple[Status, ...] = ("completed", "failed", "cancelled")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunnerHandle(BaseModel):
+    """How a backend finds a started job again. local: the worker's pid and start time
+    (guards against a recycled pid); kfp: the run id."""
+
+    pid: int | None = None
+    create_time: float | None = None
+    run_id: str | None = None
+
+
+class JobRecord(BaseModel):
+    job_uuid: str
+    spec: JobSpec
+    scheduled_at: datetime
+    # None while queued; set when the backend has started the job.
+    runner: RunnerHandle | None = None
+    cancelled_at: datetime | None = None
+    # Set by the server when the job's worker vanished without reporting an outcome.
+    lost: dict | None = None
+    lost_at: datetime | None = None
+
+
+class WorkerState(BaseModel):
+    status: Status
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    error: dict | None = None
+    # The worker's own handle: lets the server adopt a worker whose start it did not record.
+    runner: RunnerHandle | None = None
+
+
+def check_job_id(job_uuid: str) -> None:
+    if not _SAFE_ID.match(job_uuid) or job_uuid in (".", ".."):
+        raise InvalidRequest(
+            f"job_uuid {job_uuid!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )

@@ -1,0 +1,183 @@
+"""The job scheduler: a persistent queue with a concurrency limit over the job store.
+
+llama-stack's own scheduler (providers/utils/scheduler.py) runs each job as a coroutine inside
+the server and keeps jobs in memory, so jobs die with the server and cannot be cancelled.
+Here a job runs in a Backend (a worker process, or a KFP run) that outlives the server, and
+every fact lives in the job's record, so this scheduler keeps only a cache (the set of
+unfinished job ids) and rebuilds it from disk on start-up (`reconcile`).
+
+A daemon thread, not an asyncio task, drives dispatch: llama-stack builds providers inside a
+temporary event loop that is closed before the server starts serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+from ..core.errors import InvalidRequest
+from .backend import Backend, Observed
+from .record import TERMINAL, JobRecord, now
+from .store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class JobScheduler:
+    def __init__(
+        self,
+        store: JobStore,
+        backend: Backend,
+        max_concurrent: int,
+        poll_seconds: float | None = None,
+        start_thread: bool = True,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.max_concurrent = max_concurrent
+        self.poll_seconds = backend.poll_seconds if poll_seconds is None else poll_seconds
+        self._lock = threading.RLock()
+        self._active: set[str] = set()
+        self._stop = threading.Event()
+        self.reconcile()
+        self._thread = threading.Thread(target=self._loop, name="kfp-job-dispatch", daemon=True)
+        if start_thread:
+            self._thread.start()
+
+    # ---- start-up ---------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Re-attach to every unfinished job recorded on disk."""
+        with self._lock:
+            for job_uuid in self.store.list_ids():
+                record = self.store.load(job_uuid)
+                if record is None:
+                    log.warning("job %s: record unreadable, skipped", job_uuid)
+                    continue
+                try:
+                    seen = self.backend.observe(record)
+                except Exception:
+                    log.exception("job %s: could not be checked; kept as unfinished", job_uuid)
+                    self._active.add(job_uuid)
+                    continue
+                if seen.status in TERMINAL:
+                    self._settle(record, seen)
+                else:
+                    self._active.add(job_uuid)
+            self._dispatch()
+        log.info("job scheduler: %d unfinished job(s) re-attached", len(self._active))
+
+    # ---- API ----------------------------------------------------------------------------
+
+    def submit(self, record: JobRecord) -> None:
+        """Queue a new job and start it if a slot is free. A failure to start *this* job is
+        raised (the caller answers the request with it); other jobs' failures are recorded."""
+        with self._lock:
+            self.store.save(record)
+            self._active.add(record.job_uuid)
+            self._dispatch(raise_for=record.job_uuid)
+
+    def cancel(self, job_uuid: str, grace_seconds: float = 5.0) -> None:
+        """Mark cancelled (durably, first), then stop the job. A job that has already ended
+        is an InvalidRequest and keeps its outcome."""
+        with self._lock:
+            record = self.store.load(job_uuid)  # the current record: it may have just started
+            if record is None:
+                return
+            seen = self.backend.observe(record)
+            if seen.status in TERMINAL:
+                raise InvalidRequest(f"job {job_uuid!r} has already ended ({seen.status})")
+            record.cancelled_at = now()
+            self.store.save(record)
+        self.backend.kill(record, grace_seconds)
+        with self._lock:
+            self._active.discard(job_uuid)
+            self.backend.forget(record)
+            if not self._stop.is_set():
+                self._dispatch()
+
+    def shutdown(self, cancel_jobs: bool) -> None:
+        self._stop.set()
+        if not cancel_jobs:
+            return
+        with self._lock:
+            active = list(self._active)
+        for job_uuid in active:
+            with contextlib.suppress(InvalidRequest):  # ended meanwhile
+                self.cancel(job_uuid, grace_seconds=1.0)  # llama-stack allows 5 s to stop
+
+    def active(self) -> set[str]:
+        with self._lock:
+            return set(self._active)
+
+    # ---- dispatch -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            self.tick()
+
+    def tick(self) -> None:
+        """One dispatch round: settle finished jobs, start queued ones within the limit."""
+        try:
+            with self._lock:
+                if not self._stop.is_set():
+                    self._dispatch()
+        except Exception:  # keep dispatching whatever one poll hit
+            log.exception("job dispatch failed")
+
+    def _dispatch(self, raise_for: str | None = None) -> None:
+        running, queued = 0, []
+        for job_uuid in list(self._active):
+            try:
+                record = self.store.load(job_uuid)
+                if record is None:
+                    self._active.discard(job_uuid)
+                    continue
+                seen = self.backend.observe(record)
+                if seen.status in TERMINAL:
+                    self._settle(record, seen)
+                    self._active.discard(job_uuid)
+                elif record.cancelled_at is not None:
+                    continue  # being cancelled: never (re)started, not counted
+                elif self.backend.handle(record) is None:
+                    queued.append(record)
+                else:
+                    running += 1
+            except Exception:  # one job's trouble must not stall the others
+                log.exception("job %s: could not be checked", job_uuid)
+                running += 1  # unknown: count it, so the limit is never exceeded
+        # Submission order: scheduled_at, then the id for submissions in the same instant.
+        queued.sort(key=lambda r: (r.scheduled_at, r.job_uuid))
+        free = self.max_concurrent - running
+        for record in queued:
+            if free <= 0:
+                break
+            try:
+                record.runner = self.backend.start(record)
+            except Exception as e:
+                if record.job_uuid == raise_for:
+                    raise
+                # Recorded, not retried forever: the job fails with the reason.
+                record.lost, record.lost_at = {"message": f"could not start: {e}"}, now()
+                self.store.save(record)
+                self._active.discard(record.job_uuid)
+                log.warning("job %s: could not start: %s", record.job_uuid, e)
+                continue  # the slot stays free for the next queued job
+            free -= 1
+            self.store.save(record)
+            log.info("job %s: started (%s)", record.job_uuid, record.runner)
+
+    def _settle(self, record: JobRecord, seen: Observed) -> None:
+        """Make a finished job's outcome durable and leave nothing of it running."""
+        if seen.lost and record.lost is None:
+            record.lost, record.lost_at = seen.error, now()
+            self.store.save(record)
+            log.warning("job %s: worker vanished; marked failed", record.job_uuid)
+        if record.cancelled_at is not None or seen.lost:
+            # A cancel interrupted by a server crash, or a killed worker's orphaned tasks.
+            try:
+                self.backend.kill(record, grace_seconds=0.5)
+            except Exception as e:
+                log.warning("job %s: clean-up after the end failed: %s", record.job_uuid, e)
+        self.backend.forget(record)

@@ -1,0 +1,1 @@
+"""The one pipeline definition and its component bodies (KFP types stop here)."""

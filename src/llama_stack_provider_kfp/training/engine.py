@@ -1,0 +1,36 @@
+"""The engine seam: how a job trains. core.engines declares what each engine runs (and picks
+one at submit, without torch); this module finds the implementation the JobSpec names."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..core.spec import JobSpec
+from .io import Output
+
+# name -> module with an `ENGINE` object; imported only when a step trains with it.
+IMPLEMENTATIONS = {"torchtune": "llama_stack_provider_kfp.training.torchtune.engine"}
+
+
+class Engine(Protocol):
+    name: str
+
+    def train(
+        self, spec: JobSpec, model_dir: Path, output: Output, train_path: str, val_path: str | None
+    ) -> dict[str, Any]:
+        """Train; write progress and per-epoch checkpoints through `output` (core.outputs
+        layout); return the result summary (result.json)."""
+        ...
+
+
+def get_engine(name: str) -> Engine:
+    try:
+        module = IMPLEMENTATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"engine {name!r} is not installed here; have {list(IMPLEMENTATIONS)}"
+        ) from None
+    engine: Engine = importlib.import_module(module).ENGINE
+    return engine

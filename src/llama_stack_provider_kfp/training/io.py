@@ -1,0 +1,98 @@
+"""A step's inputs and outputs wherever they live (see core.locations).
+
+Locally (kfp.local) everything is a path and nothing is copied. In a pod, inputs are
+downloaded to scratch space and outputs are written locally, then uploaded: checkpoints after
+each epoch (metrics.json last, so a listed checkpoint is complete), progress at most every few
+seconds. A failing step leaves `error.json` (core.outputs) for the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..core import storage
+from ..core.locations import parse
+from ..core.outputs import METRICS, StepError, write_error
+
+HUB_FILES = ["*.json", "*.safetensors", "original/tokenizer.model", "tokenizer.model"]
+
+
+def fetch_data(uri: str, workdir: Path) -> str:
+    """A dataset URI readable by data_uri.iter_rows: s3 objects are downloaded first."""
+    if not uri.startswith("s3://"):
+        return uri  # a dataset URI (path, file://, data:, huggingface://): read as it is
+    loc = parse(uri)
+    return str(storage.download_file(loc, workdir / Path(loc.key).name))
+
+
+def fetch_model(uri: str, workdir: Path) -> Path:
+    """A local model directory: as is, the mounted PVC path, downloaded from the Hugging Face
+    Hub (HF_TOKEN from the environment), or downloaded from an s3 tarball or prefix."""
+    loc = parse(uri)
+    if loc.scheme in ("file", "pvc"):
+        return loc.path
+    if loc.scheme == "hf":
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(loc.root, allow_patterns=HUB_FILES))
+    if loc.key.endswith((".tar.gz", ".tgz", ".tar")):
+        archive = storage.download_file(loc, workdir / "model.tar.gz")
+        model = storage.safe_extract(archive, workdir / "model")
+        archive.unlink()
+        return model
+    return storage.download_prefix(loc, workdir / "model")
+
+
+class Output:
+    """The job's output location, written through a local directory."""
+
+    def __init__(self, uri: str) -> None:
+        self.location = parse(uri)
+        self.uploads = not self.location.is_local
+        self.local = (
+            Path(tempfile.mkdtemp(prefix="job-output-")) if self.uploads else self.location.path
+        )
+        self.local.mkdir(parents=True, exist_ok=True)
+        self._last_push: dict[str, float] = {}
+        self._s3: Any = storage.client() if self.uploads else None
+
+    def push(self, rel: str, min_interval: float = 0.0) -> None:
+        if not self.uploads:
+            return
+        now = time.monotonic()
+        if now - self._last_push.get(rel, -1e9) < min_interval:
+            return
+        self._last_push[rel] = now
+        src = self.local / rel
+        dest = self.location.join(rel)
+        if src.is_dir():
+            marker = src / METRICS
+            for p in sorted(src.rglob("*")):
+                if p.is_file() and p != marker:
+                    storage.upload_file(p, dest.join(p.relative_to(src).as_posix()), self._s3)
+            if marker.is_file():
+                storage.upload_file(marker, dest.join(METRICS), self._s3)
+        elif src.is_file():
+            storage.upload_file(src, dest, self._s3)
+
+
+@contextlib.contextmanager
+def report_errors(output_uri: str, step: str) -> Iterator[None]:
+    """Record why the step failed where the server reads it, then fail the step."""
+    try:
+        yield
+    except BaseException as e:
+        if not isinstance(e, KeyboardInterrupt | SystemExit):
+            error = StepError(
+                step=step,
+                message=f"{type(e).__name__}: {e}",
+                traceback=traceback.format_exc()[-4000:],
+            )
+            write_error(parse(output_uri), error)
+        raise

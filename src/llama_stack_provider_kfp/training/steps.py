@@ -1,0 +1,52 @@
+"""Entry points of the pipeline's two steps, called from the component bodies."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..core.files import write_json
+from ..core.model_source import inspect_model_dir
+from ..core.outputs import PROGRESS, RESULT
+from ..core.spec import JobSpec
+from .engine import get_engine
+from .io import Output, fetch_model, report_errors
+from .prepare import prepare
+
+
+def prepare_data_step(
+    job_spec: str, dataset_uri: str, validation_uri: str, train_path: str, validation_path: str
+) -> dict[str, int]:
+    return prepare(job_spec, dataset_uri, validation_uri, train_path, validation_path)
+
+
+def train_step(
+    job_spec: str, model_uri: str, output_uri: str, train_path: str, val_path: str
+) -> dict[str, Any]:
+    spec = JobSpec.model_validate_json(job_spec)
+    with report_errors(output_uri, "train"), tempfile.TemporaryDirectory(prefix="model-") as tmp:
+        model_dir = fetch_model(model_uri, Path(tmp))
+        if model_dir != Path(model_uri):  # downloaded or mounted: learn its files now
+            found = inspect_model_dir(spec.model.name, model_dir)
+            spec = spec.model_copy(
+                update={
+                    "model": found.model_copy(update={"path": model_uri}),
+                    "output_format": spec.output_format or found.layout,
+                }
+            )
+        arch = spec.model.arch
+        if spec.lora.apply_to_output and arch is not None and arch.tie_word_embeddings:
+            raise ValueError(
+                f"{spec.model.name} ties its output projection to the embeddings; "
+                "set apply_lora_to_output=false"
+            )
+        has_val = Path(val_path).is_file() and Path(val_path).stat().st_size > 0
+        output = Output(output_uri)
+        result = get_engine(spec.engine.name).train(
+            spec, model_dir, output, train_path, val_path if has_val else None
+        )
+        write_json(output.local / RESULT, result)
+        output.push(PROGRESS)
+        output.push(RESULT)
+        return result

@@ -1,0 +1,223 @@
+"""The torchtune engine: a JobSpec becomes torchtune's recipe config, and its LoRA recipe
+(extended in recipe.py) trains. Runs Llama-3-architecture models with a tiktoken tokenizer."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ...core.outputs import PROGRESS
+from ...core.spec import JobSpec, ModelArch, ModelSpec
+from ..io import Output
+
+_OPTIMIZERS = {"adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW", "sgd": "torch.optim.SGD"}
+
+
+def _arch(model: ModelSpec) -> ModelArch:
+    if model.arch is None:
+        raise ValueError(f"{model.path}: the model's architecture is unknown (not inspected)")
+    return model.arch
+
+
+def _model_component(spec: JobSpec) -> dict[str, Any]:
+    arch, lora = _arch(spec.model), spec.lora
+    cfg: dict[str, Any] = {
+        "vocab_size": arch.vocab_size,
+        "num_layers": arch.num_layers,
+        "num_heads": arch.num_heads,
+        "num_kv_heads": arch.num_kv_heads,
+        "embed_dim": arch.embed_dim,
+        "intermediate_dim": arch.intermediate_dim,
+        "max_seq_len": spec.train.max_seq_len,
+        "norm_eps": arch.norm_eps,
+        "rope_base": arch.rope_base,
+        "lora_attn_modules": list(lora.attn_modules),
+        "apply_lora_to_mlp": lora.apply_to_mlp,
+        "apply_lora_to_output": lora.apply_to_output,
+        "lora_rank": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": 0.0,
+        "use_dora": lora.use_dora,
+    }
+    if arch.tie_word_embeddings:
+        # Llama 3.2 builder: tied output; with scale factor 1 its RoPE equals plain RoPE.
+        cfg["_component_"] = "torchtune.models.llama3_2.lora_llama3_2"
+        cfg["scale_factor"] = arch.rope_scale_factor or 1
+        cfg["tie_word_embeddings"] = True
+    elif arch.rope_scale_factor:
+        cfg["_component_"] = "torchtune.models.llama3_1.lora_llama3_1"
+        cfg["scale_factor"] = arch.rope_scale_factor
+    else:
+        cfg["_component_"] = "torchtune.models.llama3.lora_llama3"
+    return cfg
+
+
+def _checkpointer(model: ModelSpec, model_dir: str, scratch: str) -> dict[str, Any]:
+    model_type = "LLAMA3_2" if _arch(model).tie_word_embeddings else "LLAMA3"
+    component = (
+        "torchtune.training.FullModelHFCheckpointer"
+        if model.layout == "huggingface"
+        else "torchtune.training.FullModelMetaCheckpointer"
+    )
+    return {
+        "_component_": component,
+        "checkpoint_dir": model_dir,
+        "checkpoint_files": list(model.checkpoint_files),
+        "model_type": model_type,
+        "output_dir": scratch,
+    }
+
+
+def _dataset(path: str, train_on_input: bool) -> dict[str, Any]:
+    return {
+        "_component_": "torchtune.datasets.chat_dataset",
+        "source": "json",
+        "data_files": path,
+        "split": "train",
+        "conversation_column": "messages",
+        "conversation_style": "openai",
+        "train_on_input": train_on_input,
+        "packed": False,
+    }
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but CUDA is not available here")
+    return requested
+
+
+def build_config(
+    spec: JobSpec,
+    model_dir: str,
+    output_dir: Path,
+    train_path: str,
+    val_path: str | None,
+    scratch: str,
+) -> dict[str, Any]:
+    t, o = spec.train, spec.optim
+    optimizer: dict[str, Any] = {"_component_": _OPTIMIZERS[o.type], "lr": o.lr}
+    optimizer["weight_decay"] = o.weight_decay
+    return {
+        "output_dir": scratch,
+        "device": resolve_device(t.device),
+        "dtype": t.dtype,
+        "seed": t.seed,
+        "epochs": t.epochs,
+        "max_steps_per_epoch": t.max_steps_per_epoch,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "batch_size": t.batch_size,
+        "shuffle": t.shuffle,
+        "resume_from_checkpoint": False,
+        "compile": False,
+        "enable_activation_checkpointing": t.enable_activation_checkpointing,
+        "enable_activation_offloading": t.enable_activation_offloading,
+        "log_every_n_steps": 1,
+        "log_peak_memory_stats": False,
+        "model": _model_component(spec),
+        "tokenizer": {
+            "_component_": "torchtune.models.llama3.llama3_tokenizer",
+            "path": str(Path(model_dir) / spec.model.tokenizer_file),
+            "max_seq_len": t.max_seq_len,
+        },
+        "checkpointer": _checkpointer(spec.model, model_dir, scratch),
+        "dataset": _dataset(train_path, t.train_on_input),
+        "dataset_val": _dataset(val_path, t.train_on_input) if val_path else None,
+        "optimizer": optimizer,
+        "lr_scheduler": {
+            "_component_": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
+            "num_warmup_steps": o.warmup_steps,
+        },
+        "loss": {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"},
+        "metric_logger": {
+            "_component_": "llama_stack_provider_kfp.training.progress.ProgressLogger",
+            "path": str(output_dir / PROGRESS),
+        },
+        "profiler": {"enabled": False},
+    }
+
+
+def _check_meta_tying(spec: JobSpec, model_dir: str) -> None:
+    """params.json does not say whether embeddings are tied: check the weights themselves."""
+    if spec.model.layout != "meta":
+        return
+    import torch
+
+    sd = torch.load(
+        Path(model_dir) / spec.model.checkpoint_files[0],
+        map_location="cpu",
+        mmap=True,
+        weights_only=True,
+    )
+    out, emb = sd.get("output.weight"), sd["tok_embeddings.weight"]
+    tied = out is None or (out.shape == emb.shape and torch.equal(out, emb))
+    if tied != _arch(spec.model).tie_word_embeddings:
+        raise ValueError(
+            f"{model_dir}: output.weight {'equals' if tied else 'differs from'} the embeddings, "
+            f"but the model was read as {'tied' if not tied else 'untied'}; add "
+            f'"tie_word_embeddings": {str(tied).lower()} to params.json'
+        )
+
+
+class TorchtuneEngine:
+    name = "torchtune"
+
+    def train(
+        self, spec: JobSpec, model_dir: Path, output: Output, train_path: str, val_path: str | None
+    ) -> dict[str, Any]:
+        return _run(spec, model_dir, output, train_path, val_path)
+
+
+def _run(
+    spec: JobSpec, model_dir: Path, output: Output, train_path: str, val_path: str | None
+) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from .recipe import ProviderLoRARecipe
+
+    _check_meta_tying(spec, str(model_dir))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tt-scratch-") as scratch:
+        cfg = OmegaConf.create(
+            build_config(
+                spec,
+                str(model_dir),
+                output.local,
+                train_path,
+                val_path,
+                scratch,
+            )
+        )
+        recipe = ProviderLoRARecipe(cfg=cfg, spec=spec, output=output, model_dir=model_dir)
+        recipe.setup(cfg=cfg)
+        recipe.train()
+        recipe.cleanup()
+    logger = recipe._metric_logger
+    last = recipe.epochs[-1] if recipe.epochs else {}
+    result = {
+        "epochs": recipe.epochs,
+        "train_rows": recipe.train_rows,
+        "validation_rows": recipe.validation_rows,
+        "samples_seen": recipe.samples_seen,
+        "global_step": recipe.global_step,
+        "device": str(recipe._device),
+        "dtype": spec.train.dtype,
+        "peak_memory_mb": round(recipe.peak_memory_mb(), 1),
+        **logger.throughput(),
+        "first_loss": logger.history[0][1] if logger.history else None,
+        "final_loss": logger.history[-1][1] if logger.history else None,
+        "train_seconds": round(time.perf_counter() - started, 2),
+        "final_metrics": {
+            k: float(v) for k, v in last.items() if isinstance(v, int | float) and k != "epoch"
+        },
+    }
+    return result
+
+
+ENGINE = TorchtuneEngine()
