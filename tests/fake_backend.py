@@ -16,7 +16,7 @@ from llama_stack_provider_kfp.core.spec import (
     OptimSpec,
     TrainSpec,
 )
-from llama_stack_provider_kfp.jobs.backend import DatasetSource, Observed, StagedInputs
+from llama_stack_provider_kfp.jobs.backend import JobInputs, Observed, StagedInputs
 from llama_stack_provider_kfp.jobs.record import JobRecord, RunnerHandle
 
 
@@ -69,8 +69,8 @@ class FakeBackend:
     def resolve_model(self, name, checkpoint_dir, descriptor_repo) -> ModelSpec:
         return spec("x").model
 
-    def stage(self, job_uuid, job_dir, train: DatasetSource, validation) -> StagedInputs:
-        return StagedInputs(str(train), None, str(job_dir / "out"))
+    def stage(self, job_uuid: str, job_dir: Path, inputs: JobInputs) -> StagedInputs:
+        return StagedInputs(str(inputs.train), None, str(job_dir / "out"))
 
     def start(self, record: JobRecord) -> RunnerHandle:
         self.starting.set()

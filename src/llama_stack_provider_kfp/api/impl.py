@@ -30,6 +30,7 @@ from ..backends import select_backend
 from ..config import KFPPostTrainingConfig
 from ..core.engines import select_engine
 from ..core.errors import InvalidRequest, JobNotFound, Unsupported
+from ..jobs.backend import JobInputs
 from ..jobs.record import JobRecord, check_job_id, now
 from ..jobs.scheduler import JobScheduler
 from ..jobs.store import JobStore
@@ -100,7 +101,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         job_dir = self.store.reserve(request.job_uuid)
         try:
             staged = await asyncio.to_thread(
-                self.backend.stage, request.job_uuid, job_dir, train, validation
+                self.backend.stage, request.job_uuid, job_dir, JobInputs(train, validation)
             )
             spec = requests.build_spec(request, lora, model, staged, engine, self.config)
             record = JobRecord(job_uuid=request.job_uuid, spec=spec, scheduled_at=now())

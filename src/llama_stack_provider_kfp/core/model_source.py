@@ -133,14 +133,8 @@ def _inspect_meta(name: str, location: str, names: set[str], params: dict) -> Mo
         raise ModelError(f"{location}: tokenizer.model is missing")
     arch = arch_from_meta_params(params)
     _check_arch(arch, location)
-    return ModelSpec(
-        name=name,
-        path=location,
-        layout="meta",
-        checkpoint_files=shards,
-        tokenizer_file="tokenizer.model",
-        arch=arch,
-    )
+    return ModelSpec(name=name, path=location, layout="meta", checkpoint_files=shards,
+                     tokenizer_file="tokenizer.model", arch=arch)  # fmt: skip
 
 
 def _inspect_hf(name: str, location: str, names: set[str], config: dict) -> ModelSpec:
@@ -157,14 +151,8 @@ def _inspect_hf(name: str, location: str, names: set[str], config: dict) -> Mode
         )
     arch = arch_from_hf_config(config)
     _check_arch(arch, location)
-    return ModelSpec(
-        name=name,
-        path=location,
-        layout="huggingface",
-        checkpoint_files=files,
-        tokenizer_file=tokenizer,
-        arch=arch,
-    )
+    return ModelSpec(name=name, path=location, layout="huggingface", checkpoint_files=files,
+                     tokenizer_file=tokenizer, arch=arch)  # fmt: skip
 
 
 def inspect_s3_model(name: str, loc: Location, s3: Any = None) -> ModelSpec:

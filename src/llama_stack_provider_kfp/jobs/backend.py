@@ -33,6 +33,14 @@ class Observed:
 
 
 @dataclass(frozen=True)
+class JobInputs:
+    """A job's datasets as the front end found them."""
+
+    train: DatasetSource
+    validation: DatasetSource | None = None
+
+
+@dataclass(frozen=True)
 class StagedInputs:
     """Locations the pipeline's steps can read and write (see core.locations)."""
 
@@ -56,13 +64,7 @@ class Backend(Protocol):
         """Find the weights a request names, where this backend's steps can read them."""
         ...
 
-    def stage(
-        self,
-        job_uuid: str,
-        job_dir: Path,
-        train: DatasetSource,
-        validation: DatasetSource | None,
-    ) -> StagedInputs:
+    def stage(self, job_uuid: str, job_dir: Path, inputs: JobInputs) -> StagedInputs:
         """Put a job's inputs where its steps can read them; choose its output location."""
         ...
 

@@ -19,7 +19,7 @@ from ...core.locations import Location, parse
 from ...core.model_source import ModelError, hub_model, inspect_s3_model, pvc_model
 from ...core.outputs import JobOutputs
 from ...core.spec import ModelSpec
-from ...jobs.backend import DatasetSource, Observed, StagedInputs
+from ...jobs.backend import DatasetSource, JobInputs, Observed, StagedInputs
 from ...jobs.record import JobRecord, RunnerHandle, Status
 from ...jobs.store import JobStore
 from .connection import connection, explain
@@ -90,16 +90,11 @@ class KFPBackend:
     def _job_prefix(self, job_uuid: str) -> Location:
         return self.root.join("jobs", job_uuid)
 
-    def stage(
-        self,
-        job_uuid: str,
-        job_dir: Path,
-        train: DatasetSource,
-        validation: DatasetSource | None,
-    ) -> StagedInputs:
+    def stage(self, job_uuid: str, job_dir: Path, inputs: JobInputs) -> StagedInputs:
         prefix = self._job_prefix(job_uuid)
+        validation = inputs.validation
         return StagedInputs(
-            train_uri=self._stage_dataset(train, job_dir, prefix, "train.jsonl"),
+            train_uri=self._stage_dataset(inputs.train, job_dir, prefix, "train.jsonl"),
             validation_uri=(
                 self._stage_dataset(validation, job_dir, prefix, "validation.jsonl")
                 if validation is not None

@@ -24,7 +24,7 @@ from ...core.locations import parse
 from ...core.model_source import resolve_model
 from ...core.outputs import JobOutputs
 from ...core.spec import ModelSpec
-from ...jobs.backend import DatasetSource, Observed, StagedInputs
+from ...jobs.backend import DatasetSource, JobInputs, Observed, StagedInputs
 from ...jobs.record import TERMINAL, JobRecord, RunnerHandle
 from ...jobs.store import INPUT_DIR, OUTPUT_DIR, WORKER_LOG, JobStore
 
@@ -54,16 +54,11 @@ class LocalBackend:
     ) -> ModelSpec:
         return resolve_model(name, checkpoint_dir, self.model_dirs, descriptor_repo)
 
-    def stage(
-        self,
-        job_uuid: str,
-        job_dir: Path,
-        train: DatasetSource,
-        validation: DatasetSource | None,
-    ) -> StagedInputs:
+    def stage(self, job_uuid: str, job_dir: Path, inputs: JobInputs) -> StagedInputs:
         (job_dir / OUTPUT_DIR).mkdir()
+        validation = inputs.validation
         return StagedInputs(
-            train_uri=_as_uri(train, job_dir / INPUT_DIR / "train.jsonl"),
+            train_uri=_as_uri(inputs.train, job_dir / INPUT_DIR / "train.jsonl"),
             validation_uri=(
                 _as_uri(validation, job_dir / INPUT_DIR / "validation.jsonl")
                 if validation is not None

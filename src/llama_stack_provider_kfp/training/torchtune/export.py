@@ -82,6 +82,16 @@ def meta_params(arch: ModelArch) -> dict[str, Any]:
     }
 
 
+def _dims(arch: ModelArch) -> dict[str, int]:
+    """The attention shape torchtune's weight converters need."""
+    return {
+        "num_heads": arch.num_heads,
+        "num_kv_heads": arch.num_kv_heads,
+        "dim": arch.embed_dim,
+        "head_dim": arch.head_dim,
+    }
+
+
 def _copy_if_exists(src: Path, dst: Path) -> None:
     if src.is_file():
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -100,13 +110,7 @@ def _write_merged(
     out.mkdir(parents=True)
     tokenizer = src / model.tokenizer_file
     if fmt == "huggingface":
-        sd = convert_weights.tune_to_hf(
-            merged,
-            num_heads=arch.num_heads,
-            num_kv_heads=arch.num_kv_heads,
-            dim=arch.embed_dim,
-            head_dim=arch.head_dim,
-        )
+        sd = convert_weights.tune_to_hf(merged, **_dims(arch))
         save_file({k: v.contiguous() for k, v in sd.items()}, out / "model.safetensors")
         if model.layout == "huggingface":
             shutil.copy2(src / "config.json", out / "config.json")
@@ -132,13 +136,7 @@ def _write_adapter(
     out: Path, adapter: dict[str, torch.Tensor], adapter_config: dict, arch: ModelArch
 ) -> None:
     out.mkdir(parents=True)
-    weights = convert_weights.tune_to_peft_adapter_weights(
-        adapter,
-        num_heads=arch.num_heads,
-        num_kv_heads=arch.num_kv_heads,
-        dim=arch.embed_dim,
-        head_dim=arch.head_dim,
-    )
+    weights = convert_weights.tune_to_peft_adapter_weights(adapter, **_dims(arch))
     for key, value in weights.items():
         # torchtune permutes q/k LoRA-B rows into HF's RoPE order but not the DoRA magnitude
         # (one entry per output row), which then scales the wrong rows: permute it the same way.
