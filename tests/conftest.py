@@ -23,9 +23,14 @@ def tiny_models(tmp_path_factory) -> Path:
     return out
 
 
+# Credentials in the shared server's environment, as a user's would be: tests check that
+# they never reach a log, a job record, a pipeline output or a status.
+SERVER_SECRETS = {"HF_TOKEN": "hf_local_secret_never_logged", "KFP_TOKEN": "kfp-local-secret-xyz"}
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("server")).start()
+    srv = Server(tmp_path_factory.mktemp("server"), env=SERVER_SECRETS).start()
     yield srv
     srv.cleanup()
 

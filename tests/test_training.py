@@ -1,10 +1,16 @@
-"""The train step on its own (no server, no KFP): seeded runs repeat exactly, and the
-request's optimizer settings reach torchtune."""
+"""The train step on its own (no server, no KFP): seeded runs repeat exactly, the request's
+optimizer settings reach torchtune, the API's default dtype (bf16) trains, checkpoints convert
+between the Meta and Hugging Face layouts, and train_on_input decides what is learned."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
 
 from harness.demo_data import instruct_rows
 from llama_stack_provider_kfp.core.data_uri import write_jsonl
@@ -15,20 +21,21 @@ from llama_stack_provider_kfp.training.steps import train_step
 from llama_stack_provider_kfp.training.torchtune.engine import build_config
 
 
-def _spec(model_dir: Path, out: Path, data: Path, **optim) -> JobSpec:
+def _spec(model_dir: Path, out: Path, data: Path, output_format=None, dtype="fp32",
+          train_on_input=False, **optim) -> JobSpec:  # fmt: skip
     model = inspect_model_dir("tiny", model_dir)
     return JobSpec(
         job_uuid="t",
         model=model,
         data=DataSpec(uri=str(data), data_format="instruct"),
         train=TrainSpec(epochs=1, max_steps_per_epoch=4, gradient_accumulation_steps=2,
-                        batch_size=2, shuffle=True, train_on_input=False, dtype="fp32",
+                        batch_size=2, shuffle=True, train_on_input=train_on_input, dtype=dtype,
                         max_validation_steps=None, max_seq_len=64, seed=7, device="cpu"),
         lora=LoraSpec(rank=4, alpha=8, attn_modules=["q_proj", "v_proj"], apply_to_mlp=False,
                       apply_to_output=False),
         optim=OptimSpec(**{"type": "adamw", "lr": 1e-2, "weight_decay": 0.0,
                            "warmup_steps": 1, **optim}),
-        output_format=model.layout,
+        output_format=output_format or model.layout,
         output_uri=str(out),
     )  # fmt: skip
 
@@ -64,15 +71,72 @@ def test_optimizer_and_schedule_reach_torchtune(tiny_models, tmp_path):
     assert cfg["model"]["scale_factor"] == 32.0
 
 
-def test_progress_epochs_and_throttle(tmp_path):
-    from llama_stack_provider_kfp.training.progress import ProgressLogger
+def test_default_dtype_bf16_trains(tiny_models, tmp_path):
+    data = write_jsonl(instruct_rows(20), tmp_path / "rows.jsonl")
+    spec = _spec(tiny_models / "hf", tmp_path / "out", data, dtype="bf16")
+    history = _train(spec, tmp_path)
+    assert len(history) == 4 and all(math.isfinite(loss) for _, loss in history)
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["dtype"] == "bf16"
+    merged = load_file(
+        tmp_path / "out" / "checkpoints" / "epoch_1" / "merged" / "model.safetensors"
+    )
+    assert {t.dtype for t in merged.values()} == {torch.bfloat16}
 
-    logger = ProgressLogger(str(tmp_path / "progress.json"))
-    logger.begin(total_steps=8, steps_per_epoch=4, total_epochs=2)
-    epochs = []
-    for step in range(1, 9):
-        logger.log_dict({"loss": 10.0 - step, "tokens_per_second_per_gpu": 100.0}, step)
-        logger._flush()
-        epochs.append(json.loads((tmp_path / "progress.json").read_text())["progress"]["epoch"])
-    assert epochs == [1, 1, 1, 1, 2, 2, 2, 2]
-    assert len(logger.history) == 8
+
+def _merged_in_tune_keys(epoch_dir: Path, arch) -> dict:
+    from torchtune.models import convert_weights
+
+    merged = epoch_dir / "merged"
+    if (merged / "consolidated.00.pth").is_file():
+        assert (merged / "params.json").is_file() and (merged / "tokenizer.model").is_file()
+        sd = torch.load(merged / "consolidated.00.pth", weights_only=True)
+        sd.pop("output.weight")  # tied: Meta checkpoints still store it
+        return convert_weights.meta_to_tune(sd)
+    assert (merged / "config.json").is_file()
+    assert (merged / "original" / "tokenizer.model").is_file()
+    sd = load_file(merged / "model.safetensors")
+    return convert_weights.hf_to_tune(
+        sd, num_heads=arch.num_heads, num_kv_heads=arch.num_kv_heads, dim=arch.embed_dim
+    )
+
+
+def test_checkpoint_format_converts_between_layouts(tiny_models, tmp_path):
+    # Both tiny layouts hold the same weights, and training is seeded: the same job from either
+    # layout into either layout must give the same merged weights.
+    data = write_jsonl(instruct_rows(20), tmp_path / "rows.jsonl")
+    runs = {}
+    for src, fmt in (("hf", "huggingface"), ("hf", "meta"), ("meta", "huggingface")):
+        work = tmp_path / f"{src}-{fmt}"
+        work.mkdir()
+        spec = _spec(tiny_models / src, work / "out", data, output_format=fmt)
+        _train(spec, work)
+        runs[(src, fmt)] = _merged_in_tune_keys(work / "out" / "checkpoints" / "epoch_1",
+                                                spec.model.arch)  # fmt: skip
+    reference = runs[("hf", "huggingface")]
+    for key, sd in runs.items():
+        assert sd.keys() == reference.keys(), key
+        for name, tensor in sd.items():
+            assert torch.allclose(tensor, reference[name], atol=1e-6), (key, name)
+
+
+def test_train_on_input_decides_what_is_learned(tiny_models, tmp_path):
+    from torchtune import config as tt_config
+
+    data = write_jsonl(instruct_rows(4), tmp_path / "rows.jsonl")
+    prepare(_spec(tiny_models / "hf", tmp_path, data).model_dump_json(), str(data), "",
+            str(tmp_path / "t.jsonl"), str(tmp_path / "v.jsonl"))  # fmt: skip
+    labelled = {}
+    for flag in (False, True):
+        spec = _spec(tiny_models / "hf", tmp_path, data, train_on_input=flag)
+        cfg = OmegaConf.create(
+            build_config(
+                spec, spec.model.path, tmp_path, str(tmp_path / "t.jsonl"), None, str(tmp_path)
+            )
+        )
+        tokenizer = tt_config.instantiate(cfg.tokenizer)
+        sample = tt_config.instantiate(cfg.dataset, tokenizer)[0]
+        labelled[flag] = sum(1 for x in sample["labels"] if x != -100)
+        assert len(sample["tokens"]) == len(sample["labels"])
+    answer = len("Hello, Ada! Nice to meet you.")  # byte-level tokenizer: a token per byte
+    assert answer <= labelled[False] < labelled[True]  # the prompt is learned only when asked

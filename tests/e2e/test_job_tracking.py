@@ -24,6 +24,7 @@ from .helpers import new_id, register_rows, submit, training_config, wait_done
 pytestmark = pytest.mark.e2e
 
 LONG_EPOCHS = 4  # 50 rows, batch 4: 52 steps, long enough to act on a running job
+STEPS_PER_EPOCH = 13
 
 
 @pytest.fixture
@@ -115,23 +116,33 @@ def test_worker_kill9_fails_job_with_reason(srv, tiny_models, tmp_path):
 
 
 def test_cancel_stops_every_process(srv, tiny_models, tmp_path):
-    _, client, job, pids = _training_job(srv, tiny_models, tmp_path)
+    server, client, job, pids = _training_job(srv, tiny_models, tmp_path)
     assert len(pids) >= 2  # the worker and at least the running task
+    _wait_step(client, job, STEPS_PER_EPOCH + 1)  # the first epoch's checkpoint is written
+    # An epoch being written when the cancel lands (what the step leaves until its rename).
+    partial = server.jobs_dir / job / "output" / "checkpoints" / "epoch_9.partial"
+    partial.mkdir(parents=True)
+    (partial / "metrics.json").write_text('{"epoch": 9}')
 
     cancel_job(client, job)
     st = job_status(client, job)
     assert st["status"] == "cancelled"
     assert not any_alive(pids)
-    # Finished epochs (if any) stay; nothing half-written is presented as a checkpoint.
+    # Finished epochs stay; nothing half-written is presented as a checkpoint.
+    assert st["checkpoints"] and st["checkpoints"][0]["epoch"] == 1
     for c in st["checkpoints"]:
-        assert (Path(c["path"]) / "metrics.json").is_file()
+        assert not c["path"].endswith(".partial")
+        assert (Path(c["path"]) / "merged").is_dir() and (Path(c["path"]) / "adapter").is_dir()
 
 
 def test_queue_limit_order_and_restart(srv, tiny_models, tmp_path):
     server = srv(KFP_MAX_CONCURRENT_JOBS=2)
     client = server.client()
     ds = register_rows(client, tmp_path, instruct_rows(12))
-    jobs = [new_id(f"q{i}") for i in range(6)]
+    # Ids sort in the reverse of their submission order (the store lists ids sorted): a
+    # scheduler that started jobs by id would start them backwards.
+    jobs = [new_id(f"q{9 - i}") for i in range(6)]
+    assert sorted(jobs) == jobs[::-1]
     for job in jobs:
         submit(client, job, str(tiny_models / "hf"), ds,
                training_config=training_config(ds, n_epochs=1))  # fmt: skip
@@ -145,9 +156,11 @@ def test_queue_limit_order_and_restart(srv, tiny_models, tmp_path):
     done = [wait_done(client, j) for j in jobs]
     assert [d["status"] for d in done] == ["completed"] * 6
 
-    # Started in submission order (process start times, one clock).
+    # Started in submission order (process start times, one clock): never earlier than a job
+    # submitted before it, and the two that started before the crash strictly before the rest.
     created = [_record(server, j)["runner"]["create_time"] for j in jobs]
     assert created == sorted(created)
+    assert max(created[:2]) < min(created[2:])
     # Never more than 2 at once (the workers' own start/end times, wall clock).
     spans = [(_ts(d["started_at"]), _ts(d["completed_at"])) for d in done]
     for t, _ in spans:
@@ -207,28 +220,47 @@ def test_corrupt_records_do_not_stop_the_server(srv, tiny_models, tmp_path):
     broken.mkdir()
     (broken / "job.json").write_text(_record(server, good).__repr__()[:200])
     (server.jobs_dir / good / ".job.json.abc123.tmp").write_text('{"job_uuid": "go')
+    # A record whose worker died before its first state write finished: a valid job.json
+    # naming a worker that no longer exists, beside an empty state.json.
     empty_state = server.jobs_dir / "empty-state"
     empty_state.mkdir()
+    record = _record(server, good)
+    record["job_uuid"] = "empty-state"
+    record["scheduled_at"] = "2026-11-24T00:00:00+00:00"
+    record["spec"]["output_uri"] = str(empty_state / "output")
+    (empty_state / "job.json").write_text(json.dumps(record))
     (empty_state / "state.json").write_text("")
 
     server.restart()
     client = server.client()
     listed = [j.job_uuid for j in client.alpha.post_training.job.list()]
-    assert listed == [good]
+    assert listed == ["empty-state", good]
     st = job_status(client, good)
     assert st["status"] == "completed" and len(st["checkpoints"]) == 1
+    st = job_status(client, "empty-state")
+    assert st["status"] == "failed"
+    assert "exited without reporting an outcome" in st["resources_allocated"]["error"]["message"]
 
 
 def test_shutdown_keeps_or_cancels_jobs(srv, tiny_models, tmp_path):
-    # Default: a graceful stop leaves the job running.
+    # Default: a graceful stop leaves the job running; it finishes while the server is down,
+    # and the restarted server reports its real outcome.
     server = srv()
     client = server.client()
     job = _long_job(client, tiny_models, tmp_path, epochs=2)
     _wait_step(client, job, 1)
     server.stop()
-    assert psutil.pid_exists(_record(server, job)["runner"]["pid"])
+    worker = _record(server, job)["runner"]["pid"]
+    assert psutil.pid_exists(worker)
+    state = server.jobs_dir / job / "state.json"
+    deadline = time.monotonic() + 300
+    while json.loads(state.read_text())["status"] != "completed":
+        assert time.monotonic() < deadline, state.read_text()
+        time.sleep(0.5)
     server.restart()
-    assert wait_done(server.client(), job)["status"] == "completed"
+    st = job_status(server.client(), job)
+    assert st["status"] == "completed"
+    assert [c["epoch"] for c in st["checkpoints"]] == [1, 2]
 
     # cancel_jobs_on_shutdown: the stop cancels it.
     server2, _, job2, pids = _training_job(

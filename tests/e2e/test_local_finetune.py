@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SERVER_SECRETS
 
 from harness.demo_data import instruct_rows
 from llama_stack_provider_kfp.client import job_artifacts
@@ -92,7 +93,7 @@ def _check_run(status: dict, rows: int, epochs: int) -> dict:
     return result
 
 
-def test_finetune_hf_layout(client, tiny_models, tmp_path):
+def test_finetune_hf_layout(client, server, tiny_models, tmp_path):
     dataset = register_rows(client, tmp_path, instruct_rows(ROWS, seed=1))
     job = new_id("hf")
     submit(client, job, str(tiny_models / "hf"), dataset,
@@ -118,6 +119,23 @@ def test_finetune_hf_layout(client, tiny_models, tmp_path):
     assert [c["path"] for c in artifacts["checkpoints"]] == [
         c["path"] for c in status["checkpoints"]
     ]
+    _assert_no_secret_anywhere(server, status)
+
+
+def _assert_no_secret_anywhere(server, status: dict) -> None:
+    """The credentials in the server's environment reach no log (server, worker, pipeline
+    steps), job record, pipeline artifact or output file, and no status response."""
+    texts = [json.dumps(status), server.log.read_text(errors="replace")]
+    read = 0
+    for path in server.root.rglob("*"):
+        if path.is_file() and path.suffix in ("", ".log", ".json", ".jsonl", ".txt", ".yaml"):
+            texts.append(path.read_text(errors="replace"))
+            read += 1
+    everything = "\n".join(texts)
+    assert read > 10 and "worker" in everything  # worker.log, state.json, executor outputs...
+    assert "prepare-data:" in everything  # the step's own output (in worker.log)
+    for name, secret in SERVER_SECRETS.items():
+        assert secret not in everything, name
 
 
 def test_finetune_meta_layout_with_validation(client, tiny_models, tmp_path):

@@ -110,12 +110,14 @@ def test_submit_poll_restart_complete(remote, stub, s3, tmp_path):
     # Secrets travel by reference only.
     headers = [r["headers"].get("authorization") for r in stub.requests]
     assert f"Bearer {TOKEN}" in headers
-    everything = json.dumps([r["body"] for r in stub.requests])
+    st = job_status(client, job)
+    everything = json.dumps([r["body"] for r in stub.requests]) + json.dumps(st)
     everything += (remote.jobs_dir / job / "job.json").read_text()
+    everything += remote.log.read_text()  # the server's own log
+    assert "supervised-fine-tune" in everything  # the log was read
     for secret in (TOKEN, HF_TOKEN, s3["AWS_SECRET_ACCESS_KEY"]):
         assert secret not in everything
 
-    st = job_status(client, job)
     assert st["status"] == "scheduled"
     assert st["resources_allocated"]["runner"] == {"run_id": run["run_id"], "state": "PENDING"}
 
