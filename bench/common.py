@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import statistics
 import subprocess
@@ -17,7 +18,8 @@ from harness.server import ROOT
 from llama_stack_provider_kfp.core.model_source import inspect_model_dir
 from llama_stack_provider_kfp.core.spec import DataSpec, JobSpec, LoraSpec, OptimSpec, TrainSpec
 
-RESULTS = ROOT / "bench" / "results"
+# bench/run.sh --quick writes to bench/results/quick/, never over the committed full run.
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or ROOT / "bench" / "results")
 logging.getLogger("httpx").setLevel(logging.WARNING)
 MODEL = {"layers": 2, "dim": 64, "heads": 4, "kv_heads": 2, "vocab": 128256}
 BATCH, SEQ_LEN, LR = 4, 128, 2e-2

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Run every benchmark and write bench/results/{*.json,summary.md,*.png}.
-#   bash bench/run.sh --quick     # fewer repeats; about 6 minutes on 2 cores
-#   bash bench/run.sh             # the full set
+#   bash bench/run.sh --quick     # fewer repeats, into bench/results/quick/; ~6 min on 2 cores
+#   bash bench/run.sh             # the full set, into bench/results/
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=$(bash "$here/scripts/setup.sh" | tail -n 1)
 py="$venv/bin/python"
 cd "$here/bench"
 if [ "${1:-}" = "--quick" ]; then
+  export BENCH_RESULTS="$here/bench/results/quick"
   "$py" efficiency.py --repeats 3 --rows 96
   "$py" overhead.py --quick
   "$py" data_scale.py --repeats 2

@@ -84,12 +84,8 @@ def meta_params(arch: ModelArch) -> dict[str, Any]:
 
 def _dims(arch: ModelArch) -> dict[str, int]:
     """The attention shape torchtune's weight converters need."""
-    return {
-        "num_heads": arch.num_heads,
-        "num_kv_heads": arch.num_kv_heads,
-        "dim": arch.embed_dim,
-        "head_dim": arch.head_dim,
-    }
+    heads, kv_heads, dim = arch.num_heads, arch.num_kv_heads, arch.embed_dim
+    return {"num_heads": heads, "num_kv_heads": kv_heads, "dim": dim, "head_dim": arch.head_dim}
 
 
 def _copy_if_exists(src: Path, dst: Path) -> None:
