@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import filecmp
 import io
+import socket
 import subprocess
 import sys
 import tarfile
@@ -96,3 +97,25 @@ def test_prefix_download_and_json(s3, tmp_path):
     storage.write_json(parse("s3://models/j/progress.json"), {"step": 3})
     assert storage.read_json(parse("s3://models/j/progress.json")) == {"step": 3}
     assert storage.read_json(parse("s3://models/j/missing.json")) is None
+
+
+def test_storage_failures_are_explained_by_cause(s3, tmp_path):
+    from llama_stack_provider_kfp.core.errors import Refused, Unavailable
+
+    f = tmp_path / "x.jsonl"
+    f.write_text("{}\n")
+    with pytest.raises(Exception) as err:
+        storage.upload_file(f, parse("s3://no-such-bucket/x.jsonl"))
+    refused = storage.explain(err.value, "staging")
+    assert isinstance(refused, Refused) and "NoSuchBucket" in str(refused)
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    dead = storage.client(closed)
+    dead.meta.config.retries = {"max_attempts": 1}
+    with pytest.raises(Exception) as err:
+        storage.upload_file(f, parse("s3://models/x.jsonl"), dead)
+    unreachable = storage.explain(err.value, "staging")
+    assert isinstance(unreachable, Unavailable) and not isinstance(unreachable, Refused)
+    assert "could not be reached" in str(unreachable)

@@ -121,9 +121,11 @@ class JobOutputs:
         if self.location.is_local:
             d = root.path
             return {p.parent.name for p in d.glob(f"*/{METRICS}")} if d.is_dir() else set()
-        return {
-            k.split("/")[0] for k in storage.list_keys(root, self._s3) if k.endswith(f"/{METRICS}")
-        }
+        try:
+            keys = storage.list_keys(root, self._s3)
+        except Exception as e:
+            raise storage.explain(e, f"listing the checkpoints under {root}") from None
+        return {k.split("/")[0] for k in keys if k.endswith(f"/{METRICS}")}
 
     def checkpoints(self) -> list[CheckpointInfo]:
         """One entry per finished epoch, in order; half-written epochs are never listed."""

@@ -16,6 +16,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from .errors import Refused, Unavailable
 from .locations import Location
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,26 @@ def client(endpoint_url: str | None = None, region: str | None = None) -> Any:
         endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
         region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
     )
+
+
+def explain(e: BaseException, doing: str) -> Unavailable:
+    """A boto3 failure as Refused (S3 answered no) or Unavailable (no answer), with the why."""
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    cause: BaseException | None = e
+    while cause is not None and not isinstance(cause, ClientError | NoCredentialsError):
+        cause = cause.__cause__ or cause.__context__  # boto3's transfers wrap the real error
+    if cause is not None:
+        e = cause
+    if isinstance(e, NoCredentialsError):
+        return Refused(
+            f"no S3 credentials while {doing}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "in the server's environment"
+        )
+    if isinstance(e, ClientError):
+        code = e.response.get("Error", {}).get("Code", "?")
+        return Refused(f"S3 refused {doing} ({code}); check the bucket name and the credentials")
+    return Unavailable(f"S3 could not be reached while {doing} ({type(e).__name__}: {e})")
 
 
 def upload_file(path: Path, loc: Location, s3: Any = None) -> None:

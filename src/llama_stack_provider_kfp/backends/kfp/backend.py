@@ -118,7 +118,10 @@ class KFPBackend:
             return source  # s3://, or a hub dataset the pod reads itself
         key = Path(name).stem + local.suffix  # keep the suffix: it says how to parse the file
         target = prefix.join("input", key)
-        storage.upload_file(local, target, self.s3)
+        try:
+            storage.upload_file(local, target, self.s3)
+        except Exception as e:
+            raise storage.explain(e, f"staging the dataset to {target}") from None
         return str(target)
 
     def outputs(self, record: JobRecord) -> JobOutputs:
