@@ -29,8 +29,16 @@ SERVER_SECRETS = {"HF_TOKEN": "hf_local_secret_never_logged", "KFP_TOKEN": "kfp-
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("server"), env=SERVER_SECRETS).start()
+def hf_home(tmp_path_factory) -> Path:
+    """The shared server's Hugging Face cache (offline); tests put tiny models in it under the
+    repo ids users send (tests/hf_cache.py)."""
+    return tmp_path_factory.mktemp("hf-home")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, hf_home):
+    env = {**SERVER_SECRETS, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    srv = Server(tmp_path_factory.mktemp("server"), env=env).start()
     yield srv
     srv.cleanup()
 

@@ -63,10 +63,17 @@ def test_seeded_runs_repeat_and_settings_matter(tiny_models, tmp_path):
 def test_optimizer_and_schedule_reach_torchtune(tiny_models, tmp_path):
     spec = _spec(tiny_models / "hf", tmp_path / "o", tmp_path / "d.jsonl", type="sgd",
                  weight_decay=0.05, warmup_steps=3)  # fmt: skip
-    cfg = build_config(spec, spec.model.path, tmp_path, "t.jsonl", None, str(tmp_path))
+    rows = write_jsonl([{"messages": []}] * 40, tmp_path / "t.jsonl")
+    cfg = build_config(spec, spec.model.path, tmp_path, str(rows), None, str(tmp_path))
     assert cfg["optimizer"] == {"_component_": "torch.optim.SGD", "lr": 1e-2,
                                 "weight_decay": 0.05}  # fmt: skip
     assert cfg["lr_scheduler"]["num_warmup_steps"] == 3
+    # An omitted optimizer_config: warm-up is a share of the job's steps (40 rows, batch 2,
+    # accumulation 2, at most 4 steps an epoch: 4 steps; 0.5 of them = 2).
+    ratio = spec.model_copy(update={"optim": spec.optim.model_copy(
+        update={"warmup_steps": None, "warmup_ratio": 0.5})})  # fmt: skip
+    cfg = build_config(ratio, spec.model.path, tmp_path, str(rows), None, str(tmp_path))
+    assert cfg["lr_scheduler"]["num_warmup_steps"] == 2
     assert cfg["model"]["_component_"] == "torchtune.models.llama3_2.lora_llama3_2"
     assert cfg["model"]["scale_factor"] == 32.0
 

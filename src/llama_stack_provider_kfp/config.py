@@ -66,6 +66,22 @@ class RemoteConfig(BaseModel):
     )
 
 
+class OptimizerDefaults(BaseModel):
+    """What a request that omits `optimizer_config` trains with (llama-stack's own
+    inline::huggingface provider uses the same values)."""
+
+    optimizer_type: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(default=2e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Warm-up as a share of the job's optimizer steps (rounded down), so a "
+        "one-step job trains at the full learning rate.",
+    )
+
+
 class KFPPostTrainingConfig(BaseModel):
     mode: Literal["local", "remote"] = Field(
         default="local",
@@ -75,7 +91,11 @@ class KFPPostTrainingConfig(BaseModel):
     remote: RemoteConfig = Field(
         default_factory=RemoteConfig, description="settings used when mode is `remote`"
     )
-    engine: Literal["auto", "torchtune"] = Field(
+    optimizer_defaults: OptimizerDefaults = Field(
+        default_factory=OptimizerDefaults,
+        description="Used when a request has no optimizer_config.",
+    )
+    engine: Literal["auto", "torchtune", "huggingface"] = Field(
         default="auto",
         description="Training engine: `auto` picks by model family and algorithm (the choice "
         "and its reason appear in the job's status).",

@@ -61,13 +61,24 @@ def test_directory_without_weights(client, server, good):
                     model=str(empty), dataset_id=good["dataset"])  # fmt: skip
 
 
-def test_unsupported_architecture(client, server, good):
-    d = good["tmp"] / "qwen-like"
+def test_not_a_causal_language_model(client, server, good):
+    d = good["tmp"] / "encoder"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (d / "config.json").write_text(
+        json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]})
+    )
     (d / "model.safetensors").write_bytes(b"")
-    (d / "tokenizer.model").write_text("")
-    _expect_refusal(client, server, 400, ["gpt2", "llama"],
+    (d / "tokenizer.json").write_text("{}")
+    _expect_refusal(client, server, 400, ["BertForMaskedLM", "not a causal language model"],
+                    model=str(d), dataset_id=good["dataset"])  # fmt: skip
+
+
+def test_model_without_tokenizer(client, server, good):
+    d = good["tmp"] / "no-tokenizer"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    (d / "model.safetensors").write_bytes(b"")
+    _expect_refusal(client, server, 400, ["no tokenizer", "tokenizer.json"],
                     model=str(d), dataset_id=good["dataset"])  # fmt: skip
 
 
@@ -106,15 +117,18 @@ def test_credential_in_dataset_uri(client, server, good):
                     model=good["model"], dataset_id="with-token")  # fmt: skip
 
 
-def test_no_algorithm_config(client, server, good):
-    _expect_refusal(client, server, 400, ["algorithm_config", "LoRA", "lora_attn_modules"],
+def test_no_data_config(client, server, good):
+    # Nothing can be trained without data: the one omission that stays a 400.
+    tc = training_config(good["dataset"])
+    del tc["data_config"]
+    _expect_refusal(client, server, 400, ["data_config is required"],
                     model=good["model"], dataset_id=good["dataset"],
-                    algorithm_config=None)  # fmt: skip
+                    training_config=tc)  # fmt: skip
 
 
 def test_qat_not_supported(client, server, good):
     qat = {"type": "QAT", "quantizer_name": "int8", "group_size": 32}
-    _expect_refusal(client, server, 501, ["QAT"],
+    _expect_refusal(client, server, 501, ["QAT", "full fine-tuning"],
                     model=good["model"], dataset_id=good["dataset"],
                     algorithm_config=qat)  # fmt: skip
 

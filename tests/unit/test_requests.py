@@ -20,8 +20,9 @@ from llama_stack_api import (
 from llama_stack_provider_kfp.api import requests
 from llama_stack_provider_kfp.api.datasets import check_sample
 from llama_stack_provider_kfp.config import KFPPostTrainingConfig
-from llama_stack_provider_kfp.core.engines import select_engine
+from llama_stack_provider_kfp.core.engines import JobTraits, select_engine
 from llama_stack_provider_kfp.core.errors import InvalidRequest, Unsupported
+from llama_stack_provider_kfp.core.lora_targets import resolve
 from llama_stack_provider_kfp.core.spec import ModelArch, ModelSpec
 from llama_stack_provider_kfp.jobs.backend import StagedInputs
 
@@ -49,13 +50,31 @@ def _tc(**over) -> TrainingConfig:
     return TrainingConfig.model_validate(cfg)
 
 
-def _model(tied: bool = True) -> ModelSpec:
+LLAMA = [
+    "embed_tokens",
+    "lm_head",
+    "mlp.down_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "self_attn.k_proj",
+    "self_attn.o_proj",
+    "self_attn.q_proj",
+    "self_attn.v_proj",
+]
+GPT2 = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "wpe", "wte"]
+PHI3 = ["embed_tokens", "lm_head", "mlp.down_proj", "mlp.gate_up_proj", "self_attn.o_proj",
+        "self_attn.qkv_proj"]  # fmt: skip
+
+
+def _model(tied: bool = True, family: str = "llama", modules: list[str] = LLAMA) -> ModelSpec:
     arch = ModelArch(vocab_size=256, num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=64,
                      intermediate_dim=128, norm_eps=1e-5, rope_base=5e5, rope_scale_factor=32.0,
-                     tie_word_embeddings=tied)  # fmt: skip
-    return ModelSpec(name="tiny", path="/m", layout="huggingface",
-                     checkpoint_files=["model.safetensors"],
-                     tokenizer_file="original/tokenizer.model", arch=arch)  # fmt: skip
+                     tie_word_embeddings=tied) if family == "llama" else None  # fmt: skip
+    return ModelSpec(name="tiny", family=family, path="/m", layout="huggingface",
+                     checkpoint_files=["model.safetensors"], hf_tokenizer=True, tied=tied,
+                     tokenizer_file="original/tokenizer.model" if arch else "",
+                     modules=modules if tied or "lm_head" in modules else [*modules, "lm_head"],
+                     arch=arch)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -68,7 +87,6 @@ def _model(tied: bool = True) -> ModelSpec:
         ({"dtype": "fp16"}, ["fp16", "'bf16' or 'fp32'"]),
         ({"data_config": None}, ["data_config is required"]),
         ({"data_config": {"batch_size": 0}}, ["batch_size"]),
-        ({"optimizer_config": None}, ["optimizer_config is required"]),
         ({"optimizer_config": {"lr": 0.0}}, ["lr must be a positive number"]),
         ({"optimizer_config": {"lr": float("nan")}}, ["lr must be a positive number"]),
         ({"optimizer_config": {"weight_decay": -1.0}}, ["weight_decay"]),
@@ -90,13 +108,13 @@ def test_all_training_problems_reported_at_once():
 
 def test_a_good_training_config_passes_and_packed_is_501():
     requests.check_training(_tc())
+    requests.check_training(_tc(optimizer_config=None))  # optional in the 0.6.1 API
     with pytest.raises(Unsupported, match="packed"):
         requests.check_training(_tc(data_config={"packed": True}))
 
 
-def test_algorithm_refusals():
-    with pytest.raises(InvalidRequest, match="lora_attn_modules"):
-        requests.check_algorithm(None)
+def test_algorithm_refusals_and_full_fine_tuning_by_default():
+    assert requests.check_algorithm(None) is None  # full-parameter fine-tuning
     qat = QATFinetuningConfig(type="QAT", quantizer_name="int8", group_size=32)
     with pytest.raises(Unsupported, match="QAT"):
         requests.check_algorithm(qat)
@@ -108,7 +126,7 @@ def test_algorithm_refusals():
 @pytest.mark.parametrize(
     ("over", "tied", "words"),
     [
-        ({"lora_attn_modules": ["q_proj", "w9"]}, True, ["w9", "choose from"]),
+        ({"lora_attn_modules": ["q_proj", "w9"]}, True, ["['w9']", "self_attn.q_proj"]),
         ({"lora_attn_modules": [], "apply_lora_to_mlp": False}, True, ["no module to adapt"]),
         ({"rank": 0}, True, ["rank must be >= 1"]),
         ({"alpha": 0}, True, ["alpha must be > 0"]),
@@ -117,14 +135,52 @@ def test_algorithm_refusals():
 )
 def test_lora_refusals(over, tied, words):
     with pytest.raises(InvalidRequest) as err:
-        requests.check_lora(LoraFinetuningConfig(**{**LORA, **over}), _model(tied))
+        requests.lora_targets(LoraFinetuningConfig(**{**LORA, **over}), _model(tied))
     for w in words:
         assert w in str(err.value)
 
 
+def test_all_problems_of_a_lora_config_at_once():
+    bad = LoraFinetuningConfig(**{**LORA, "lora_attn_modules": ["q_proj", "w9"], "rank": 0})
+    with pytest.raises(InvalidRequest) as err:
+        requests.lora_targets(bad, _model())
+    assert "w9" in str(err.value) and "rank must be >= 1" in str(err.value)
+
+
 def test_lora_on_an_untied_output_is_fine():
-    requests.check_lora(LoraFinetuningConfig(**{**LORA, "apply_lora_to_output": True}),
-                        _model(tied=False))  # fmt: skip
+    targets = requests.lora_targets(
+        LoraFinetuningConfig(**{**LORA, "apply_lora_to_output": True}), _model(tied=False)
+    )
+    assert "lm_head" in targets.peft
+
+
+@pytest.mark.parametrize(
+    ("modules", "asked", "mlp", "peft", "torchtune"),
+    [
+        # Both spellings, on a Llama: the same modules; torchtune gets its own names.
+        (LLAMA, ["q_proj", "v_proj", "output_proj"], True,
+         ["self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj",
+          "mlp.gate_proj", "mlp.up_proj"], ["q_proj", "v_proj", "output_proj"]),
+        (LLAMA, ["q_proj", "o_proj"], False, ["self_attn.q_proj", "self_attn.o_proj"],
+         ["q_proj", "output_proj"]),
+        # A single MLP projection by name: real, but torchtune's builders cannot express it.
+        (LLAMA, ["gate_proj"], False, ["mlp.gate_proj"], None),
+        # GPT-2: q/v live in the fused c_attn; the attention output is attn.c_proj, not the
+        # MLP's c_proj.
+        (GPT2, ["q_proj", "v_proj", "output_proj"], False, ["attn.c_attn", "attn.c_proj"],
+         ["q_proj", "v_proj", "output_proj"]),
+        (GPT2, [], True, ["mlp.c_fc", "mlp.c_proj"], []),
+        # Phi-3: fused qkv_proj and gate_up_proj.
+        (PHI3, ["q_proj", "k_proj"], True,
+         ["self_attn.qkv_proj", "mlp.down_proj", "mlp.gate_up_proj"], ["q_proj", "k_proj"]),
+    ],
+)  # fmt: skip
+def test_module_names_resolve_per_model(modules, asked, mlp, peft, torchtune):
+    targets = resolve(asked, mlp, False, modules, tied=True)
+    assert targets.peft == peft
+    assert targets.torchtune_attn == torchtune
+    if modules is GPT2 and asked:
+        assert any("fused attn.c_attn" in n for n in targets.notes)
 
 
 def test_model_name_required():
@@ -150,14 +206,27 @@ def test_sample_refusals(rows, words):
         assert w in str(err.value)
 
 
+def _traits(model: ModelSpec, algo: str = "lora", fits: bool = True) -> JobTraits:
+    return JobTraits.of(model, algo, fits)
+
+
 def test_engine_selection_explains_itself():
-    choice = select_engine("llama", "dora")
-    assert choice.name == "torchtune" and "auto" in choice.reason
-    assert "provider config" in select_engine("llama", "lora", "torchtune").reason
-    with pytest.raises(Unsupported, match="no engine trains a 'qwen2' model"):
-        select_engine("qwen2", "lora")
+    llama3 = _model()
+    choice = select_engine(_traits(llama3, "dora"))
+    assert choice.name == "torchtune" and choice.reason.startswith("auto:")
+    assert "provider config" in select_engine(_traits(llama3), "torchtune").reason
+    # What torchtune cannot run goes to the Hugging Face engine, with the reason why.
+    for traits in (_traits(llama3, "full"), _traits(llama3, fits=False),
+                   _traits(_model(family="qwen2", modules=LLAMA))):  # fmt: skip
+        choice = select_engine(traits)
+        assert choice.name == "huggingface" and "not torchtune" in choice.reason
+    with pytest.raises(Unsupported, match=r"torchtune.*cannot train a 'qwen2' model"):
+        select_engine(_traits(_model(family="qwen2", modules=LLAMA)), "torchtune")
     with pytest.raises(Unsupported, match="does not exist"):
-        select_engine("llama", "lora", "megatron")
+        select_engine(_traits(llama3), "megatron")
+    meta_full = _traits(llama3.model_copy(update={"layout": "meta"}), "full")
+    with pytest.raises(Unsupported, match=r"no engine can train.*Meta"):
+        select_engine(meta_full)
 
 
 def test_build_spec_carries_every_setting():
@@ -171,8 +240,9 @@ def test_build_spec_carries_every_setting():
     )  # fmt: skip
     lora = LoraFinetuningConfig(**{**LORA, "use_dora": True})
     staged = StagedInputs("/in/train.jsonl", None, "/out")
-    engine = select_engine("llama", requests.algorithm_name(lora))
-    spec = requests.build_spec(req, lora, _model(), staged, engine, config)
+    lspec = requests.lora_spec(lora, requests.lora_targets(lora, _model()))
+    engine = select_engine(_traits(_model(), "dora"))
+    spec = requests.build_spec(req, lspec, _model(), staged, engine, config)
     assert spec.engine.name == "torchtune" and spec.data.uri == "/in/train.jsonl"
     assert spec.data.validation_fraction == 0.1 and spec.output_uri == "/out"
     t = spec.train
@@ -181,5 +251,25 @@ def test_build_spec_carries_every_setting():
     assert t.train_on_input and t.enable_activation_checkpointing
     assert not t.enable_activation_offloading
     assert spec.lora.use_dora and spec.lora.attn_modules == ["q_proj", "v_proj"]
+    assert spec.lora.requested_modules == ["q_proj", "v_proj"]
+    assert spec.lora.target_modules[:2] == ["self_attn.q_proj", "self_attn.v_proj"]
     assert (spec.optim.type, spec.optim.lr, spec.optim.warmup_steps) == ("adamw", 1e-3, 2)
     assert spec.output_format == "huggingface"  # the input layout, none configured
+
+
+def test_omitted_fields_take_documented_defaults():
+    config = KFPPostTrainingConfig(work_dir=Path("/tmp/w"))
+    tc = TrainingConfig.model_validate({"n_epochs": 1, "max_steps_per_epoch": 1,
+        "data_config": {"dataset_id": "ds", "batch_size": 1, "shuffle": False,
+                        "data_format": "instruct"}})  # fmt: skip
+    requests.check_training(tc)
+    req = SupervisedFineTuneRequest(job_uuid="j", model="m", training_config=tc,
+                                    hyperparam_search_config={}, logger_config={})  # fmt: skip
+    staged = StagedInputs("/in", None, "/out")
+    engine = select_engine(_traits(_model(), "full"))
+    spec = requests.build_spec(req, None, _model(), staged, engine, config)
+    assert spec.lora is None and spec.engine.name == "huggingface"
+    assert spec.train.dtype == "bf16"  # the API's own default
+    o = spec.optim
+    assert (o.type, o.lr, o.weight_decay, o.warmup_steps) == ("adamw", 2e-5, 0.01, None)
+    assert o.warmup(1) == 0 and o.warmup(100) == 10  # a one-step job trains at full lr

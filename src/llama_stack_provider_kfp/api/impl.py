@@ -28,8 +28,9 @@ from llama_stack_api import (
 
 from ..backends import select_backend
 from ..config import KFPPostTrainingConfig
-from ..core.engines import select_engine
+from ..core.engines import JobTraits, select_engine
 from ..core.errors import InvalidRequest, JobNotFound, Unsupported
+from ..core.spec import algorithm
 from ..jobs.backend import JobInputs
 from ..jobs.record import JobRecord, check_job_id, now
 from ..jobs.scheduler import JobScheduler
@@ -82,8 +83,12 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             request.checkpoint_dir,
             requests.descriptor_repo(name),
         )
-        requests.check_lora(lora, model)
-        engine = select_engine(model.family, requests.algorithm_name(lora), self.config.engine)
+        targets = requests.lora_targets(lora, model) if lora is not None else None
+        lora_spec = requests.lora_spec(lora, targets)
+        traits = JobTraits.of(
+            model, algorithm(lora_spec), targets is None or targets.torchtune_attn is not None
+        )
+        engine = select_engine(traits, self.config.engine)
         dc = tc.data_config
         assert dc is not None  # check_training refused it missing
         fmt, sample = dc.data_format.value, self.config.submit_sample_rows
@@ -103,7 +108,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             staged = await asyncio.to_thread(
                 self.backend.stage, request.job_uuid, job_dir, JobInputs(train, validation)
             )
-            spec = requests.build_spec(request, lora, model, staged, engine, self.config)
+            spec = requests.build_spec(request, lora_spec, model, staged, engine, self.config)
             record = JobRecord(job_uuid=request.job_uuid, spec=spec, scheduled_at=now())
             await asyncio.to_thread(self.scheduler.submit, record)
         except BaseException:

@@ -18,6 +18,7 @@ from llama_stack_api import (
 
 from ..config import KFPPostTrainingConfig
 from ..core.errors import InvalidRequest, Unsupported
+from ..core.lora_targets import Targets, resolve
 from ..core.spec import (
     DataSpec,
     EngineChoice,
@@ -28,12 +29,6 @@ from ..core.spec import (
     TrainSpec,
 )
 from ..jobs.backend import StagedInputs
-
-LORA_EXAMPLE = (
-    "algorithm_config={'type': 'LoRA', 'lora_attn_modules': ['q_proj', 'v_proj'], "
-    "'apply_lora_to_mlp': True, 'apply_lora_to_output': False, 'rank': 8, 'alpha': 16}"
-)
-ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
 
 
 def descriptor_repo(model: str) -> str | None:
@@ -54,18 +49,16 @@ def model_name(request: SupervisedFineTuneRequest) -> str:
     return name
 
 
-def check_algorithm(algo: AlgorithmConfig | None) -> LoraFinetuningConfig:
+def check_algorithm(algo: AlgorithmConfig | None) -> LoraFinetuningConfig | None:
+    """The LoRA settings, or None for full-parameter fine-tuning (no algorithm_config, as
+    llama-stack's inline::huggingface provider reads it)."""
     if algo is None:
-        raise InvalidRequest(f"algorithm_config is required; for LoRA send {LORA_EXAMPLE}")
+        return None
     if isinstance(algo, QATFinetuningConfig):
-        raise Unsupported("QAT fine-tuning is not supported yet; use LoRA")
+        raise Unsupported("QAT fine-tuning is not supported yet; use LoRA or full fine-tuning")
     if algo.quantize_base:
         raise Unsupported("quantize_base (QLoRA) is not supported yet; send quantize_base=false")
     return algo
-
-
-def algorithm_name(lora: LoraFinetuningConfig) -> str:
-    return "dora" if lora.use_dora else "lora"
 
 
 def check_training(tc: TrainingConfig) -> None:
@@ -89,9 +82,7 @@ def check_training(tc: TrainingConfig) -> None:
         problems.append("training_config.data_config is required (dataset_id, batch_size, ...)")
     elif dc.batch_size < 1:
         problems.append(f"data_config.batch_size must be >= 1 (got {dc.batch_size})")
-    if oc is None:
-        problems.append("training_config.optimizer_config is required (optimizer_type, lr, ...)")
-    else:
+    if oc is not None:
         if not (math.isfinite(oc.lr) and oc.lr > 0):
             problems.append(f"optimizer_config.lr must be a positive number (got {oc.lr})")
         if not (math.isfinite(oc.weight_decay) and oc.weight_decay >= 0):
@@ -106,29 +97,63 @@ def check_training(tc: TrainingConfig) -> None:
         raise Unsupported("data_config.packed=true is not supported yet; send packed=false")
 
 
-def check_lora(lc: LoraFinetuningConfig, model: ModelSpec) -> None:
+def lora_targets(lc: LoraFinetuningConfig, model: ModelSpec) -> Targets:
+    """Check the LoRA settings and resolve the modules they name on this model."""
     problems = []
-    bad = [m for m in lc.lora_attn_modules if m not in ATTN_MODULES]
-    if bad:
-        problems.append(f"unknown lora_attn_modules {bad}; choose from {list(ATTN_MODULES)}")
-    if not (lc.lora_attn_modules or lc.apply_lora_to_mlp or lc.apply_lora_to_output):
-        problems.append("no module to adapt: name lora_attn_modules or set apply_lora_to_mlp")
     if lc.rank < 1:
         problems.append(f"rank must be >= 1 (got {lc.rank})")
     if lc.alpha <= 0:
         problems.append(f"alpha must be > 0 (got {lc.alpha})")
-    if lc.apply_lora_to_output and model.arch and model.arch.tie_word_embeddings:
+    if not (lc.lora_attn_modules or lc.apply_lora_to_mlp or lc.apply_lora_to_output):
+        problems.append("no module to adapt: name lora_attn_modules or set apply_lora_to_mlp")
+    if lc.apply_lora_to_output and model.is_tied:
         problems.append(
             f"{model.name} ties its output projection to the embeddings; "
             "set apply_lora_to_output=false"
         )
+    try:
+        targets = resolve(
+            list(lc.lora_attn_modules),
+            lc.apply_lora_to_mlp,
+            lc.apply_lora_to_output,
+            model.modules,
+            model.is_tied,
+        )
+    except InvalidRequest as e:
+        problems.append(str(e))
     if problems:
         raise InvalidRequest("invalid LoRA algorithm_config: " + "; ".join(problems))
+    return targets
+
+
+def optim_spec(tc: TrainingConfig, config: KFPPostTrainingConfig) -> OptimSpec:
+    oc = tc.optimizer_config
+    if oc is None:
+        d = config.optimizer_defaults
+        return OptimSpec(type=d.optimizer_type, lr=d.lr, weight_decay=d.weight_decay,
+                         warmup_steps=None, warmup_ratio=d.warmup_ratio)  # fmt: skip
+    return OptimSpec(type=oc.optimizer_type.value, lr=oc.lr, weight_decay=oc.weight_decay,
+                     warmup_steps=oc.num_warmup_steps)  # fmt: skip
+
+
+def lora_spec(lora: LoraFinetuningConfig | None, targets: Targets | None) -> LoraSpec | None:
+    if lora is None or targets is None:
+        return None
+    return LoraSpec(
+        rank=lora.rank,
+        alpha=lora.alpha,
+        attn_modules=targets.torchtune_attn or [],
+        apply_to_mlp=lora.apply_lora_to_mlp,
+        apply_to_output=lora.apply_lora_to_output,
+        use_dora=bool(lora.use_dora),
+        requested_modules=list(lora.lora_attn_modules),
+        target_modules=targets.peft,
+    )
 
 
 def build_spec(
     request: SupervisedFineTuneRequest,
-    lora: LoraFinetuningConfig,
+    lora: LoraSpec | None,
     model: ModelSpec,
     staged: StagedInputs,
     engine: EngineChoice,
@@ -136,8 +161,8 @@ def build_spec(
 ) -> JobSpec:
     """The JobSpec of a request that passed every check above."""
     tc = request.training_config
-    dc, oc, ec = tc.data_config, tc.optimizer_config, tc.efficiency_config
-    assert dc is not None and oc is not None  # check_training refused them missing
+    dc, ec = tc.data_config, tc.efficiency_config
+    assert dc is not None  # check_training refused it missing
     return JobSpec(
         job_uuid=request.job_uuid,
         engine=engine,
@@ -163,20 +188,8 @@ def build_spec(
             enable_activation_checkpointing=bool(ec and ec.enable_activation_checkpointing),
             enable_activation_offloading=bool(ec and ec.enable_activation_offloading),
         ),
-        lora=LoraSpec(
-            rank=lora.rank,
-            alpha=lora.alpha,
-            attn_modules=list(lora.lora_attn_modules),
-            apply_to_mlp=lora.apply_lora_to_mlp,
-            apply_to_output=lora.apply_lora_to_output,
-            use_dora=bool(lora.use_dora),
-        ),
-        optim=OptimSpec(
-            type=oc.optimizer_type.value,
-            lr=oc.lr,
-            weight_decay=oc.weight_decay,
-            warmup_steps=oc.num_warmup_steps,
-        ),
+        lora=lora,
+        optim=optim_spec(tc, config),
         output_format=config.checkpoint_format or model.layout,
         output_uri=staged.output_uri,
     )

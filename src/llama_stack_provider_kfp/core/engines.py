@@ -6,53 +6,97 @@ in the job record) without loading torch; the implementations live in `training`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import Unsupported
-from .spec import EngineChoice
+from .spec import EngineChoice, ModelSpec
+
+
+@dataclass(frozen=True)
+class JobTraits:
+    """What engine selection looks at."""
+
+    family: str  # Hugging Face model_type
+    layout: str | None  # meta | huggingface | None (weights read by the step)
+    algorithm: str  # lora | dora | full
+    tiktoken: bool  # a Llama 3 tiktoken tokenizer.model
+    hf_tokenizer: bool  # tokenizer.json / tokenizer_config.json
+    torchtune_targets: bool  # the LoRA targets fit torchtune's builders
+
+    @classmethod
+    def of(cls, model: ModelSpec, algorithm: str, torchtune_targets: bool) -> JobTraits:
+        return cls(
+            family=model.family,
+            layout=model.layout,
+            algorithm=algorithm,
+            tiktoken=bool(model.tokenizer_file) or model.layout is None,
+            hf_tokenizer=model.hf_tokenizer,
+            torchtune_targets=torchtune_targets and (model.arch is not None or not model.layout),
+        )
+
+
+def _torchtune(t: JobTraits) -> str | None:
+    if t.family != "llama" or not t.tiktoken:
+        return "it runs Llama-3-architecture models with a tiktoken tokenizer"
+    if t.algorithm not in ("lora", "dora"):
+        return "it trains LoRA and DoRA only"
+    if not t.torchtune_targets:
+        return (
+            "its builders adapt q/k/v/output projections, all of the MLP and the output; "
+            "the requested modules do not fit that"
+        )
+    return None
+
+
+def _huggingface(t: JobTraits) -> str | None:
+    if t.layout == "meta":
+        return "it reads the Hugging Face layout (config.json + safetensors), not Meta's"
+    if not t.hf_tokenizer and t.layout is not None:
+        return "it needs the model's Hugging Face tokenizer (tokenizer.json)"
+    return None
 
 
 @dataclass(frozen=True)
 class EngineInfo:
     name: str
-    families: frozenset[str]  # Hugging Face model_type values
-    algorithms: frozenset[str]  # "lora", "dora"
     summary: str
-
-    def runs(self, family: str, algorithm: str) -> bool:
-        return family in self.families and algorithm in self.algorithms
+    refusal: Callable[[JobTraits], str | None]  # why it cannot run a job, or None
 
 
-# In order of preference for `engine: auto`.
+# In order of preference for `engine: auto`: torchtune where it runs (the engine these
+# jobs were first measured on), the Hugging Face engine for everything else.
 ENGINES: dict[str, EngineInfo] = {
     "torchtune": EngineInfo(
-        name="torchtune",
-        families=frozenset({"llama"}),
-        algorithms=frozenset({"lora", "dora"}),
-        summary="Llama-3-architecture models with a tiktoken tokenizer; LoRA and DoRA",
+        "torchtune", "Llama-3 models with a tiktoken tokenizer; LoRA and DoRA", _torchtune
+    ),
+    "huggingface": EngineInfo(
+        "huggingface",
+        "any Hugging Face causal LM (transformers + PEFT); LoRA, DoRA, full fine-tuning",
+        _huggingface,
     ),
 }
 
 
-def select_engine(family: str, algorithm: str, preference: str = "auto") -> EngineChoice:
-    """The engine for a job, or Unsupported naming what each engine runs."""
+def select_engine(traits: JobTraits, preference: str = "auto") -> EngineChoice:
+    """The engine for a job, or Unsupported naming why each engine cannot run it."""
+    what = f"a {traits.family!r} model with {traits.algorithm}"
     if preference != "auto":
         info = ENGINES.get(preference)
         if info is None:
             raise Unsupported(f"engine {preference!r} does not exist; use one of {list(ENGINES)}")
-        if not info.runs(family, algorithm):
+        why = info.refusal(traits)
+        if why:
             raise Unsupported(
-                f"engine {preference!r} (set in the provider config) cannot train a {family!r} "
-                f"model with {algorithm}: it runs {info.summary}"
+                f"engine {preference!r} (set in the provider config) cannot train {what}: {why}"
             )
-        return EngineChoice(
-            name=preference, reason=f"set in the provider config (engine: {preference})"
-        )
+        return EngineChoice(name=preference, reason=f"set in the provider config ({preference})")
+    refusals: list[str] = []
     for info in ENGINES.values():
-        if info.runs(family, algorithm):
-            return EngineChoice(
-                name=info.name,
-                reason=f"auto: first engine that runs {family!r} models with {algorithm}",
-            )
-    offered = "; ".join(f"{i.name}: {i.summary}" for i in ENGINES.values())
-    raise Unsupported(f"no engine trains a {family!r} model with {algorithm} (engines: {offered})")
+        why = info.refusal(traits)
+        if why is None:
+            skipped = "; ".join(refusals)
+            reason = f"auto: {info.name} runs {what}" + (f" (not {skipped})" if skipped else "")
+            return EngineChoice(name=info.name, reason=reason)
+        refusals.append(f"{info.name}: {why}")
+    raise Unsupported(f"no engine can train {what}: " + "; ".join(refusals))

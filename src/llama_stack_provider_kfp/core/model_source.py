@@ -12,13 +12,23 @@ import contextlib
 import json
 import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import storage
 from .errors import InvalidRequest
 from .locations import Location, is_hf_repo_id
+from .lora_targets import module_paths
 from .spec import ModelArch, ModelSpec
+
+LLAMA3_VOCAB = 128256
+# A Meta checkpoint's matrices, named as the Hugging Face layout names them (LoRA targets).
+LLAMA_MODULES = [
+    "embed_tokens", "lm_head", "mlp.down_proj", "mlp.gate_proj", "mlp.up_proj",
+    "self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj",
+]  # fmt: skip
 
 
 class ModelError(InvalidRequest):
@@ -97,23 +107,66 @@ def _check_arch(arch: ModelArch, where: Path | str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Reader:
+    """How to look inside a model folder wherever it is (local, S3 prefix)."""
+
+    load: Callable[[str], Any]  # a JSON file
+    modules: Callable[[list[str]], list[str]]  # module paths of these weight files
+    is_tiktoken: Callable[[str], bool]  # is this tokenizer.model a tiktoken file
+
+
+_TIKTOKEN_LINE = re.compile(rb"^[A-Za-z0-9+/=]+ \d+\r?\n")
+
+
+def _local_reader(path: Path) -> _Reader:
+    def modules(files: list[str]) -> list[str]:
+        names: list[str] = []
+        shapes: dict[str, list[int]] = {}
+        for f in files:
+            header = _safetensors_header(path / f)
+            names += [k for k in header if k != "__metadata__"]
+            shapes.update({k: v.get("shape", []) for k, v in header.items() if k != "__metadata__"})
+        return module_paths(names, shapes)
+
+    def is_tiktoken(name: str) -> bool:
+        with (path / name).open("rb") as fh:
+            return bool(_TIKTOKEN_LINE.match(fh.read(256)))
+
+    return _Reader(lambda n: json.loads((path / n).read_text()), modules, is_tiktoken)
+
+
+def _safetensors_header(file: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (names, dtypes, shapes), read without torch."""
+    with file.open("rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        if not 0 < size < 100_000_000:
+            raise ModelError(f"{file} is not a safetensors file")
+        header = json.loads(fh.read(size))
+    if not isinstance(header, dict):
+        raise ModelError(f"{file} is not a safetensors file")
+    return header
+
+
 def inspect_model_dir(name: str, path: Path) -> ModelSpec:
     """Read a model directory in either layout; raise ModelError naming what is missing."""
     if not path.is_dir():
         raise ModelError(f"model directory {path} does not exist")
     names = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
-    return _inspect(name, str(path), names, lambda n: json.loads((path / n).read_text()))
+    return _inspect(name, str(path), names, _local_reader(path))
 
 
-def _inspect(name: str, location: str, names: set[str], load) -> ModelSpec:
-    """Recognize a layout from a folder's file names; `load(name)` reads a JSON file."""
+def _inspect(name: str, location: str, names: set[str], reader: _Reader) -> ModelSpec:
+    """Recognize a layout from a folder's file names."""
     try:
         if "config.json" in names:
-            return _inspect_hf(name, location, names, load("config.json"))
+            return _inspect_hf(name, location, names, reader)
         if "params.json" in names:
-            return _inspect_meta(name, location, names, load("params.json"))
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{location}: unreadable model configuration ({e!r})") from e
+            return _inspect_meta(name, location, names, reader.load("params.json"))
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        if isinstance(e, ModelError):
+            raise
+        raise ModelError(f"{location}: unreadable model files ({e!r})") from e
     raise ModelError(
         f"{location} holds neither a Hugging Face model (config.json + *.safetensors) nor a "
         "Meta checkpoint (params.json + consolidated.00.pth)"
@@ -134,25 +187,51 @@ def _inspect_meta(name: str, location: str, names: set[str], params: dict) -> Mo
     arch = arch_from_meta_params(params)
     _check_arch(arch, location)
     return ModelSpec(name=name, path=location, layout="meta", checkpoint_files=shards,
-                     tokenizer_file="tokenizer.model", arch=arch)  # fmt: skip
+                     tokenizer_file="tokenizer.model", tied=arch.tie_word_embeddings,
+                     modules=LLAMA_MODULES, arch=arch)  # fmt: skip
 
 
-def _inspect_hf(name: str, location: str, names: set[str], config: dict) -> ModelSpec:
+# When config.json does not say, the family's own default (transformers' config classes).
+_TIED_BY_DEFAULT = frozenset({"gpt2", "gemma", "gemma2", "gemma3_text", "gpt_neo", "gptj", "opt"})
+_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def _inspect_hf(name: str, location: str, names: set[str], reader: _Reader) -> ModelSpec:
+    config = reader.load("config.json")
     files = sorted(n for n in names if "/" not in n and n.endswith(".safetensors"))
     if not files:
         raise ModelError(f"{location}: config.json found but no *.safetensors weights")
-    tokenizer = next(
-        (t for t in ("original/tokenizer.model", "tokenizer.model") if t in names), None
-    )
-    if tokenizer is None:
+    family = str(config.get("model_type") or "")
+    if not family:
+        raise ModelError(f"{location}: config.json has no model_type")
+    archs = config.get("architectures") or []
+    if archs and not any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         raise ModelError(
-            f"{location}: the tiktoken tokenizer (original/tokenizer.model) is missing; Llama 3 "
-            "repositories ship it under original/"
+            f"{location}: {archs} is not a causal language model; fine-tuning needs a model "
+            "that AutoModelForCausalLM loads (architectures ending in ForCausalLM)"
         )
-    arch = arch_from_hf_config(config)
-    _check_arch(arch, location)
-    return ModelSpec(name=name, path=location, layout="huggingface", checkpoint_files=files,
-                     tokenizer_file=tokenizer, arch=arch)  # fmt: skip
+    tiktoken = next(
+        (t for t in ("original/tokenizer.model", "tokenizer.model")
+         if t in names and family == "llama" and reader.is_tiktoken(t)),
+        "",
+    )  # fmt: skip
+    hf_tokenizer = any(t in names for t in _HF_TOKENIZER_FILES)
+    if not tiktoken and not hf_tokenizer:
+        raise ModelError(
+            f"{location}: no tokenizer: expected tokenizer.json / tokenizer_config.json (or, for "
+            "Llama 3, the tiktoken original/tokenizer.model)"
+        )
+    arch = None
+    if family == "llama" and tiktoken:
+        try:  # what torchtune can build; other Llama variants train on the HF engine
+            arch = arch_from_hf_config(config)
+            _check_arch(arch, location)
+        except (ModelError, KeyError, TypeError, ValueError):
+            arch = None
+    tied = bool(config.get("tie_word_embeddings", family in _TIED_BY_DEFAULT))
+    return ModelSpec(name=name, family=family, path=location, layout="huggingface",
+                     checkpoint_files=files, tokenizer_file=tiktoken, hf_tokenizer=hf_tokenizer,
+                     tied=tied, modules=reader.modules(files), arch=arch)  # fmt: skip
 
 
 def inspect_s3_model(name: str, loc: Location, s3: Any = None) -> ModelSpec:
@@ -164,11 +243,26 @@ def inspect_s3_model(name: str, loc: Location, s3: Any = None) -> ModelSpec:
         names = set(storage.list_keys(loc, s3))
         if not names:
             raise ModelError(f"nothing found under {loc}/")
-        return _inspect(name, str(loc), names, lambda n: storage.read_json(loc.join(n), s3))
+        load = lambda n: storage.read_json(loc.join(n), s3)  # noqa: E731
+        reader = _Reader(
+            load,
+            lambda _files: (
+                _index_modules(load("model.safetensors.index.json"))
+                if "model.safetensors.index.json" in names
+                else []
+            ),  # unknown until the step reads the weights
+            lambda n: n == "original/tokenizer.model",  # Llama 3 repos ship tiktoken there
+        )
+        return _inspect(name, str(loc), names, reader)
     except ModelError:
         raise
     except Exception as e:  # botocore errors: no credentials, no bucket, access denied
         raise ModelError(f"cannot read model at {loc}: {e}") from None
+
+
+def _index_modules(index: Any) -> list[str]:
+    weight_map = index.get("weight_map", {}) if isinstance(index, dict) else {}
+    return module_paths(list(weight_map))
 
 
 def pvc_model(name: str, loc: Location) -> ModelSpec:
@@ -197,17 +291,31 @@ def hub_model(name: str, repo: str) -> ModelSpec:
             "check the id, set HF_TOKEN for gated repos, or upload the weights to S3"
         ) from None
     try:
-        arch = arch_from_hf_config(json.loads(Path(path).read_text()))
-    except (KeyError, TypeError, ValueError) as e:
+        config = json.loads(Path(path).read_text())
+    except ValueError as e:
         raise ModelError(f"{repo}: unreadable config.json ({e!r})") from None
-    return ModelSpec(
-        name=name,
-        path=f"hf://{repo}",
-        layout="huggingface",
-        checkpoint_files=[],
-        tokenizer_file="original/tokenizer.model",
-        arch=arch,
-    )
+    return config_only_model(name, f"hf://{repo}", config)
+
+
+def config_only_model(name: str, location: str, config: dict) -> ModelSpec:
+    """A Hugging Face model known by its config.json alone (Hub repo, S3 tarball): its files
+    are read by the train step. A Llama with Llama 3's 128256-token vocabulary is taken to ship
+    the tiktoken original/tokenizer.model, as Meta's repositories do."""
+    family = str(config.get("model_type") or "")
+    if not family:
+        raise ModelError(f"{location}: config.json has no model_type")
+    arch = None
+    if family == "llama" and config.get("vocab_size") == LLAMA3_VOCAB:
+        try:
+            arch = arch_from_hf_config(config)
+            _check_arch(arch, location)
+        except (ModelError, KeyError, TypeError, ValueError):
+            arch = None
+    return ModelSpec(name=name, family=family, path=location, layout="huggingface",
+                     checkpoint_files=[], tokenizer_file="original/tokenizer.model" if arch else "",
+                     hf_tokenizer=True,
+                     tied=bool(config.get("tie_word_embeddings", family in _TIED_BY_DEFAULT)),
+                     arch=arch)  # fmt: skip
 
 
 def _inspect_s3_tarball(name: str, loc: Location, s3: Any = None) -> ModelSpec:
@@ -223,17 +331,13 @@ def _inspect_s3_tarball(name: str, loc: Location, s3: Any = None) -> ModelSpec:
                 break
         else:
             raise ModelError(f"{uri}: no config.json or params.json in the archive")
-    hf = member.name == "config.json"
-    arch = arch_from_hf_config(config) if hf else arch_from_meta_params(config)
+    if member.name == "config.json":
+        return config_only_model(name, uri, config)
+    arch = arch_from_meta_params(config)
     _check_arch(arch, uri)
-    return ModelSpec(
-        name=name,
-        path=uri,
-        layout="huggingface" if hf else "meta",
-        checkpoint_files=[],  # known once extracted
-        tokenizer_file="original/tokenizer.model" if hf else "tokenizer.model",
-        arch=arch,
-    )
+    return ModelSpec(name=name, path=uri, layout="meta", checkpoint_files=[],  # once extracted
+                     tokenizer_file="tokenizer.model", tied=arch.tie_word_embeddings,
+                     modules=LLAMA_MODULES, arch=arch)  # fmt: skip
 
 
 def _hf_cache_dir(repo_id: str) -> Path | None:

@@ -47,9 +47,28 @@ class ModelSpec(_Strict):
     )
     layout: Layout | None = Field(description="None until a PVC is mounted by the step.")
     checkpoint_files: list[str]
-    tokenizer_file: str = Field(description="tiktoken tokenizer.model, relative to path.")
-    # None for weights on a PVC: only the train step can read them.
+    tokenizer_file: str = Field(
+        description="tiktoken tokenizer.model relative to path; empty when the model has none."
+    )
+    hf_tokenizer: bool = Field(
+        default=False, description="tokenizer.json / tokenizer_config.json are there."
+    )
+    tied: bool | None = Field(
+        default=None, description="Output projection tied to the embeddings; None: unknown."
+    )
+    modules: list[str] = Field(
+        default_factory=list,
+        description="Paths of the model's weight matrices below the layer index "
+        "(self_attn.q_proj, mlp.up_proj, lm_head, ...); empty when unknown at submit.",
+    )
+    # Llama-3 dimensions (what torchtune builds); None for other families and unread weights.
     arch: ModelArch | None
+
+    @property
+    def is_tied(self) -> bool:
+        if self.tied is not None:
+            return self.tied
+        return bool(self.arch and self.arch.tie_word_embeddings)
 
 
 class DataSpec(_Strict):
@@ -63,17 +82,30 @@ class DataSpec(_Strict):
 class LoraSpec(_Strict):
     rank: int
     alpha: float
-    attn_modules: list[Literal["q_proj", "k_proj", "v_proj", "output_proj"]]
+    # torchtune's names (q_proj, k_proj, v_proj, output_proj): what the torchtune engine builds.
+    attn_modules: list[str]
     apply_to_mlp: bool
     apply_to_output: bool
     use_dora: bool = False
+    # As the request named them (either spelling); the train step resolves them again against
+    # the loaded model, so nothing is dropped when the weights were unreadable at submit.
+    requested_modules: list[str] = []
+    # The model's own module paths (PEFT target_modules) as resolved at submit.
+    target_modules: list[str] = []
 
 
 class OptimSpec(_Strict):
     type: Literal["adam", "adamw", "sgd"]
     lr: float
     weight_decay: float
-    warmup_steps: int
+    # Warm-up in optimizer steps; None: `warmup_ratio` of the job's steps (omitted optimizer).
+    warmup_steps: int | None
+    warmup_ratio: float = 0.0
+
+    def warmup(self, total_steps: int) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return int(self.warmup_ratio * total_steps)
 
 
 class TrainSpec(_Strict):
@@ -103,13 +135,21 @@ class EngineChoice(_Strict):
 _LEGACY_ENGINE = EngineChoice(name="torchtune", reason="the only engine when the job was made")
 
 
+def algorithm(lora: LoraSpec | None) -> str:
+    """The engines' name for what a job trains: lora, dora or full."""
+    if lora is None:
+        return "full"
+    return "dora" if lora.use_dora else "lora"
+
+
 class JobSpec(_Strict):
     job_uuid: str
     engine: EngineChoice = _LEGACY_ENGINE
     model: ModelSpec
     data: DataSpec
     train: TrainSpec
-    lora: LoraSpec
+    # None: full-parameter fine-tuning.
+    lora: LoraSpec | None
     optim: OptimSpec
     output_format: Layout | None = Field(description="None: the layout of the input weights.")
     output_uri: str = Field(description="Where the job's results go; chosen by the provider.")

@@ -11,7 +11,10 @@ from ..core.spec import JobSpec
 from .io import Output
 
 # name -> module with an `ENGINE` object; imported only when a step trains with it.
-IMPLEMENTATIONS = {"torchtune": "llama_stack_provider_kfp.training.torchtune.engine"}
+IMPLEMENTATIONS = {
+    "torchtune": "llama_stack_provider_kfp.training.torchtune.engine",
+    "huggingface": "llama_stack_provider_kfp.training.huggingface.engine",
+}
 
 
 class Engine(Protocol):

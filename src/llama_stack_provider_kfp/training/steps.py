@@ -35,8 +35,7 @@ def train_step(
                     "output_format": spec.output_format or found.layout,
                 }
             )
-        arch = spec.model.arch
-        if spec.lora.apply_to_output and arch is not None and arch.tie_word_embeddings:
+        if spec.lora is not None and spec.lora.apply_to_output and spec.model.is_tied:
             raise ValueError(
                 f"{spec.model.name} ties its output projection to the embeddings; "
                 "set apply_lora_to_output=false"

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from ...core.outputs import PROGRESS
-from ...core.spec import JobSpec, ModelArch, ModelSpec
+from ...core.spec import JobSpec, LoraSpec, ModelArch, ModelSpec
+from ..device import resolve_device
 from ..io import Output
 
 _OPTIMIZERS = {"adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW", "sgd": "torch.optim.SGD"}
@@ -21,8 +23,26 @@ def _arch(model: ModelSpec) -> ModelArch:
     return model.arch
 
 
+def _lora(spec: JobSpec) -> LoraSpec:
+    if spec.lora is None:
+        raise ValueError("the torchtune engine trains LoRA/DoRA only; full fine-tuning runs on "
+                         "the huggingface engine")  # fmt: skip
+    return spec.lora
+
+
+def _steps(spec: JobSpec, train_path: str) -> int:
+    """Optimizer steps of the job, as torchtune's recipe counts them (partial batch kept)."""
+    with open(train_path, encoding="utf-8") as fh:
+        rows = sum(1 for line in fh if line.strip())
+    t = spec.train
+    per_epoch = math.ceil(rows / t.batch_size) // t.gradient_accumulation_steps
+    if t.max_steps_per_epoch is not None:
+        per_epoch = min(per_epoch, t.max_steps_per_epoch)
+    return per_epoch * t.epochs
+
+
 def _model_component(spec: JobSpec) -> dict[str, Any]:
-    arch, lora = _arch(spec.model), spec.lora
+    arch, lora = _arch(spec.model), _lora(spec)
     cfg: dict[str, Any] = {
         "vocab_size": arch.vocab_size,
         "num_layers": arch.num_layers,
@@ -83,16 +103,6 @@ def _dataset(path: str, train_on_input: bool) -> dict[str, Any]:
     }
 
 
-def resolve_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but CUDA is not available here")
-    return requested
-
-
 def build_config(
     spec: JobSpec,
     model_dir: str,
@@ -132,7 +142,7 @@ def build_config(
         "optimizer": optimizer,
         "lr_scheduler": {
             "_component_": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
-            "num_warmup_steps": o.warmup_steps,
+            "num_warmup_steps": o.warmup(_steps(spec, train_path)),
         },
         "loss": {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"},
         "metric_logger": {

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,9 @@ import torch
 from safetensors.torch import save_file
 from torchtune.models import convert_weights
 
-from ...core.files import write_json
-from ...core.outputs import ADAPTER, MERGED, METRICS, PARTIAL_SUFFIX, epoch_dir
+from ...core.outputs import ADAPTER, MERGED, epoch_dir
 from ...core.spec import ModelArch, ModelSpec
+from ..checkpoints import epoch_writer
 
 _HF_TOKENIZER_FILES = (
     "tokenizer.json",
@@ -160,15 +159,7 @@ def write_epoch(
     if model.arch is None:
         raise ValueError(f"{model.path}: the model's architecture is unknown (not inspected)")
     arch = model.arch
-    final = output_dir / epoch_dir(epoch)
-    tmp = final.with_name(final.name + PARTIAL_SUFFIX)
-    shutil.rmtree(tmp, ignore_errors=True)
-    _write_merged(tmp / MERGED, merged, model, arch, model_dir, fmt, dtype)
-    _write_adapter(tmp / ADAPTER, adapter, adapter_config, arch)
-    write_json(
-        tmp / METRICS,
-        {"epoch": epoch, "created_at": datetime.now(UTC).isoformat(), "format": fmt, **metrics},
-    )
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
+    with epoch_writer(output_dir, epoch, {"format": fmt, **metrics}) as tmp:
+        _write_merged(tmp / MERGED, merged, model, arch, model_dir, fmt, dtype)
+        _write_adapter(tmp / ADAPTER, adapter, adapter_config, arch)
+    return output_dir / epoch_dir(epoch)

@@ -9,7 +9,6 @@ written in this provider's layout (merged + PEFT adapter, Meta or HF).
 from __future__ import annotations
 
 import math
-import resource
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from torchtune.modules.peft import (
 
 from ...core.outputs import PROGRESS, epoch_dir
 from ...core.spec import JobSpec
+from ..device import peak_memory_mb
 from ..io import Output
 from .export import write_epoch
 
@@ -68,6 +68,7 @@ class ProviderLoRARecipe(LoRAFinetuneRecipeSingleDevice):
     def __init__(self, cfg: DictConfig, spec: JobSpec, output: Output, model_dir: Path) -> None:
         super().__init__(cfg)
         self.spec = spec
+        self.use_dora = bool(spec.lora and spec.lora.use_dora)
         self.output = output
         self.model_dir = model_dir
         self.samples_seen = 0
@@ -178,7 +179,7 @@ class ProviderLoRARecipe(LoRAFinetuneRecipeSingleDevice):
                 self._lora_attn_modules, self._apply_lora_to_mlp, self._apply_lora_to_output
             ),
             "peft_type": "LORA",
-            "use_dora": self.spec.lora.use_dora,
+            "use_dora": self.use_dora,
         }
         write_epoch(
             self.output.local,
@@ -196,6 +197,4 @@ class ProviderLoRARecipe(LoRAFinetuneRecipeSingleDevice):
         self.epochs.append({"epoch": epoch + 1, **metrics})
 
     def peak_memory_mb(self) -> float:
-        if self._device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self._device) / 2**20
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return peak_memory_mb(self._device)

@@ -1,0 +1,115 @@
+"""Tiny random models of published Hugging Face families, made on the fly (nothing downloaded).
+
+Each uses its family's own transformers config class with the published config.json keys and
+the sizes shrunk, its published chat template and special tokens, and a byte-level BPE
+tokenizer trained here on a few sentences (so the vocabulary is a few hundred tokens).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\n{SYSTEM}<|im_end|>\\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+CORPUS = [
+    "Greet Ada. Hello, Ada! Nice to meet you.",
+    "What is the capital of France? Paris is the capital of France.",
+    "The quick brown fox jumps over the lazy dog.",
+    "You are a helpful assistant. system user assistant",
+] * 20
+
+# family -> (config class, published keys with the sizes shrunk, special tokens, chat template)
+FAMILIES: dict[str, dict[str, Any]] = {
+    # HuggingFaceTB/SmolLM2-135M-Instruct: Llama architecture, tied embeddings, tokenizer.json.
+    "smollm2": {
+        "config": "LlamaConfig",
+        "keys": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu",
+                 "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
+                 "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False},
+        "special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "bos": "<|im_start|>", "eos": "<|im_end|>", "pad": "<|im_end|>",
+        "template": CHATML.replace("{SYSTEM}", SMOLLM2_SYSTEM),
+    },
+    # Qwen/Qwen2.5-0.5B-Instruct: attention biases on q/k/v, tied embeddings.
+    "qwen2": {
+        "config": "Qwen2Config",
+        "keys": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu",
+                 "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+                 "tie_word_embeddings": True, "use_sliding_window": False},
+        "special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>",
+        "template": CHATML.replace("{SYSTEM}", QWEN_SYSTEM),
+    },
+    # distilgpt2: fused c_attn, Conv1D layers, no chat template, no pad token.
+    "gpt2": {
+        "config": "GPT2Config",
+        "keys": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 1024,
+                 "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5},
+        "special": ["<|endoftext|>"],
+        "bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": None,
+        "template": None,
+    },
+}  # fmt: skip
+
+
+def _tokenizer(spec: dict[str, Any]) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=spec["special"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=spec["bos"],
+        eos_token=spec["eos"],
+        pad_token=spec["pad"],
+    )
+    if spec["template"]:
+        fast.chat_template = spec["template"]
+    return fast
+
+
+def make(family: str, out: Path, seed: int = 0) -> Path:
+    """Write a tiny `family` model (config.json, model.safetensors, tokenizer files) to `out`."""
+    import torch
+    import transformers
+
+    spec = FAMILIES[family]
+    tokenizer = _tokenizer(spec)
+    ids = {name: tokenizer.convert_tokens_to_ids(spec[name]) if spec[name] else None
+           for name in ("bos", "eos", "pad")}  # fmt: skip
+    config_class = getattr(transformers, spec["config"])
+    config = config_class(
+        vocab_size=len(tokenizer),
+        bos_token_id=ids["bos"],
+        eos_token_id=ids["eos"],
+        pad_token_id=ids["pad"],
+        **spec["keys"],
+    )
+    config.architectures = [
+        "GPT2LMHeadModel" if family == "gpt2" else f"{spec['config'][:-6]}ForCausalLM"
+    ]
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,74 @@
+"""Chat rows -> token ids and labels with the model's own chat template.
+
+The prompt is masked out of the labels (train_on_input=false) by rendering the conversation up
+to each assistant turn with the generation prompt: the tokens between that prefix and the end
+of the turn are the answer. Models without a chat template (the GPT-2 family) get
+FALLBACK_CHAT_TEMPLATE.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+IGNORE = -100
+# "role: content" lines; the answer ends with the end-of-sequence token so a model learns to stop.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+@dataclass
+class Sample:
+    ids: list[int]
+    labels: list[int]
+
+
+def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool = False) -> list[int]:
+    if not messages and not generation_prompt:
+        return []
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=generation_prompt, tokenize=True, return_dict=False
+    )
+    return list(ids)
+
+
+def encode(tokenizer: Any, messages: list[dict], max_len: int, train_on_input: bool) -> Sample:
+    ids = _render(tokenizer, messages)
+    if train_on_input:
+        labels = list(ids)
+    else:
+        labels = [IGNORE] * len(ids)
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            start = len(_render(tokenizer, messages[:i], generation_prompt=True))
+            end = len(_render(tokenizer, messages[: i + 1]))
+            labels[start:end] = ids[start:end]
+    return Sample(ids[:max_len], labels[:max_len])
+
+
+def load(path: str | None, tokenizer: Any, max_len: int, train_on_input: bool) -> list[Sample]:
+    if not path or not Path(path).is_file():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        rows = [json.loads(line)["messages"] for line in fh if line.strip()]
+    return [encode(tokenizer, m, max_len, train_on_input) for m in rows]
+
+
+def collate(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(s.ids) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    for row, s in enumerate(samples):
+        ids[row, : len(s.ids)] = torch.tensor(s.ids)
+        labels[row, : len(s.labels)] = torch.tensor(s.labels)
+        mask[row, : len(s.ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

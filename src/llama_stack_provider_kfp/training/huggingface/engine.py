@@ -1,0 +1,253 @@
+"""The Hugging Face engine: any AutoModelForCausalLM with its own tokenizer, trained by a plain
+loop with transformers + PEFT (LoRA, DoRA) or on every parameter (full fine-tuning).
+
+Outputs follow core.outputs like the torchtune engine's: per epoch `merged/` (full weights,
+config, tokenizer) and, for LoRA, `adapter/` (PEFT's own adapter_config.json +
+adapter_model.safetensors), metrics.json last.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...core.lora_targets import module_paths, resolve
+from ...core.outputs import ADAPTER, MERGED, PROGRESS, epoch_dir
+from ...core.spec import JobSpec
+from ..checkpoints import epoch_writer
+from ..device import peak_memory_mb, resolve_device
+from ..io import Output
+from ..progress import ProgressLogger
+from . import data
+
+_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+
+
+def _load_tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = data.FALLBACK_CHAT_TEMPLATE
+    if tokenizer.pad_token_id is None:  # GPT-2 family: padding is masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _matrix_paths(model: torch.nn.Module) -> list[str]:
+    shapes: dict[str, list[int]] = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            shapes[f"{name}.weight"] = list(weight.shape)
+    return module_paths(list(shapes), shapes)
+
+
+def _with_lora(model: Any, spec: JobSpec) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lora = spec.lora
+    assert lora is not None
+    # Resolved again on the loaded model: strict even when the weights were unread at submit.
+    targets = resolve(
+        lora.requested_modules or lora.attn_modules,
+        lora.apply_to_mlp,
+        lora.apply_to_output,
+        _matrix_paths(model),
+        spec.model.is_tied,
+    )
+    for note in targets.notes:
+        print(f"lora: {note}")
+    config = LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # PEFT annotates int, takes float
+        target_modules=targets.peft,
+        lora_dropout=0.0,
+        bias="none",
+        use_dora=lora.use_dora,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+class HuggingFaceEngine:
+    name = "huggingface"
+
+    def train(
+        self, spec: JobSpec, model_dir: Path, output: Output, train_path: str, val_path: str | None
+    ) -> dict[str, Any]:
+        return _Run(spec, model_dir, output, train_path, val_path).run()
+
+
+class _Run:
+    def __init__(
+        self, spec: JobSpec, model_dir: Path, output: Output, train_path: str, val_path: str | None
+    ) -> None:
+        from transformers import AutoModelForCausalLM
+
+        t = spec.train
+        random.seed(t.seed)
+        torch.manual_seed(t.seed)
+        self.spec, self.model_dir, self.output = spec, model_dir, output
+        self.device = torch.device(resolve_device(t.device))
+        self.tokenizer = _load_tokenizer(model_dir)
+        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[t.dtype])
+        model = model.to(self.device)
+        if t.enable_activation_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        if t.enable_activation_offloading:
+            print(
+                "efficiency: activation offloading is a torchtune feature; "
+                "this engine trains without it"
+            )
+        self.model: Any = _with_lora(model, spec) if spec.lora else model
+        self.train_set = data.load(train_path, self.tokenizer, t.max_seq_len, t.train_on_input)
+        self.val_set = data.load(val_path, self.tokenizer, t.max_seq_len, t.train_on_input)
+        self.batches_per_epoch = math.ceil(len(self.train_set) / t.batch_size)
+        # Micro-batches left at the end of an epoch make one last, shorter accumulation: every
+        # row is trained on in every epoch.
+        per_epoch = math.ceil(self.batches_per_epoch / t.gradient_accumulation_steps)
+        if t.max_steps_per_epoch is not None:
+            per_epoch = min(per_epoch, t.max_steps_per_epoch)
+        self.steps_per_epoch = per_epoch
+        self.total_steps = per_epoch * t.epochs
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        o = spec.optim
+        self.optimizer = _OPTIMIZERS[o.type](params, lr=o.lr, weight_decay=o.weight_decay)
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.scheduler = get_cosine_schedule_with_warmup(
+            self.optimizer, o.warmup(self.total_steps), max(self.total_steps, 1)
+        )
+        self.progress = ProgressLogger(str(output.local / PROGRESS))
+        self.progress.on_write = lambda: output.push(PROGRESS, 5.0)
+        self.generator = torch.Generator().manual_seed(t.seed)
+        self.samples_seen = 0
+        self.global_step = 0
+        self.epochs: list[dict[str, Any]] = []
+
+    def _batch(self, samples: list[data.Sample]) -> dict[str, torch.Tensor]:
+        batch = data.collate(samples, self.tokenizer.pad_token_id)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def run(self) -> dict[str, Any]:
+        t = self.spec.train
+        if not self.train_set:
+            raise ValueError("the dataset has no training rows")
+        self.progress.begin(
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            total_epochs=t.epochs,
+            device=str(self.device),
+            dtype=t.dtype,
+            rows={"train": len(self.train_set), "validation": len(self.val_set)},
+        )
+        started = time.perf_counter()
+        self.model.train()
+        for epoch in range(1, t.epochs + 1):
+            losses = self._epoch()
+            self._save(epoch, sum(losses) / len(losses) if losses else None)
+        self.progress.close()
+        history = self.progress.history
+        last = self.epochs[-1] if self.epochs else {}
+        return {
+            "epochs": self.epochs,
+            "train_rows": len(self.train_set),
+            "validation_rows": len(self.val_set),
+            "samples_seen": self.samples_seen,
+            "global_step": self.global_step,
+            "device": str(self.device),
+            "dtype": t.dtype,
+            "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+            **self.progress.throughput(),
+            "first_loss": history[0][1] if history else None,
+            "final_loss": history[-1][1] if history else None,
+            "train_seconds": round(time.perf_counter() - started, 2),
+            "final_metrics": {
+                k: float(v) for k, v in last.items() if isinstance(v, int | float) and k != "epoch"
+            },
+        }
+
+    def _epoch(self) -> list[float]:
+        t = self.spec.train
+        n = len(self.train_set)
+        order = torch.randperm(n, generator=self.generator) if t.shuffle else torch.arange(n)
+        batches = [order[i : i + t.batch_size].tolist() for i in range(0, n, t.batch_size)]
+        accum = t.gradient_accumulation_steps
+        groups = [batches[i : i + accum] for i in range(0, len(batches), accum)]
+        losses = []
+        for group in groups[: self.steps_per_epoch]:
+            tick = time.perf_counter()
+            step_loss, labelled = 0.0, 0
+            for idx in group:
+                samples = [self.train_set[i] for i in idx]
+                batch = self._batch(samples)
+                loss = self.model(**batch).loss / len(group)
+                loss.backward()
+                step_loss += float(loss.detach())
+                labelled += int((batch["labels"][:, 1:] != data.IGNORE).sum())
+                self.progress.add_input_tokens(int(batch["attention_mask"].sum()))
+                self.samples_seen += len(samples)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.global_step += 1
+            losses.append(step_loss)
+            elapsed = max(time.perf_counter() - tick, 1e-9)
+            self.progress.log_dict(
+                {
+                    "loss": step_loss,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "tokens_per_second_per_gpu": labelled / elapsed,
+                },
+                self.global_step,
+            )
+        return losses
+
+    @torch.no_grad()
+    def _validate(self) -> float | None:
+        if not self.val_set:
+            return None
+        t = self.spec.train
+        self.model.eval()
+        total, count = 0.0, 0
+        for i in range(0, len(self.val_set), t.batch_size):
+            if t.max_validation_steps is not None and i // t.batch_size >= t.max_validation_steps:
+                break
+            batch = self._batch(self.val_set[i : i + t.batch_size])
+            n = int((batch["labels"][:, 1:] != data.IGNORE).sum())
+            total += float(self.model(**batch).loss) * n
+            count += n
+        self.model.train()
+        return total / count if count else None
+
+    def _save(self, epoch: int, train_loss: float | None) -> None:
+        val_loss = self._validate()
+        metrics = {
+            "train_loss": train_loss,
+            "validation_loss": val_loss,
+            "perplexity": math.exp(min(val_loss, 50.0)) if val_loss is not None else None,
+            "global_step": self.global_step,
+        }
+        with epoch_writer(self.output.local, epoch, {"format": "huggingface", **metrics}) as tmp:
+            if self.spec.lora is not None:
+                self.model.save_pretrained(tmp / ADAPTER)  # PEFT: the adapter only
+                merged = copy.deepcopy(self.model).merge_and_unload()
+            else:
+                merged = self.model
+            merged.save_pretrained(tmp / MERGED)
+            self.tokenizer.save_pretrained(tmp / MERGED)
+        self.output.push(epoch_dir(epoch))
+        self.epochs.append({"epoch": epoch, **metrics})
+
+
+ENGINE = HuggingFaceEngine()
