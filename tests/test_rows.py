@@ -50,3 +50,43 @@ def test_dialog_with_text_items():
 def test_bad_rows_say_what_is_wrong(row, fmt, words):
     with pytest.raises(RowError, match=words):
         to_messages(row, fmt)
+
+
+def _msgs(*pairs):
+    return [{"role": r, "content": c} for r, c in pairs]
+
+
+def test_preference_rows_in_every_shape():
+    from llama_stack_provider_kfp.core.rows import to_preference
+
+    expected = {"prompt": _msgs(("user", "Hi?")), "chosen": _msgs(("assistant", "Hello!")),
+                "rejected": _msgs(("assistant", "No."))}  # fmt: skip
+    # Strings.
+    assert to_preference({"prompt": "Hi?", "chosen": "Hello!", "rejected": "No."}) == expected
+    # hh-rlhf style: whole conversations with the prompt repeated at their head (JSON or not).
+    full = {"prompt": "Hi?", "chosen": _msgs(("user", "Hi?"), ("assistant", "Hello!")),
+            "rejected": json.dumps(_msgs(("user", "Hi?"), ("assistant", "No.")))}  # fmt: skip
+    assert to_preference(full) == expected
+    # No prompt column: the turns both share are the prompt.
+    multi = {"chosen": _msgs(("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d")),
+             "rejected": _msgs(("user", "a"), ("assistant", "b"), ("user", "c"),
+                               ("assistant", "x"))}  # fmt: skip
+    got = to_preference(multi)
+    assert len(got["prompt"]) == 3 and got["chosen"] == _msgs(("assistant", "d"))
+
+
+@pytest.mark.parametrize(
+    ("row", "words"),
+    [
+        ({"prompt": "Hi?", "chosen": "Hello!"}, "rejected"),
+        ({"chosen": "Hello!", "rejected": "No."}, "no prompt"),
+        ({"prompt": "Hi?", "chosen": _msgs(("user", "more?")), "rejected": "No."},
+         "chosen must end with the assistant"),
+        ({"prompt": "Hi?", "chosen": "", "rejected": "No."}, "chosen is empty"),
+    ],
+)  # fmt: skip
+def test_bad_preference_rows(row, words):
+    from llama_stack_provider_kfp.core.rows import to_preference
+
+    with pytest.raises(RowError, match=words):
+        to_preference(row)

@@ -82,6 +82,20 @@ class OptimizerDefaults(BaseModel):
     )
 
 
+class DPODefaults(BaseModel):
+    """How preference_optimize trains: llama-stack 0.6.1's DPO request has no LoRA fields."""
+
+    full: bool = Field(
+        default=False,
+        description="Full-parameter DPO against a frozen copy of the model, instead of LoRA "
+        "(whose reference is the model with the adapter switched off).",
+    )
+    lora_rank: int = Field(default=8, ge=1)
+    lora_alpha: float = Field(default=16.0, gt=0)
+    lora_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj", "output_proj"])
+    apply_lora_to_mlp: bool = True
+
+
 class KFPPostTrainingConfig(BaseModel):
     mode: Literal["local", "remote"] = Field(
         default="local",
@@ -91,6 +105,7 @@ class KFPPostTrainingConfig(BaseModel):
     remote: RemoteConfig = Field(
         default_factory=RemoteConfig, description="settings used when mode is `remote`"
     )
+    dpo: DPODefaults = Field(default_factory=DPODefaults, description="preference_optimize")
     optimizer_defaults: OptimizerDefaults = Field(
         default_factory=OptimizerDefaults,
         description="Used when a request has no optimizer_config.",

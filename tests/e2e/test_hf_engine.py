@@ -137,3 +137,95 @@ def test_unknown_module_names_list_the_models_own(client, server, tmp_path):
     assert not (server.jobs_dir / job).exists()
     with pytest.raises(APIStatusError):
         job_status(client, job)
+
+
+def _preference_rows(n: int, seed: int = 0) -> list[dict]:
+    """hh-rlhf style rows (as upstream's trl-internal-testing dataset): a prompt string, and
+    chosen / rejected as whole conversations that repeat it."""
+    import random
+
+    rng = random.Random(seed)
+    names = ["Ada", "Alan", "Grace", "Linus", "Ken", "Tim", "Barbara"]
+    rows = []
+    for _ in range(n):
+        name = rng.choice(names)
+        ask = {"role": "user", "content": f"Greet {name}."}
+        rows.append({
+            "prompt": ask["content"],
+            "chosen": [ask, {"role": "assistant", "content": f"Hello, {name}! Nice to meet you."}],
+            "rejected": [ask, {"role": "assistant", "content": "Go away."}],
+        })  # fmt: skip
+    return rows
+
+
+def test_upstream_dpo_request_unchanged(client, hf_home, tmp_path):
+    base = make("gpt2", tmp_path / "distilgpt2")
+    make_hf_cache(hf_home, "distilgpt2", base)
+    dataset = register_rows(client, tmp_path, _preference_rows(6))
+    job = new_id("upstream-dpo")
+    client.alpha.post_training.preference_optimize(
+        job_uuid=job,
+        finetuned_model="distilgpt2",
+        algorithm_config={"beta": 0.1, "loss_type": "sigmoid"},
+        training_config={"n_epochs": 1, "max_steps_per_epoch": 1, "gradient_accumulation_steps": 1,
+                         "data_config": {"dataset_id": dataset, "batch_size": 1, "shuffle": False,
+                                         "data_format": "dialog"}},
+        hyperparam_search_config={},
+        logger_config={},
+    )  # fmt: skip
+    status = wait_done(client, job)
+    assert status["status"] == "completed", status["resources_allocated"]
+    res = status["resources_allocated"]
+    assert res["engine"]["name"] == "huggingface" and res["progress"]["step"] == 1
+    assert "reward_margin" in res["progress"]
+    (ckpt,) = job_artifacts(client, job)["checkpoints"]
+    epoch = Path(ckpt["path"])
+    assert (epoch / "adapter" / "adapter_config.json").is_file()  # LoRA DPO by default
+    assert _differs(base, epoch / "merged") > 0
+
+
+def test_dpo_raises_the_margin(client, tmp_path):
+    base = make("smollm2", tmp_path / "smollm2-dpo")
+    rows = _preference_rows(24, seed=5)
+    dataset = register_rows(client, tmp_path, rows)
+    validation = register_rows(client, tmp_path, _preference_rows(8, seed=6))
+    job = new_id("dpo")
+    tc = training_config(dataset, n_epochs=2, optimizer_config={"lr": 1e-2},
+                         data_config={"validation_dataset_id": validation})  # fmt: skip
+    client.alpha.post_training.preference_optimize(
+        job_uuid=job, finetuned_model=str(base),
+        algorithm_config={"beta": 0.1, "loss_type": "sigmoid"}, training_config=tc,
+        hyperparam_search_config={}, logger_config={},
+    )  # fmt: skip
+    status = wait_done(client, job)
+    assert status["status"] == "completed", status["resources_allocated"]
+    epochs = [json.loads((Path(c["path"]) / "metrics.json").read_text())
+              for c in status["checkpoints"]]  # fmt: skip
+    assert epochs[-1]["validation_reward_margin"] > epochs[0]["validation_reward_margin"] > 0
+    assert epochs[-1]["validation_reward_accuracy"] == 1.0
+    assert status["checkpoints"][-1]["training_metrics"]["validation_loss"] < 0.69  # < log 2
+    history = status["resources_allocated"]["loss_history"]
+    assert history[-1][1] < history[0][1]
+
+
+def test_dpo_rows_are_checked_and_kto_pair_is_refused(client, server, tmp_path):
+    from llama_stack_client import APIStatusError
+
+    base = make("gpt2", tmp_path / "gpt2-dpo-bad")
+    bad = register_rows(client, tmp_path, [{"prompt": "Hi?", "chosen": "Hello!"}])
+    good = register_rows(client, tmp_path, _preference_rows(4))
+    for dataset, algo, code, words in (
+        (bad, {"beta": 0.1, "loss_type": "sigmoid"}, 400, ["row 1", "rejected"]),
+        (good, {"beta": 0.1, "loss_type": "kto_pair"}, 501, ["kto_pair", "sigmoid"]),
+    ):
+        job = new_id("dpo-bad")
+        with pytest.raises(APIStatusError) as err:
+            client.alpha.post_training.preference_optimize(
+                job_uuid=job, finetuned_model=str(base), algorithm_config=algo,
+                training_config=training_config(dataset), hyperparam_search_config={},
+                logger_config={},
+            )  # fmt: skip
+        assert err.value.status_code == code
+        for w in words:
+            assert w in str(err.value)
+        assert not (server.jobs_dir / job).exists()

@@ -35,7 +35,7 @@ def test_parse(text, scheme, root, key):
         ("s3:///key-without-bucket", "s3://<bucket>/<key>"),
         ("pvc://Bad_Claim/x", "pvc://<claim name>"),
         ("pvc://claim/../etc", "pvc://<claim name>"),
-        ("hf://not-a-repo-id", "hf://<organisation>/<repository>"),
+        ("hf://org/name/extra", "hf://<organisation>/<repository>"),
         ("gs://bucket/key", "unsupported location scheme 'gs'"),
     ],
 )

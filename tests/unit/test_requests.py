@@ -242,7 +242,8 @@ def test_build_spec_carries_every_setting():
     staged = StagedInputs("/in/train.jsonl", None, "/out")
     lspec = requests.lora_spec(lora, requests.lora_targets(lora, _model()))
     engine = select_engine(_traits(_model(), "dora"))
-    spec = requests.build_spec(req, lspec, _model(), staged, engine, config)
+    sub = requests.Submission("j-1", "tiny", None, req.training_config, lora, None)
+    spec = requests.build_spec(sub, lspec, _model(), staged, engine, config)
     assert spec.engine.name == "torchtune" and spec.data.uri == "/in/train.jsonl"
     assert spec.data.validation_fraction == 0.1 and spec.output_uri == "/out"
     t = spec.train
@@ -267,9 +268,30 @@ def test_omitted_fields_take_documented_defaults():
                                     hyperparam_search_config={}, logger_config={})  # fmt: skip
     staged = StagedInputs("/in", None, "/out")
     engine = select_engine(_traits(_model(), "full"))
-    spec = requests.build_spec(req, None, _model(), staged, engine, config)
+    sub = requests.Submission(req.job_uuid, "m", None, tc, None, None)
+    spec = requests.build_spec(sub, None, _model(), staged, engine, config)
     assert spec.lora is None and spec.engine.name == "huggingface"
     assert spec.train.dtype == "bf16"  # the API's own default
     o = spec.optim
     assert (o.type, o.lr, o.weight_decay, o.warmup_steps) == ("adamw", 2e-5, 0.01, None)
     assert o.warmup(1) == 0 and o.warmup(100) == 10  # a one-step job trains at full lr
+
+
+def test_dpo_checks_and_default_lora():
+    from llama_stack_api import DPOAlignmentConfig
+
+    dpo = requests.check_dpo(DPOAlignmentConfig(beta=0.1, loss_type="ipo"))
+    assert (dpo.beta, dpo.loss_type) == (0.1, "ipo")
+    with pytest.raises(Unsupported, match=r"kto_pair.*use sigmoid, hinge or ipo"):
+        requests.check_dpo(DPOAlignmentConfig(beta=0.1, loss_type="kto_pair"))
+    with pytest.raises(InvalidRequest, match="beta must be a positive number"):
+        requests.check_dpo(DPOAlignmentConfig(beta=0.0))
+    config = KFPPostTrainingConfig(work_dir=Path("/tmp/w"))
+    lora = requests.dpo_lora(config.dpo)
+    assert lora is not None and lora.lora_attn_modules == ["q_proj", "v_proj", "output_proj"]
+    assert requests.dpo_lora(config.dpo.model_copy(update={"full": True})) is None
+    # Preference rows are read as such whatever data_format says (upstream sends dialog).
+    tc = _tc(data_config={"data_format": "dialog"})
+    assert requests.Submission("j", "m", None, tc, lora, dpo).data_format == "preference"
+    engine = select_engine(_traits(_model(), "dpo-lora"))
+    assert engine.name == "huggingface"

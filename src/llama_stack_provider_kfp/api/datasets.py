@@ -14,14 +14,14 @@ from llama_stack_api.datasets.models import GetDatasetRequest
 
 from ..core import data_uri
 from ..core.errors import InvalidRequest
-from ..core.rows import REQUIRED_COLUMNS, RowError, to_messages
+from ..core.rows import RowError, to_messages, to_preference
 from ..jobs.backend import DatasetSource
 
 _COLUMNS_HELP = {
     "instruct": "chat_completion_input (JSON list of messages) and expected_answer",
     "dialog": "dialog (JSON list of messages ending with the assistant's)",
+    "preference": "prompt, chosen and rejected (strings or lists of messages)",
 }
-assert set(_COLUMNS_HELP) == set(REQUIRED_COLUMNS)
 
 
 def check_sample(dataset_id: str, rows: list[dict], data_format: str) -> None:
@@ -29,7 +29,10 @@ def check_sample(dataset_id: str, rows: list[dict], data_format: str) -> None:
         raise InvalidRequest(f"dataset {dataset_id!r} is empty; it needs at least one row")
     for i, row in enumerate(rows, 1):
         try:
-            to_messages(row, data_format)
+            if data_format == "preference":
+                to_preference(row)
+            else:
+                to_messages(row, data_format)
         except RowError as e:
             raise InvalidRequest(
                 f"dataset {dataset_id!r} row {i} does not match data_format={data_format!r}: "

@@ -29,7 +29,7 @@ from llama_stack_api import (
 from ..backends import select_backend
 from ..config import KFPPostTrainingConfig
 from ..core.engines import JobTraits, select_engine
-from ..core.errors import InvalidRequest, JobNotFound, Unsupported
+from ..core.errors import InvalidRequest, JobNotFound
 from ..core.spec import algorithm
 from ..jobs.backend import JobInputs
 from ..jobs.record import JobRecord, check_job_id, now
@@ -68,30 +68,49 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
 
     @as_http_errors
     async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
-        check_job_id(request.job_uuid)
-        if self.store.exists(request.job_uuid):
-            raise InvalidRequest(
-                f"job_uuid {request.job_uuid!r} is already used by another job; choose a new one"
-            )
+        self._check_new_job(request.job_uuid)
         lora = requests.check_algorithm(request.algorithm_config)
-        tc = request.training_config
-        requests.check_training(tc)
+        requests.check_training(request.training_config)
         name = requests.model_name(request)
+        submission = requests.Submission(
+            request.job_uuid, name, request.checkpoint_dir, request.training_config, lora, None
+        )
+        return await self._submit(submission)
+
+    @as_http_errors
+    async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
+        self._check_new_job(request.job_uuid)
+        dpo = requests.check_dpo(request.algorithm_config)
+        requests.check_training(request.training_config)
+        lora = requests.dpo_lora(self.config.dpo)  # the 0.6.1 DPO request has no LoRA fields
+        submission = requests.Submission(
+            request.job_uuid, request.finetuned_model, None, request.training_config, lora, dpo
+        )
+        return await self._submit(submission)
+
+    def _check_new_job(self, job_uuid: str) -> None:
+        check_job_id(job_uuid)
+        if self.store.exists(job_uuid):
+            raise InvalidRequest(
+                f"job_uuid {job_uuid!r} is already used by another job; choose a new one"
+            )
+
+    async def _submit(self, sub: requests.Submission) -> PostTrainingJob:
+        """Everything that can be checked before anything is created, then the job."""
         model = await asyncio.to_thread(
             self.backend.resolve_model,
-            name,
-            request.checkpoint_dir,
-            requests.descriptor_repo(name),
+            sub.model,
+            sub.checkpoint_dir,
+            requests.descriptor_repo(sub.model),
         )
-        targets = requests.lora_targets(lora, model) if lora is not None else None
-        lora_spec = requests.lora_spec(lora, targets)
-        traits = JobTraits.of(
-            model, algorithm(lora_spec), targets is None or targets.torchtune_attn is not None
-        )
+        targets = requests.lora_targets(sub.lora, model) if sub.lora is not None else None
+        lora_spec = requests.lora_spec(sub.lora, targets)
+        fits_torchtune = targets is None or targets.torchtune_attn is not None
+        traits = JobTraits.of(model, algorithm(lora_spec, sub.dpo), fits_torchtune)
         engine = select_engine(traits, self.config.engine)
-        dc = tc.data_config
+        dc = sub.training.data_config
         assert dc is not None  # check_training refused it missing
-        fmt, sample = dc.data_format.value, self.config.submit_sample_rows
+        fmt, sample = sub.data_format, self.config.submit_sample_rows
         train = await dataset_source(
             self.datasets_api, self.datasetio_api, dc.dataset_id, fmt, sample
         )
@@ -103,22 +122,18 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             else None
         )
         await asyncio.to_thread(self.backend.check)  # reachable, before anything is created
-        job_dir = self.store.reserve(request.job_uuid)
+        job_dir = self.store.reserve(sub.job_uuid)
         try:
             staged = await asyncio.to_thread(
-                self.backend.stage, request.job_uuid, job_dir, JobInputs(train, validation)
+                self.backend.stage, sub.job_uuid, job_dir, JobInputs(train, validation)
             )
-            spec = requests.build_spec(request, lora_spec, model, staged, engine, self.config)
-            record = JobRecord(job_uuid=request.job_uuid, spec=spec, scheduled_at=now())
+            spec = requests.build_spec(sub, lora_spec, model, staged, engine, self.config)
+            record = JobRecord(job_uuid=sub.job_uuid, spec=spec, scheduled_at=now())
             await asyncio.to_thread(self.scheduler.submit, record)
         except BaseException:
-            self.store.discard(request.job_uuid)
+            self.store.discard(sub.job_uuid)
             raise
-        return PostTrainingJob(job_uuid=request.job_uuid)
-
-    @as_http_errors
-    async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
-        raise Unsupported("preference optimization (DPO) is not supported yet")
+        return PostTrainingJob(job_uuid=sub.job_uuid)
 
     # ---- tracking -----------------------------------------------------------------------
 

@@ -7,20 +7,23 @@ Unsupported (501) whose message says what to change.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from llama_stack_api import (
     AlgorithmConfig,
+    DPOAlignmentConfig,
     LoraFinetuningConfig,
     QATFinetuningConfig,
     SupervisedFineTuneRequest,
     TrainingConfig,
 )
 
-from ..config import KFPPostTrainingConfig
+from ..config import DPODefaults, KFPPostTrainingConfig
 from ..core.errors import InvalidRequest, Unsupported
 from ..core.lora_targets import Targets, resolve
 from ..core.spec import (
     DataSpec,
+    DPOSpec,
     EngineChoice,
     JobSpec,
     LoraSpec,
@@ -151,8 +154,55 @@ def lora_spec(lora: LoraFinetuningConfig | None, targets: Targets | None) -> Lor
     )
 
 
+@dataclass(frozen=True)
+class Submission:
+    """What the two submit routes have in common once their own fields are checked."""
+
+    job_uuid: str
+    model: str
+    checkpoint_dir: str | None
+    training: TrainingConfig
+    lora: LoraFinetuningConfig | None  # None: full-parameter training
+    dpo: DPOSpec | None  # set for preference_optimize
+
+    @property
+    def data_format(self) -> str:
+        # Preference rows are read as prompt/chosen/rejected whatever data_format says
+        # (llama-stack's own DPO test sends `dialog`).
+        if self.dpo is not None:
+            return "preference"
+        assert self.training.data_config is not None
+        return self.training.data_config.data_format.value
+
+
+def check_dpo(algo: DPOAlignmentConfig) -> DPOSpec:
+    loss = algo.loss_type.value
+    if loss not in ("sigmoid", "hinge", "ipo"):
+        raise Unsupported(
+            f"DPO loss_type {loss!r} is not supported (TRL dropped kto_pair); use sigmoid, "
+            "hinge or ipo"
+        )
+    if not (math.isfinite(algo.beta) and algo.beta > 0):
+        raise InvalidRequest(f"beta must be a positive number (got {algo.beta})")
+    return DPOSpec(beta=algo.beta, loss_type=loss)
+
+
+def dpo_lora(defaults: DPODefaults) -> LoraFinetuningConfig | None:
+    """The LoRA a DPO job trains (provider config), or None for full DPO."""
+    if defaults.full:
+        return None
+    return LoraFinetuningConfig(
+        type="LoRA",
+        lora_attn_modules=list(defaults.lora_modules),
+        apply_lora_to_mlp=defaults.apply_lora_to_mlp,
+        apply_lora_to_output=False,
+        rank=defaults.lora_rank,
+        alpha=defaults.lora_alpha,
+    )
+
+
 def build_spec(
-    request: SupervisedFineTuneRequest,
+    sub: Submission,
     lora: LoraSpec | None,
     model: ModelSpec,
     staged: StagedInputs,
@@ -160,16 +210,16 @@ def build_spec(
     config: KFPPostTrainingConfig,
 ) -> JobSpec:
     """The JobSpec of a request that passed every check above."""
-    tc = request.training_config
+    tc = sub.training
     dc, ec = tc.data_config, tc.efficiency_config
     assert dc is not None  # check_training refused it missing
     return JobSpec(
-        job_uuid=request.job_uuid,
+        job_uuid=sub.job_uuid,
         engine=engine,
         model=model,
         data=DataSpec(
             uri=staged.train_uri,
-            data_format=dc.data_format.value,
+            data_format=sub.data_format,  # type: ignore[arg-type]
             validation_uri=staged.validation_uri,
             validation_fraction=config.validation_fraction,
         ),
@@ -189,6 +239,7 @@ def build_spec(
             enable_activation_offloading=bool(ec and ec.enable_activation_offloading),
         ),
         lora=lora,
+        dpo=sub.dpo,
         optim=optim_spec(tc, config),
         output_format=config.checkpoint_format or model.layout,
         output_uri=staged.output_uri,

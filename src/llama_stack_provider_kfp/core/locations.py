@@ -22,7 +22,8 @@ from .errors import InvalidRequest
 Scheme = Literal["file", "s3", "pvc", "hf"]
 PVC_MOUNT_ROOT = "/mnt/models"
 _CLAIM = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
-_HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# org/name, or a legacy canonical id without an organisation (gpt2, distilgpt2).
+_HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,9 @@ def parse(uri: str | Path) -> Location:
     if parsed.scheme == "hf":
         repo = text.removeprefix("hf://").strip("/")
         if not is_hf_repo_id(repo):
-            raise InvalidRequest(f"{text!r} is not hf://<organisation>/<repository>")
+            raise InvalidRequest(
+                f"{text!r} is not hf://<organisation>/<repository> (or hf://<canonical id>)"
+            )
         return Location("hf", repo)
     if parsed.scheme == "file":
         return Location("file", parsed.path)

@@ -372,8 +372,8 @@ def resolve_model(
             tried.append(str(candidate))
             if candidate.is_dir():
                 return inspect_model_dir(model, candidate)
-    repo = model if is_hf_repo_id(model) else hf_repo
-    if repo:
+    # The repo a descriptor maps to first, then the name itself as a repo id.
+    for repo in dict.fromkeys(r for r in (hf_repo, model) if r and is_hf_repo_id(r)):
         tried.append(f"Hugging Face cache for {repo}")
         cached = _hf_cache_dir(repo)
         if cached is not None:

@@ -83,3 +83,56 @@ def to_messages(row: dict, data_format: str) -> list[dict[str, str]]:
     if messages[-1]["role"] != "assistant":
         raise RowError("the last message must be the assistant's answer")
     return messages
+
+
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def _turns(value: Any, key: str, default_role: str) -> list[dict[str, str]]:
+    """A string (one message in `default_role`) or a list of messages (JSON string allowed)."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            value = _json_field({key: value}, key)
+        else:
+            if not value:
+                raise RowError(f"{key} is empty")
+            return [{"role": default_role, "content": value}]
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise RowError(f"{key} must be a string or a non-empty list of messages")
+    return [_message(m) for m in value]
+
+
+def to_preference(row: dict) -> dict[str, list[dict[str, str]]]:
+    """A preference row (prompt / chosen / rejected, each a string or a message list) as
+    {"prompt": messages, "chosen": messages, "rejected": messages}, whatever data_format says.
+
+    A prompt repeated at the head of chosen and rejected (hh-rlhf style: whole conversations)
+    is recognised and taken out, so it is not trained twice; without a prompt column the turns
+    chosen and rejected share are the prompt."""
+    if not isinstance(row, dict):
+        raise RowError("a row must be an object")
+    missing = [c for c in ("chosen", "rejected") if c not in row]
+    if missing:
+        raise RowError(
+            f"missing column(s) {', '.join(missing)}: preference rows need prompt, chosen and "
+            "rejected"
+        )
+    chosen = _turns(row["chosen"], "chosen", "assistant")
+    rejected = _turns(row["rejected"], "rejected", "assistant")
+    prompt = _turns(row["prompt"], "prompt", "user") if row.get("prompt") else []
+    n = len(prompt)
+    if prompt and chosen[:n] == prompt and rejected[:n] == prompt:
+        chosen, rejected = chosen[n:], rejected[n:]
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    prompt, chosen, rejected = prompt + chosen[:shared], chosen[shared:], rejected[shared:]
+    if not prompt:
+        raise RowError("no prompt: give a prompt column, or conversations that share a prompt")
+    for key, turns in (("chosen", chosen), ("rejected", rejected)):
+        if turns[-1]["role"] != "assistant":
+            raise RowError(f"{key} must end with the assistant's answer")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}

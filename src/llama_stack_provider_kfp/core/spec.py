@@ -10,7 +10,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Layout = Literal["meta", "huggingface"]
-DataFormat = Literal["instruct", "dialog"]
+# preference: prompt / chosen / rejected rows (DPO), whatever data_format the request named.
+DataFormat = Literal["instruct", "dialog", "preference"]
 
 
 class _Strict(BaseModel):
@@ -135,11 +136,15 @@ class EngineChoice(_Strict):
 _LEGACY_ENGINE = EngineChoice(name="torchtune", reason="the only engine when the job was made")
 
 
-def algorithm(lora: LoraSpec | None) -> str:
-    """The engines' name for what a job trains: lora, dora or full."""
-    if lora is None:
-        return "full"
-    return "dora" if lora.use_dora else "lora"
+class DPOSpec(_Strict):
+    beta: float
+    loss_type: Literal["sigmoid", "hinge", "ipo"]
+
+
+def algorithm(lora: LoraSpec | None, dpo: DPOSpec | None = None) -> str:
+    """The engines' name for what a job trains: lora, dora, full, or dpo-<one of those>."""
+    base = "full" if lora is None else "dora" if lora.use_dora else "lora"
+    return f"dpo-{base}" if dpo is not None else base
 
 
 class JobSpec(_Strict):
@@ -150,6 +155,8 @@ class JobSpec(_Strict):
     train: TrainSpec
     # None: full-parameter fine-tuning.
     lora: LoraSpec | None
+    # Set for preference optimization (preference_optimize): DPO on top of `lora` or full.
+    dpo: DPOSpec | None = None
     optim: OptimSpec
     output_format: Layout | None = Field(description="None: the layout of the input weights.")
     output_uri: str = Field(description="Where the job's results go; chosen by the provider.")

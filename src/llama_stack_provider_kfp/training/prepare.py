@@ -8,15 +8,22 @@ import tempfile
 from pathlib import Path
 
 from ..core.data_uri import iter_rows
-from ..core.rows import RowError, to_messages
+from ..core.rows import RowError, to_messages, to_preference
 from ..core.spec import JobSpec
 from .io import fetch_data, report_errors
 
 MAX_REPORTED_ROWS = 10
 
 
-def _write(fh, messages) -> None:
-    fh.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+def _convert(row: dict, fmt: str) -> dict:
+    """A checked row in the form the engines read: chat messages, or a preference triple."""
+    if fmt == "preference":
+        return to_preference(row)
+    return {"messages": to_messages(row, fmt)}
+
+
+def _write(fh, converted: dict) -> None:
+    fh.write(json.dumps(converted, ensure_ascii=False) + "\n")
 
 
 def prepare(
@@ -43,7 +50,7 @@ def _prepare(
         nonlocal bad_count
         for n, row in enumerate(iter_rows(uri), 1):
             try:
-                messages = to_messages(row, fmt)
+                messages = _convert(row, fmt)
             except RowError as e:
                 bad_count += 1
                 if len(bad) < MAX_REPORTED_ROWS:

@@ -73,6 +73,8 @@ class ProgressLogger:
             "tokens_per_second": round(tps, 2),
             "trained_tokens_per_second": round(trained, 2),
             "eta_seconds": round(per_step * (self.total_steps - step), 1),
+            # DPO: rewards_chosen / rewards_rejected / reward_margin / reward_accuracy
+            **{k: round(float(v), 6) for k, v in payload.items() if k.startswith("reward")},
         }
         if step >= self.total_steps or now - self._written_at >= WRITE_EVERY_SECONDS:
             self._flush()

@@ -8,10 +8,12 @@ adapter_model.safetensors), metrics.json last.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from ..checkpoints import epoch_writer
 from ..device import peak_memory_mb, resolve_device
 from ..io import Output
 from ..progress import ProgressLogger
-from . import data
+from . import data, preference
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -109,9 +111,21 @@ class _Run:
                 "efficiency: activation offloading is a torchtune feature; "
                 "this engine trains without it"
             )
+        # Full DPO compares with a frozen copy; LoRA DPO with the adapter switched off.
+        self.reference: Any = (
+            copy.deepcopy(model).eval().requires_grad_(False)
+            if spec.dpo is not None and spec.lora is None
+            else None
+        )
         self.model: Any = _with_lora(model, spec) if spec.lora else model
-        self.train_set = data.load(train_path, self.tokenizer, t.max_seq_len, t.train_on_input)
-        self.val_set = data.load(val_path, self.tokenizer, t.max_seq_len, t.train_on_input)
+        self.train_set: list[Any]
+        self.val_set: list[Any]
+        if spec.dpo is not None:
+            self.train_set = preference.load(train_path, self.tokenizer, t.max_seq_len)
+            self.val_set = preference.load(val_path, self.tokenizer, t.max_seq_len)
+        else:
+            self.train_set = data.load(train_path, self.tokenizer, t.max_seq_len, t.train_on_input)
+            self.val_set = data.load(val_path, self.tokenizer, t.max_seq_len, t.train_on_input)
         self.batches_per_epoch = math.ceil(len(self.train_set) / t.batch_size)
         # Micro-batches left at the end of an epoch make one last, shorter accumulation: every
         # row is trained on in every epoch.
@@ -133,6 +147,7 @@ class _Run:
         self.generator = torch.Generator().manual_seed(t.seed)
         self.samples_seen = 0
         self.global_step = 0
+        self.epoch_rewards: list[dict[str, float]] = []
         self.epochs: list[dict[str, Any]] = []
 
     def _batch(self, samples: list[data.Sample]) -> dict[str, torch.Tensor]:
@@ -187,57 +202,101 @@ class _Run:
         losses = []
         for group in groups[: self.steps_per_epoch]:
             tick = time.perf_counter()
-            step_loss, labelled = 0.0, 0
+            step_loss, labelled, rewards = 0.0, 0, []
             for idx in group:
-                samples = [self.train_set[i] for i in idx]
-                batch = self._batch(samples)
-                loss = self.model(**batch).loss / len(group)
-                loss.backward()
-                step_loss += float(loss.detach())
-                labelled += int((batch["labels"][:, 1:] != data.IGNORE).sum())
-                self.progress.add_input_tokens(int(batch["attention_mask"].sum()))
-                self.samples_seen += len(samples)
+                items = [self.train_set[i] for i in idx]
+                loss, counted, metrics = self._forward(items)
+                (loss / len(group)).backward()
+                step_loss += float(loss.detach()) / len(group)
+                labelled += counted
+                rewards.append(metrics)
+                self.samples_seen += len(items)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.global_step += 1
             losses.append(step_loss)
+            self.epoch_rewards += rewards
             elapsed = max(time.perf_counter() - tick, 1e-9)
             self.progress.log_dict(
                 {
                     "loss": step_loss,
                     "lr": self.scheduler.get_last_lr()[0],
                     "tokens_per_second_per_gpu": labelled / elapsed,
+                    **_mean(rewards),
                 },
                 self.global_step,
             )
         return losses
 
+    def _forward(self, items: list[Any]) -> tuple[torch.Tensor, int, dict[str, float]]:
+        """One micro-batch: its loss, its labelled tokens, and (DPO) its reward metrics."""
+        if self.spec.dpo is None:
+            batch = self._batch(items)
+            self.progress.add_input_tokens(int(batch["attention_mask"].sum()))
+            labelled = int((batch["labels"][:, 1:] != data.IGNORE).sum())
+            return self.model(**batch).loss, labelled, {}
+        chosen = self._batch([p.chosen for p in items])
+        rejected = self._batch([p.rejected for p in items])
+        for b in (chosen, rejected):
+            self.progress.add_input_tokens(int(b["attention_mask"].sum()))
+        pc, nc = preference.sequence_logps(self.model, chosen)
+        pr, nr = preference.sequence_logps(self.model, rejected)
+        with torch.no_grad(), self._reference() as ref:
+            rc, _ = preference.sequence_logps(ref, chosen)
+            rr, _ = preference.sequence_logps(ref, rejected)
+        dpo = self.spec.dpo
+        loss, metrics = preference.loss((pc, pr, nc, nr), (rc, rr), dpo.beta, dpo.loss_type)
+        metrics["chosen_nll"] = float(-(pc.detach() / nc.clamp(min=1)).mean())
+        return loss, int(nc.sum() + nr.sum()), metrics
+
+    @contextlib.contextmanager
+    def _reference(self) -> Iterator[Any]:
+        if self.reference is not None:
+            yield self.reference
+        else:
+            with self.model.disable_adapter():
+                yield self.model
+
     @torch.no_grad()
-    def _validate(self) -> float | None:
+    def _validate(self) -> tuple[float | None, float | None, dict[str, float]]:
+        """(validation loss, perplexity, DPO reward metrics) over max_validation_steps batches.
+        For DPO the loss is the DPO loss and the perplexity that of the chosen answers."""
         if not self.val_set:
-            return None
+            return None, None, {}
         t = self.spec.train
         self.model.eval()
-        total, count = 0.0, 0
+        total, count, rewards = 0.0, 0, []
         for i in range(0, len(self.val_set), t.batch_size):
             if t.max_validation_steps is not None and i // t.batch_size >= t.max_validation_steps:
                 break
-            batch = self._batch(self.val_set[i : i + t.batch_size])
-            n = int((batch["labels"][:, 1:] != data.IGNORE).sum())
-            total += float(self.model(**batch).loss) * n
-            count += n
+            items = self.val_set[i : i + t.batch_size]
+            loss, labelled, metrics = self._forward(items)
+            weight = len(items) if self.spec.dpo is not None else labelled
+            total += float(loss) * weight
+            count += weight
+            rewards.append(metrics)
         self.model.train()
-        return total / count if count else None
+        if not count:
+            return None, None, {}
+        val_loss = total / count
+        summary = _mean(rewards)
+        nll = summary.pop("chosen_nll", val_loss)
+        return val_loss, math.exp(min(nll, 50.0)), summary
 
     def _save(self, epoch: int, train_loss: float | None) -> None:
-        val_loss = self._validate()
-        metrics = {
+        val_loss, perplexity, val_rewards = self._validate()
+        train_rewards = _mean(self.epoch_rewards)
+        train_rewards.pop("chosen_nll", None)
+        metrics: dict[str, Any] = {
             "train_loss": train_loss,
             "validation_loss": val_loss,
-            "perplexity": math.exp(min(val_loss, 50.0)) if val_loss is not None else None,
+            "perplexity": perplexity,
             "global_step": self.global_step,
+            **{f"train_{k}": v for k, v in train_rewards.items()},
+            **{f"validation_{k}": v for k, v in val_rewards.items()},
         }
+        self.epoch_rewards = []
         with epoch_writer(self.output.local, epoch, {"format": "huggingface", **metrics}) as tmp:
             if self.spec.lora is not None:
                 self.model.save_pretrained(tmp / ADAPTER)  # PEFT: the adapter only
@@ -248,6 +307,11 @@ class _Run:
             self.tokenizer.save_pretrained(tmp / MERGED)
         self.output.push(epoch_dir(epoch))
         self.epochs.append({"epoch": epoch, **metrics})
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for r in rows for k in r}
+    return {k: sum(r[k] for r in rows if k in r) / sum(1 for r in rows if k in r) for k in keys}
 
 
 ENGINE = HuggingFaceEngine()
