@@ -16,6 +16,23 @@ CHATML = (
     "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+MISTRAL = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ ' ' + message['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+GRANITE = (
+    "{%- for message in messages %}{{- '<|start_of_role|>' + message['role'] + "
+    "'<|end_of_role|>' + message['content'] + '<|end_of_text|>\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_of_role|>assistant<|end_of_role|>' }}{%- endif %}"
+)
+PHI3 = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}"
+    "{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}"
+    "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
 SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
@@ -58,6 +75,41 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "special": ["<|endoftext|>"],
         "bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": None,
         "template": None,
+    },
+    # mistralai/Mistral-7B-Instruct-v0.3: [INST] template, untied, no attention biases.
+    "mistral": {
+        "config": "MistralConfig",
+        "keys": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu",
+                 "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 1000000.0,
+                 "sliding_window": None, "tie_word_embeddings": False},
+        "special": ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"],
+        "bos": "<s>", "eos": "</s>", "pad": None,
+        "template": MISTRAL,
+    },
+    # ibm-granite/granite-3.0-2b-instruct: Llama-like with muP-style multipliers, tied.
+    "granite": {
+        "config": "GraniteConfig",
+        "keys": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu",
+                 "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+                 "embedding_multiplier": 12.0, "logits_scaling": 8.0,
+                 "residual_multiplier": 0.22, "attention_multiplier": 0.015625,
+                 "tie_word_embeddings": True},
+        "special": ["<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>"],
+        "bos": "<|end_of_text|>", "eos": "<|end_of_text|>", "pad": "<|end_of_text|>",
+        "template": GRANITE,
+    },
+    # microsoft/Phi-3-mini-4k-instruct: fused qkv_proj and gate_up_proj, untied.
+    "phi3": {
+        "config": "Phi3Config",
+        "keys": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "num_key_value_heads": 4, "hidden_act": "silu",
+                 "max_position_embeddings": 2048, "original_max_position_embeddings": 2048,
+                 "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False},
+        "special": ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>", "<|system|>"],
+        "bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": "<|endoftext|>",
+        "template": PHI3,
     },
 }  # fmt: skip
 
