@@ -39,7 +39,7 @@ def family_models(tmp_path_factory) -> dict[str, Path]:
     return {f: make(f, root / f) for f in FAMILIES}
 
 
-def _run(model_dir: Path, work: Path, lora: bool) -> dict:
+def _run(model_dir: Path, work: Path, lora: bool, packed: bool = False) -> dict:
     model = inspect_model_dir(model_dir.name, model_dir)
     data = write_jsonl(instruct_rows(16, seed=2), work / "rows.jsonl")
     spec = JobSpec(
@@ -47,7 +47,9 @@ def _run(model_dir: Path, work: Path, lora: bool) -> dict:
         data=DataSpec(uri=str(data), data_format="instruct"),
         train=TrainSpec(epochs=2, max_steps_per_epoch=None, gradient_accumulation_steps=1,
                         batch_size=4, shuffle=True, train_on_input=False, dtype="fp32",
-                        max_validation_steps=None, max_seq_len=96, seed=3, device="cpu"),
+                        packed=packed,
+                        max_validation_steps=None, max_seq_len=256 if packed else 96,
+                        seed=3, device="cpu"),
         lora=LoraSpec(rank=8, alpha=16, attn_modules=[], apply_to_mlp=False,
                       apply_to_output=False,
                       requested_modules=["q_proj", "v_proj", "output_proj"]) if lora else None,
@@ -94,3 +96,31 @@ def test_full_fine_tuning_writes_loadable_weights(family, family_models, tmp_pat
     merged = tmp_path / "out" / "checkpoints" / "epoch_2" / "merged"
     assert not (merged.parent / "adapter").exists()
     assert float((_logits(merged) - _logits(family_models[family])).abs().max()) > 1e-2
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_packed_samples_do_not_see_each_other(family, family_models):
+    from transformers import AutoModelForCausalLM
+
+    from llama_stack_provider_kfp.training.huggingface import data
+
+    model = AutoModelForCausalLM.from_pretrained(family_models[family], dtype=torch.float32)
+    a = data.Sample([5, 17, 42, 99], [5, 17, 42, 99])
+    b = data.Sample([120, 7, 3], [120, 7, 3])
+    (row,) = data.pack([a, b], max_len=8)
+    batch = data.collate_packed([row], pad_id=0)
+    assert batch["labels"][0, 4] == data.IGNORE  # b's first token: not predicted from a
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"]).logits[0]  # fmt: skip
+        alone = [model(torch.tensor([s.ids])).logits[0] for s in (a, b)]
+    assert torch.allclose(packed[:7], torch.cat(alone), atol=1e-5)
+
+
+def test_packed_training_trains_every_row_in_fewer_steps(family_models, tmp_path):
+    plain = _run(family_models["qwen2"], tmp_path / "plain", lora=False)
+    packed = _run(family_models["qwen2"], tmp_path / "packed", lora=False, packed=True)
+    assert packed["train_rows"] == plain["train_rows"] == 16
+    assert packed["samples_seen"] == plain["samples_seen"] == 32  # every row, both epochs
+    assert packed["global_step"] < plain["global_step"]
+    assert packed["final_loss"] < packed["first_loss"]

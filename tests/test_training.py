@@ -22,7 +22,7 @@ from llama_stack_provider_kfp.training.torchtune.engine import build_config
 
 
 def _spec(model_dir: Path, out: Path, data: Path, output_format=None, dtype="fp32",
-          train_on_input=False, **optim) -> JobSpec:  # fmt: skip
+          train_on_input=False, packed=False, **optim) -> JobSpec:  # fmt: skip
     model = inspect_model_dir("tiny", model_dir)
     return JobSpec(
         job_uuid="t",
@@ -30,6 +30,7 @@ def _spec(model_dir: Path, out: Path, data: Path, output_format=None, dtype="fp3
         data=DataSpec(uri=str(data), data_format="instruct"),
         train=TrainSpec(epochs=1, max_steps_per_epoch=4, gradient_accumulation_steps=2,
                         batch_size=2, shuffle=True, train_on_input=train_on_input, dtype=dtype,
+                        packed=packed,
                         max_validation_steps=None, max_seq_len=64, seed=7, device="cpu"),
         lora=LoraSpec(rank=4, alpha=8, attn_modules=["q_proj", "v_proj"], apply_to_mlp=False,
                       apply_to_output=False),
@@ -147,3 +148,45 @@ def test_train_on_input_decides_what_is_learned(tiny_models, tmp_path):
         assert len(sample["tokens"]) == len(sample["labels"])
     answer = len("Hello, Ada! Nice to meet you.")  # byte-level tokenizer: a token per byte
     assert answer <= labelled[False] < labelled[True]  # the prompt is learned only when asked
+
+
+def test_packed_rows_train_with_torchtune(tiny_models, tmp_path):
+    data = write_jsonl(instruct_rows(20), tmp_path / "rows.jsonl")
+    spec = _spec(tiny_models / "hf", tmp_path / "out", data, packed=True)
+    spec = spec.model_copy(update={"train": spec.train.model_copy(
+        update={"max_steps_per_epoch": None, "gradient_accumulation_steps": 1,
+                "max_seq_len": 256})})  # fmt: skip
+    history = _train(spec, tmp_path)
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["train_rows"] == 20 and result["samples_seen"] == 20  # every row once
+    # 20 rows of ~55 tokens in rows of 256: fewer optimizer steps than 10 unpacked batches.
+    assert 0 < len(history) < 10
+
+
+def test_qlora_nf4_trains_on_the_cpu(tmp_path):
+    # NF4 quantizes in blocks of 64 x 256 values: each adapted matrix needs a multiple of
+    # 16384 elements, so this tiny model is 128 wide with as many KV heads as heads.
+    import subprocess
+    import sys
+
+    from harness.server import ROOT
+
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make-tiny-model.py"), "--out",
+                    str(tmp_path / "m"), "--layout", "hf", "--dim", "128", "--kv-heads", "4"],
+                   check=True, capture_output=True)  # fmt: skip
+    data = write_jsonl(instruct_rows(8), tmp_path / "rows.jsonl")
+    spec = _spec(tmp_path / "m" / "hf", tmp_path / "out", data, dtype="bf16")
+    lora = spec.lora.model_copy(update={"quantize_base": True, "apply_to_mlp": True})
+    train = spec.train.model_copy(update={"max_steps_per_epoch": 2,
+                                          "gradient_accumulation_steps": 1})  # fmt: skip
+    history = _train(spec.model_copy(update={"lora": lora, "train": train}), tmp_path)
+    assert len(history) == 2 and history[-1][1] < history[0][1]
+    from transformers import AutoModelForCausalLM
+
+    epoch = tmp_path / "out" / "checkpoints" / "epoch_1"
+    merged = AutoModelForCausalLM.from_pretrained(epoch / "merged", dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "m" / "hf", dtype=torch.float32)
+    ids = torch.tensor([[128000, 71, 114, 101]])
+    with torch.no_grad():
+        assert float((merged(ids).logits - base(ids).logits).abs().max()) > 1e-2
+    assert (epoch / "adapter" / "adapter_model.safetensors").is_file()

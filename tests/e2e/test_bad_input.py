@@ -133,9 +133,9 @@ def test_qat_not_supported(client, server, good):
                     algorithm_config=qat)  # fmt: skip
 
 
-def test_quantize_base_not_supported(client, server, good):
+def test_quantize_base_on_matrices_too_small_for_nf4(client, server, good):
     algo = {**copy.deepcopy(LORA), "quantize_base": True}
-    _expect_refusal(client, server, 501, ["quantize_base"],
+    _expect_refusal(client, server, 400, ["quantize_base", "NF4", "k_proj 32x64"],
                     model=good["model"], dataset_id=good["dataset"],
                     algorithm_config=algo)  # fmt: skip
 

@@ -106,11 +106,10 @@ def test_all_training_problems_reported_at_once():
     assert "n_epochs" in str(err.value) and "batch_size" in str(err.value)
 
 
-def test_a_good_training_config_passes_and_packed_is_501():
+def test_a_good_training_config_passes():
     requests.check_training(_tc())
     requests.check_training(_tc(optimizer_config=None))  # optional in the 0.6.1 API
-    with pytest.raises(Unsupported, match="packed"):
-        requests.check_training(_tc(data_config={"packed": True}))
+    requests.check_training(_tc(data_config={"packed": True}))
 
 
 def test_algorithm_refusals_and_full_fine_tuning_by_default():
@@ -118,9 +117,22 @@ def test_algorithm_refusals_and_full_fine_tuning_by_default():
     qat = QATFinetuningConfig(type="QAT", quantizer_name="int8", group_size=32)
     with pytest.raises(Unsupported, match="QAT"):
         requests.check_algorithm(qat)
-    with pytest.raises(Unsupported, match="quantize_base"):
-        requests.check_algorithm(LoraFinetuningConfig(**LORA, quantize_base=True))
     assert requests.check_algorithm(LoraFinetuningConfig(**LORA)).rank == 8
+    assert requests.check_algorithm(LoraFinetuningConfig(**LORA, quantize_base=True))
+
+
+def test_qlora_needs_nf4_sized_matrices_and_the_torchtune_engine():
+    qlora = LoraFinetuningConfig(**LORA, quantize_base=True)
+    with pytest.raises(InvalidRequest, match=r"NF4.*k_proj 32x64.*quantize_base=false"):
+        requests.lora_targets(qlora, _model())  # 64 wide: too small for NF4 blocks
+    wide = _model().model_copy(update={"arch": _model().arch.model_copy(
+        update={"embed_dim": 2048, "num_heads": 32, "num_kv_heads": 8,
+                "intermediate_dim": 8192})})  # fmt: skip
+    spec = requests.lora_spec(qlora, requests.lora_targets(qlora, wide))
+    assert spec is not None and spec.quantize_base
+    assert select_engine(JobTraits.of(wide, "qlora", True)).name == "torchtune"
+    with pytest.raises(Unsupported, match="bitsandbytes on a CUDA device"):
+        select_engine(JobTraits.of(_model(family="qwen2", modules=LLAMA), "qlora", True))
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from llama_stack_api import (
 from ..backends import select_backend
 from ..config import KFPPostTrainingConfig
 from ..core.engines import JobTraits, select_engine
-from ..core.errors import InvalidRequest, JobNotFound
+from ..core.errors import InvalidRequest, JobNotFound, Unsupported
 from ..core.spec import algorithm
 from ..jobs.backend import JobInputs
 from ..jobs.record import JobRecord, check_job_id, now
@@ -82,6 +82,10 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         self._check_new_job(request.job_uuid)
         dpo = requests.check_dpo(request.algorithm_config)
         requests.check_training(request.training_config)
+        dc = request.training_config.data_config
+        if dc is not None and dc.packed:
+            raise Unsupported("packed=true packs supervised fine-tuning rows only; for DPO send "
+                              "packed=false")  # fmt: skip
         lora = requests.dpo_lora(self.config.dpo)  # the 0.6.1 DPO request has no LoRA fields
         submission = requests.Submission(
             request.job_uuid, request.finetuned_model, None, request.training_config, lora, dpo

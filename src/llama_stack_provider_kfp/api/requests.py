@@ -27,6 +27,7 @@ from ..core.spec import (
     EngineChoice,
     JobSpec,
     LoraSpec,
+    ModelArch,
     ModelSpec,
     OptimSpec,
     TrainSpec,
@@ -59,8 +60,6 @@ def check_algorithm(algo: AlgorithmConfig | None) -> LoraFinetuningConfig | None
         return None
     if isinstance(algo, QATFinetuningConfig):
         raise Unsupported("QAT fine-tuning is not supported yet; use LoRA or full fine-tuning")
-    if algo.quantize_base:
-        raise Unsupported("quantize_base (QLoRA) is not supported yet; send quantize_base=false")
     return algo
 
 
@@ -96,8 +95,6 @@ def check_training(tc: TrainingConfig) -> None:
             )
     if problems:
         raise InvalidRequest("invalid training_config: " + "; ".join(problems))
-    if dc is not None and dc.packed:
-        raise Unsupported("data_config.packed=true is not supported yet; send packed=false")
 
 
 def lora_targets(lc: LoraFinetuningConfig, model: ModelSpec) -> Targets:
@@ -114,6 +111,8 @@ def lora_targets(lc: LoraFinetuningConfig, model: ModelSpec) -> Targets:
             f"{model.name} ties its output projection to the embeddings; "
             "set apply_lora_to_output=false"
         )
+    if lc.quantize_base and model.arch is not None:
+        problems += _nf4_problems(model.arch)
     try:
         targets = resolve(
             list(lc.lora_attn_modules),
@@ -127,6 +126,24 @@ def lora_targets(lc: LoraFinetuningConfig, model: ModelSpec) -> Targets:
     if problems:
         raise InvalidRequest("invalid LoRA algorithm_config: " + "; ".join(problems))
     return targets
+
+
+NF4_BLOCK = 64 * 256  # torchao NF4: values per block x scalers per double-quantization block
+
+
+def _nf4_problems(arch: ModelArch) -> list[str]:
+    """QLoRA quantizes every attention and MLP matrix to NF4, which needs whole blocks."""
+    kv = arch.num_kv_heads * arch.head_dim
+    shapes = {"q_proj": (arch.embed_dim, arch.embed_dim), "k_proj": (kv, arch.embed_dim),
+              "v_proj": (kv, arch.embed_dim), "o_proj": (arch.embed_dim, arch.embed_dim),
+              "mlp": (arch.intermediate_dim, arch.embed_dim)}  # fmt: skip
+    bad = [f"{name} {r}x{c}" for name, (r, c) in shapes.items() if (r * c) % NF4_BLOCK]
+    if not bad:
+        return []
+    return [
+        f"quantize_base (NF4) needs matrices of a multiple of {NF4_BLOCK} values, and this "
+        f"model has {', '.join(bad)}; send quantize_base=false"
+    ]
 
 
 def optim_spec(tc: TrainingConfig, config: KFPPostTrainingConfig) -> OptimSpec:
@@ -149,6 +166,7 @@ def lora_spec(lora: LoraFinetuningConfig | None, targets: Targets | None) -> Lor
         apply_to_mlp=lora.apply_lora_to_mlp,
         apply_to_output=lora.apply_lora_to_output,
         use_dora=bool(lora.use_dora),
+        quantize_base=bool(lora.quantize_base),
         requested_modules=list(lora.lora_attn_modules),
         target_modules=targets.peft,
     )
@@ -230,6 +248,7 @@ def build_spec(
             batch_size=dc.batch_size,
             shuffle=dc.shuffle,
             train_on_input=bool(dc.train_on_input),
+            packed=bool(dc.packed),
             dtype=tc.dtype or "bf16",
             max_validation_steps=tc.max_validation_steps,
             max_seq_len=config.max_seq_len,

@@ -39,8 +39,8 @@ class JobTraits:
 def _torchtune(t: JobTraits) -> str | None:
     if t.family != "llama" or not t.tiktoken:
         return "it runs Llama-3-architecture models with a tiktoken tokenizer"
-    if t.algorithm not in ("lora", "dora"):
-        return "it trains LoRA and DoRA only"
+    if t.algorithm not in ("lora", "dora", "qlora"):
+        return "it trains LoRA, DoRA and QLoRA (NF4) supervised fine-tuning only"
     if not t.torchtune_targets:
         return (
             "its builders adapt q/k/v/output projections, all of the MLP and the output; "
@@ -50,6 +50,12 @@ def _torchtune(t: JobTraits) -> str | None:
 
 
 def _huggingface(t: JobTraits) -> str | None:
+    if "qlora" in t.algorithm:
+        return (
+            "QLoRA here would need bitsandbytes on a CUDA device, which this provider does not "
+            "ship; QLoRA runs on the torchtune engine (Llama 3 with a tiktoken tokenizer, NF4, "
+            "CPU or GPU), or send quantize_base=false"
+        )
     if t.layout == "meta":
         return "it reads the Hugging Face layout (config.json + safetensors), not Meta's"
     if not t.hf_tokenizer and t.layout is not None:
@@ -68,7 +74,7 @@ class EngineInfo:
 # jobs were first measured on), the Hugging Face engine for everything else.
 ENGINES: dict[str, EngineInfo] = {
     "torchtune": EngineInfo(
-        "torchtune", "Llama-3 models with a tiktoken tokenizer; LoRA and DoRA", _torchtune
+        "torchtune", "Llama-3 models with a tiktoken tokenizer; LoRA, DoRA, QLoRA", _torchtune
     ),
     "huggingface": EngineInfo(
         "huggingface",

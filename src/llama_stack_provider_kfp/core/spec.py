@@ -88,6 +88,8 @@ class LoraSpec(_Strict):
     apply_to_mlp: bool
     apply_to_output: bool
     use_dora: bool = False
+    # QLoRA: the frozen base weights are quantized (torchtune: NF4).
+    quantize_base: bool = False
     # As the request named them (either spelling); the train step resolves them again against
     # the loaded model, so nothing is dropped when the weights were unreadable at submit.
     requested_modules: list[str] = []
@@ -116,6 +118,8 @@ class TrainSpec(_Strict):
     batch_size: int
     shuffle: bool
     train_on_input: bool
+    # Several samples per max_seq_len row, each attending only to itself.
+    packed: bool = False
     dtype: Literal["fp32", "bf16", "fp16"]
     max_validation_steps: int | None
     max_seq_len: int
@@ -143,7 +147,10 @@ class DPOSpec(_Strict):
 
 def algorithm(lora: LoraSpec | None, dpo: DPOSpec | None = None) -> str:
     """The engines' name for what a job trains: lora, dora, full, or dpo-<one of those>."""
-    base = "full" if lora is None else "dora" if lora.use_dora else "lora"
+    if lora is None:
+        base = "full"
+    else:
+        base = "qlora" if lora.quantize_base else "dora" if lora.use_dora else "lora"
     return f"dpo-{base}" if dpo is not None else base
 
 

@@ -72,3 +72,57 @@ def collate(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, : len(s.labels)] = torch.tensor(s.labels)
         mask[row, : len(s.ids)] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@dataclass
+class Packed:
+    """Several samples in one row: each restarts its positions and attends only to itself."""
+
+    parts: list[Sample]
+
+
+def pack(samples: list[Sample], max_len: int) -> list[Packed]:
+    """Samples in order, greedily filling rows of at most `max_len` tokens."""
+    rows: list[Packed] = []
+    used = max_len
+    for s in samples:
+        if used + len(s.ids) > max_len:
+            rows.append(Packed([]))
+            used = 0
+        rows[-1].parts.append(s)
+        used += len(s.ids)
+    return rows
+
+
+def collate_packed(rows: list[Packed], pad_id: int) -> dict[str, torch.Tensor]:
+    """Padded batch with position ids restarting per sample and a 4-D block-diagonal causal
+    mask (transformers' custom-mask path: no attention across samples, checked per family)."""
+    width = max(sum(len(p.ids) for p in r.parts) for r in rows)
+    n = len(rows)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((n, width), dtype=torch.long)
+    segment = torch.full((n, width), -1, dtype=torch.long)
+    for row, packed in enumerate(rows):
+        at = 0
+        for k, part in enumerate(packed.parts):
+            end = at + len(part.ids)
+            ids[row, at:end] = torch.tensor(part.ids)
+            part_labels = torch.tensor(part.labels)
+            part_labels[0] = IGNORE  # never predicted from the previous sample's last token
+            labels[row, at:end] = part_labels
+            positions[row, at:end] = torch.arange(len(part.ids))
+            segment[row, at:end] = k
+            at = end
+    causal = torch.tril(torch.ones((width, width), dtype=torch.bool))
+    same = segment[:, :, None] == segment[:, None, :]
+    real = (segment >= 0)[:, :, None]
+    # Padding attends to itself only, so no row of the mask is empty.
+    mask = (causal & same & real) | torch.eye(width, dtype=torch.bool)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask[:, None],
+        "position_ids": positions,
+        "labels": labels,
+        "tokens": (segment >= 0).sum(),
+    }

@@ -123,9 +123,13 @@ class _Run:
         if spec.dpo is not None:
             self.train_set = preference.load(train_path, self.tokenizer, t.max_seq_len)
             self.val_set = preference.load(val_path, self.tokenizer, t.max_seq_len)
+            self.train_rows = len(self.train_set)
         else:
             self.train_set = data.load(train_path, self.tokenizer, t.max_seq_len, t.train_on_input)
             self.val_set = data.load(val_path, self.tokenizer, t.max_seq_len, t.train_on_input)
+            self.train_rows = len(self.train_set)
+            if t.packed:  # packed once, in file order; epochs shuffle the packed rows
+                self.train_set = data.pack(self.train_set, t.max_seq_len)
         self.batches_per_epoch = math.ceil(len(self.train_set) / t.batch_size)
         # Micro-batches left at the end of an epoch make one last, shorter accumulation: every
         # row is trained on in every epoch.
@@ -150,8 +154,14 @@ class _Run:
         self.epoch_rewards: list[dict[str, float]] = []
         self.epochs: list[dict[str, Any]] = []
 
-    def _batch(self, samples: list[data.Sample]) -> dict[str, torch.Tensor]:
-        batch = data.collate(samples, self.tokenizer.pad_token_id)
+    def _batch(self, items: list[Any]) -> dict[str, torch.Tensor]:
+        """A padded batch on the device; counts its non-padding tokens for the progress."""
+        if isinstance(items[0], data.Packed):
+            batch = data.collate_packed(items, self.tokenizer.pad_token_id)
+            self.progress.add_input_tokens(int(batch.pop("tokens")))
+        else:
+            batch = data.collate(items, self.tokenizer.pad_token_id)
+            self.progress.add_input_tokens(int(batch["attention_mask"].sum()))
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def run(self) -> dict[str, Any]:
@@ -164,7 +174,7 @@ class _Run:
             total_epochs=t.epochs,
             device=str(self.device),
             dtype=t.dtype,
-            rows={"train": len(self.train_set), "validation": len(self.val_set)},
+            rows={"train": self.train_rows, "validation": len(self.val_set)},
         )
         started = time.perf_counter()
         self.model.train()
@@ -176,7 +186,7 @@ class _Run:
         last = self.epochs[-1] if self.epochs else {}
         return {
             "epochs": self.epochs,
-            "train_rows": len(self.train_set),
+            "train_rows": self.train_rows,
             "validation_rows": len(self.val_set),
             "samples_seen": self.samples_seen,
             "global_step": self.global_step,
@@ -210,7 +220,9 @@ class _Run:
                 step_loss += float(loss.detach()) / len(group)
                 labelled += counted
                 rewards.append(metrics)
-                self.samples_seen += len(items)
+                self.samples_seen += sum(
+                    len(i.parts) if isinstance(i, data.Packed) else 1 for i in items
+                )
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -233,13 +245,10 @@ class _Run:
         """One micro-batch: its loss, its labelled tokens, and (DPO) its reward metrics."""
         if self.spec.dpo is None:
             batch = self._batch(items)
-            self.progress.add_input_tokens(int(batch["attention_mask"].sum()))
             labelled = int((batch["labels"][:, 1:] != data.IGNORE).sum())
             return self.model(**batch).loss, labelled, {}
         chosen = self._batch([p.chosen for p in items])
         rejected = self._batch([p.rejected for p in items])
-        for b in (chosen, rejected):
-            self.progress.add_input_tokens(int(b["attention_mask"].sum()))
         pc, nc = preference.sequence_logps(self.model, chosen)
         pr, nr = preference.sequence_logps(self.model, rejected)
         with torch.no_grad(), self._reference() as ref:

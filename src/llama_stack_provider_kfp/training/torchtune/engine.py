@@ -60,6 +60,7 @@ def _model_component(spec: JobSpec) -> dict[str, Any]:
         "lora_alpha": lora.alpha,
         "lora_dropout": 0.0,
         "use_dora": lora.use_dora,
+        "quantize_base": lora.quantize_base,
     }
     if arch.tie_word_embeddings:
         # Llama 3.2 builder: tied output; with scale factor 1 its RoPE equals plain RoPE.
@@ -90,7 +91,7 @@ def _checkpointer(model: ModelSpec, model_dir: str, scratch: str) -> dict[str, A
     }
 
 
-def _dataset(path: str, train_on_input: bool) -> dict[str, Any]:
+def _dataset(path: str, train_on_input: bool, packed: bool = False) -> dict[str, Any]:
     return {
         "_component_": "torchtune.datasets.chat_dataset",
         "source": "json",
@@ -99,7 +100,7 @@ def _dataset(path: str, train_on_input: bool) -> dict[str, Any]:
         "conversation_column": "messages",
         "conversation_style": "openai",
         "train_on_input": train_on_input,
-        "packed": False,
+        "packed": packed,  # torchtune's PackedDataset: block-causal masks, positions per sample
     }
 
 
@@ -137,7 +138,7 @@ def build_config(
             "max_seq_len": t.max_seq_len,
         },
         "checkpointer": _checkpointer(spec.model, model_dir, scratch),
-        "dataset": _dataset(train_path, t.train_on_input),
+        "dataset": _dataset(train_path, t.train_on_input, t.packed),
         "dataset_val": _dataset(val_path, t.train_on_input) if val_path else None,
         "optimizer": optimizer,
         "lr_scheduler": {

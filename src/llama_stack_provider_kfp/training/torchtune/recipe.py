@@ -58,9 +58,27 @@ def _load_torchtune_recipe():
 LoRAFinetuneRecipeSingleDevice: Any = _load_torchtune_recipe().LoRAFinetuneRecipeSingleDevice
 
 
-def _count_collate(collate, samples: list[dict]) -> dict:
+def _real(sample: dict, pad_id: int) -> tuple[int, int]:
+    """(non-padding tokens, samples) of one dataset item. A packed item is max_seq_len long and
+    torchtune lists its padding as a last entry of seq_lens (a run of pad ids at the end: every
+    real sample ends with its end-of-turn token)."""
+    tokens = [int(t) for t in sample["tokens"]]
+    if "seq_lens" not in sample:
+        return len(tokens), 1
+    seq_lens = [int(n) for n in sample["seq_lens"]]
+    trailing = 0
+    while trailing < len(tokens) and tokens[-1 - trailing] == pad_id:
+        trailing += 1
+    if trailing and seq_lens and seq_lens[-1] == trailing:
+        return len(tokens) - trailing, len(seq_lens) - 1
+    return len(tokens), len(seq_lens)
+
+
+def _count_collate(collate, pad_id: int, samples: list[dict]) -> dict:
     batch = collate(samples)
-    batch["input_tokens"] = torch.tensor(sum(len(s["tokens"]) for s in samples))
+    counts = [_real(s, pad_id) for s in samples]
+    batch["input_tokens"] = torch.tensor(sum(c[0] for c in counts))
+    batch["samples"] = torch.tensor(sum(c[1] for c in counts))
     return batch
 
 
@@ -98,7 +116,8 @@ class ProviderLoRARecipe(LoRAFinetuneRecipeSingleDevice):
                 f"gradient_accumulation_steps={self._gradient_accumulation_steps}: no optimizer "
                 "step would run; lower gradient_accumulation_steps or batch_size, or add rows"
             )
-        self.train_rows = len(self._dataloader.dataset)
+        dataset = self._dataloader.dataset
+        self.train_rows = len(getattr(dataset, "ds", dataset))  # PackedDataset wraps the rows
         self.validation_rows = len(self._val_loader.dataset) if self._val_loader else 0
         self._metric_logger.on_write = lambda: self.output.push(PROGRESS, 5.0)
         self._metric_logger.begin(
@@ -120,15 +139,20 @@ class ProviderLoRARecipe(LoRAFinetuneRecipeSingleDevice):
             dataset=loader.dataset,
             batch_size=batch_size,
             sampler=loader.sampler,
-            collate_fn=partial(_count_collate, loader.collate_fn),
+            collate_fn=partial(
+                _count_collate,
+                loader.collate_fn,
+                getattr(loader.dataset, "padding_idx", self._tokenizer.pad_id),  # packed: 0
+            ),
             drop_last=False,
         )
 
     def _loss_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = batch.pop("input_tokens", None)
-        if tokens is not None:
+        samples = batch.pop("samples", None)
+        if tokens is not None and samples is not None:
             self._metric_logger.add_input_tokens(int(tokens))
-            self.samples_seen += batch["tokens"].shape[0]
+            self.samples_seen += int(samples)
         loss = super()._loss_step(batch)
         if tokens is not None:
             self._epoch_losses.append(float(loss.detach()))
