@@ -63,6 +63,18 @@ def main() -> None:
         ax.legend()
         fig.tight_layout()
         fig.savefig(RESULTS / "overhead.png")
+    if g := load("engines"):
+        header = header or g
+        rows.append(("Hugging Face engine vs torchtune engine, same Llama job: label tokens/s",
+                      f"{fmt(g['huggingface_tokens_per_second'], unit='tok/s')} / "
+                      f"{fmt(g['torchtune_tokens_per_second'], unit='tok/s')}"))  # fmt: skip
+        rows.append(("HF / torchtune engine: paired ratios (target >= 0.90)",
+                     f"{fmt(g['ratio_hf_over_torchtune'], unit='')}; {g['verdict']}"))  # fmt: skip
+        rows.append(("HF / torchtune engine: peak RSS, final loss",
+                     f"{fmt(g['huggingface_peak_rss_mb'], unit='MB')} / "
+                     f"{fmt(g['torchtune_peak_rss_mb'], unit='MB')}; "
+                     f"{g['huggingface_final_loss']['median']} / "
+                     f"{g['torchtune_final_loss']['median']}"))  # fmt: skip
     if e := load("efficiency"):
         header = header or e
         rows.append(("train step vs torchtune recipe: label tokens/s (ours / torchtune)",

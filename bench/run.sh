@@ -14,11 +14,13 @@ if [ "${1:-}" = "--quick" ]; then
   "$py" data_scale.py --repeats 2
   "$py" tracking.py --calls 200
   "$py" intree.py --repeats 2
+  "$py" engines.py --repeats 3
 else
   "$py" efficiency.py --repeats 5 --rows 96
   "$py" overhead.py --repeats 3
   "$py" data_scale.py --repeats 3
   "$py" tracking.py --calls 400
   "$py" intree.py --repeats 3
+  "$py" engines.py --repeats 5
 fi
 "$py" report.py

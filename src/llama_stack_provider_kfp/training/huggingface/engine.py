@@ -26,7 +26,7 @@ from ..checkpoints import epoch_writer
 from ..device import peak_memory_mb, resolve_device
 from ..io import Output
 from ..progress import ProgressLogger
-from . import data, preference
+from . import data, logits, preference
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -246,7 +246,7 @@ class _Run:
         if self.spec.dpo is None:
             batch = self._batch(items)
             labelled = int((batch["labels"][:, 1:] != data.IGNORE).sum())
-            return self.model(**batch).loss, labelled, {}
+            return logits.mean_nll(self.model, batch), labelled, {}
         chosen = self._batch([p.chosen for p in items])
         rejected = self._batch([p.rejected for p in items])
         pc, nc = preference.sequence_logps(self.model, chosen)

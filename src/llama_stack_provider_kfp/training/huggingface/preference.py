@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from . import data
+from .logits import sequence_logps
+
+__all__ = ["Pair", "encode", "load", "loss", "sequence_logps"]
 
 
 @dataclass
@@ -41,18 +44,6 @@ def load(path: str | None, tokenizer: Any, max_len: int) -> list[Pair]:
         return []
     with open(path, encoding="utf-8") as fh:
         return [encode(tokenizer, json.loads(line), max_len) for line in fh if line.strip()]
-
-
-def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: the summed log-probability of the labelled tokens, and how many there are."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]
-    logits = logits[:, :-1].float()
-    mask = labels != data.IGNORE
-    picked = torch.gather(
-        F.log_softmax(logits, dim=-1), 2, labels.clamp(min=0).unsqueeze(-1)
-    ).squeeze(-1)
-    return (picked * mask).sum(-1), mask.sum(-1)
 
 
 def loss(
