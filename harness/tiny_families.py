@@ -7,6 +7,7 @@ tokenizer trained here on a few sentences (so the vocabulary is a few hundred to
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -164,4 +165,10 @@ def make(family: str, out: Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    # transformers 5 names its own backend class here, which transformers 4 cannot load;
+    # published repos name a class both load (their tokenizer.json does the work).
+    config_file = out / "tokenizer_config.json"
+    tok_config = json.loads(config_file.read_text())
+    tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(tok_config, indent=2))
     return out

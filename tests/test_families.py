@@ -124,3 +124,65 @@ def test_packed_training_trains_every_row_in_fewer_steps(family_models, tmp_path
     assert packed["samples_seen"] == plain["samples_seen"] == 32  # every row, both epochs
     assert packed["global_step"] < plain["global_step"]
     assert packed["final_loss"] < packed["first_loss"]
+
+
+def _preference_rows(n: int) -> list[dict]:
+    names = ["Ada", "Alan", "Grace", "Linus", "Ken", "Tim"]
+    return [{"prompt": f"Greet {names[i % 6]}.",
+             "chosen": f"Hello, {names[i % 6]}! Nice to meet you.", "rejected": "Go away."}
+            for i in range(n)]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_dpo_raises_the_margin(family, family_models, tmp_path):
+    from llama_stack_provider_kfp.core.spec import DPOSpec
+
+    model = inspect_model_dir(family, family_models[family])
+    data = write_jsonl(_preference_rows(16), tmp_path / "rows.jsonl")
+    spec = JobSpec(
+        job_uuid="d", engine=EngineChoice(name="huggingface", reason="test"), model=model,
+        data=DataSpec(uri=str(data), data_format="preference", validation_fraction=0.25),
+        train=TrainSpec(epochs=2, max_steps_per_epoch=None, gradient_accumulation_steps=2,
+                        batch_size=2, shuffle=True, train_on_input=False, dtype="fp32",
+                        max_validation_steps=None, max_seq_len=96, seed=3, device="cpu"),
+        lora=LoraSpec(rank=8, alpha=16, attn_modules=[], apply_to_mlp=True, apply_to_output=False,
+                      requested_modules=["q_proj", "v_proj"]),
+        dpo=DPOSpec(beta=0.1, loss_type="sigmoid"),
+        optim=OptimSpec(type="adamw", lr=1e-2, weight_decay=0.0, warmup_steps=0),
+        output_format="huggingface", output_uri=str(tmp_path / "out"),
+    )  # fmt: skip
+    js = spec.model_dump_json()
+    prepare(js, str(data), "", str(tmp_path / "t.jsonl"), str(tmp_path / "v.jsonl"))
+    result = train_step(js, str(family_models[family]), str(tmp_path / "out"),
+                        str(tmp_path / "t.jsonl"), str(tmp_path / "v.jsonl"))  # fmt: skip
+    first, last = result["epochs"]
+    assert last["validation_reward_margin"] > first["validation_reward_margin"] > 0
+    assert result["final_loss"] < result["first_loss"]
+
+
+def test_seeded_runs_repeat(family_models, tmp_path):
+    def losses(name: str) -> list:
+        work = tmp_path / name
+        work.mkdir()
+        _run(family_models["smollm2"], work, lora=True)
+        return json.loads((work / "out" / "progress.json").read_text())["loss_history"]
+
+    first = losses("a")
+    assert len(first) == 8 and first == losses("b")
+
+
+def test_prompt_masking_follows_the_chat_template(family_models):
+    from transformers import AutoTokenizer
+
+    from llama_stack_provider_kfp.training.huggingface import data
+
+    tok = AutoTokenizer.from_pretrained(family_models["smollm2"])
+    messages = [{"role": "user", "content": "Greet Ada."},
+                {"role": "assistant", "content": "Hello, Ada!"}]  # fmt: skip
+    masked = data.encode(tok, messages, 512, train_on_input=False)
+    full = data.encode(tok, messages, 512, train_on_input=True)
+    assert masked.ids == full.ids and full.labels == full.ids
+    learned = [t for t in masked.labels if t != data.IGNORE]
+    # Exactly the answer and its end-of-turn: nothing of the system prompt or the question.
+    assert tok.decode(learned) == "Hello, Ada!<|im_end|>\n"
+    assert data.encode(tok, messages, 8, train_on_input=False).ids == full.ids[:8]

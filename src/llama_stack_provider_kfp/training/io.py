@@ -20,7 +20,9 @@ from ..core import storage
 from ..core.locations import parse
 from ..core.outputs import METRICS, StepError, write_error
 
-HUB_FILES = ["*.json", "*.safetensors", "original/tokenizer.model", "tokenizer.model"]
+# Weights, configs and every tokenizer form: tokenizer.json / vocab + merges / sentencepiece /
+# tiktoken, and chat templates saved beside them (chat_template.jinja).
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "original/tokenizer.model"]
 
 
 def fetch_data(uri: str, workdir: Path) -> str:
