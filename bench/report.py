@@ -75,6 +75,12 @@ def main() -> None:
                      f"{fmt(g['torchtune_peak_rss_mb'], unit='MB')}; "
                      f"{g['huggingface_final_loss']['median']} / "
                      f"{g['torchtune_final_loss']['median']}"))  # fmt: skip
+    if h := load("intree_hf"):  # run outside CI, in a scratch environment (see its docstring)
+        for name, v in h["runs"].items():
+            rows.append((f"{name}, same {h['steps']}-step LoRA job: training call / process, "
+                         "peak RSS",
+                         f"{fmt(v['train_seconds'])} / {fmt(v['process_seconds'])}, "
+                         f"{fmt(v['peak_rss_mb'], unit='MB')}"))  # fmt: skip
     if e := load("efficiency"):
         header = header or e
         rows.append(("train step vs torchtune recipe: label tokens/s (ours / torchtune)",
