@@ -75,6 +75,16 @@ def summary(values: list[float]) -> dict:
     }
 
 
+def paired_verdict(paired: list[float], target: float) -> str:
+    """What n paired ratios can tell: the target is met (or missed) only when every ratio is on
+    the same side of it; otherwise the difference is inside this machine's noise."""
+    if min(paired) >= target:
+        return f"met: every paired ratio is at or above {target}"
+    if max(paired) < target:
+        return f"missed: every paired ratio is below {target}"
+    return f"inconclusive: the paired ratios span {target} (inside the noise)"
+
+
 def save(name: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import job_spec, make_tiny, save, summary
+from common import job_spec, make_tiny, paired_verdict, save, summary
 
 from harness.demo_data import instruct_rows
 from llama_stack_provider_kfp.core.data_uri import write_jsonl
@@ -83,15 +83,7 @@ def main() -> None:
             medians[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"{mode:10s} run {r}: median {medians[mode][-1]:.0f} label tok/s")
         paired.append(medians["ours"][-1] / medians["torchtune"][-1])
-
-    # What n paired ratios can tell: the target is met (or missed) only when every ratio is on
-    # the same side of it; otherwise the difference is inside this machine's noise.
-    if min(paired) >= TARGET:
-        verdict = "met: every paired ratio is at or above the target"
-    elif max(paired) < TARGET:
-        verdict = "missed: every paired ratio is below the target"
-    else:
-        verdict = "inconclusive: the paired ratios span the target (inside the noise)"
+    verdict = paired_verdict(paired, TARGET)
     save(
         "efficiency",
         {

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import job_spec, make_tiny, save, summary
+from common import job_spec, make_tiny, paired_verdict, save, summary
 
 from harness.demo_data import instruct_rows
 from llama_stack_provider_kfp.core.data_uri import write_jsonl
@@ -103,12 +103,7 @@ def main() -> None:
         paired.append(hf / tt)
     ratio = summary(paired)
     # Within 10% of the faster engine: HF/torchtune >= 0.9 (HF slower) or simply >= 1.
-    if min(paired) >= TARGET:
-        verdict = "met: every paired ratio is at or above 0.90"
-    elif max(paired) < TARGET:
-        verdict = "missed: every paired ratio is below 0.90"
-    else:
-        verdict = "inconclusive: the paired ratios span 0.90"
+    verdict = paired_verdict(paired, TARGET)
     save("engines", {
         "what": "label tokens/s per optimizer step (median of steps 2..N), same model and rows",
         "rows": args.rows, "repeats": args.repeats,
