@@ -3,11 +3,15 @@
 #
 #   bash scripts/setup.sh          # prints the venv path on its last line
 #
-# The venv lives outside the clone, keyed by a hash of pyproject.toml, so clones share it and
-# a dependency change builds a new one. KFP_VENV=<dir> puts it elsewhere. Needs Python 3.12+:
-# found on PATH, or through pyenv, by itself.
+# The venv is built from uv.lock (exact versions, resolved from pyproject.toml by uv; the
+# Containerfile installs the same set), lives outside the clone, and is keyed by a hash of
+# pyproject.toml + uv.lock, so clones share it and a dependency change builds a new one; the
+# venvs of other keys this script built earlier are removed (each is ~7 GB). KFP_VENV=<dir>
+# puts it elsewhere (and nothing is removed). Needs Python 3.12+: found on PATH, or through
+# pyenv, by itself.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+UV_VERSION=0.13.9  # also pinned in pyproject.toml's test extra
 
 find_python() {
   local c v
@@ -25,17 +29,28 @@ find_python() {
   return 1
 }
 
-hash=$(sha256sum "$here/pyproject.toml" | cut -c1-12)
-venv=${KFP_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/llama-stack-provider-kfp/venv-$hash}
+hash=$(cat "$here/pyproject.toml" "$here/uv.lock" | sha256sum | cut -c1-12)
+venvs=${XDG_CACHE_HOME:-$HOME/.cache}/llama-stack-provider-kfp
+venv=${KFP_VENV:-$venvs/venv-$hash}
 
 if [ ! -f "$venv/.complete" ]; then
   py=$(find_python) || { echo "setup: no Python >= 3.12 found (install one, or set KFP_PYTHON)" >&2; exit 1; }
-  echo "setup: building $venv with $py ($("$py" --version))" >&2
+  echo "setup: building $venv with $py ($("$py" --version)) from uv.lock" >&2
   rm -rf "$venv"
   "$py" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip >&2
-  "$venv/bin/python" -m pip install -q -e "$here[test]" >&2
+  "$venv/bin/python" -m pip install -q "uv==$UV_VERSION" >&2
+  # The locked set as a pip requirements file: pip installs it (and its wheel cache serves it).
+  (cd "$here" && UV_PYTHON_DOWNLOADS=never "$venv/bin/uv" export --frozen --no-hashes \
+      --no-emit-project --extra test --format requirements-txt -q) > "$venv/requirements.lock.txt"
+  "$venv/bin/python" -m pip install -q -r "$venv/requirements.lock.txt" >&2
+  "$venv/bin/python" -m pip install -q --no-deps -e "$here" >&2
   touch "$venv/.complete"
+  if [ -z "${KFP_VENV:-}" ]; then
+    for old in "$venvs"/venv-*; do
+      [ "$old" != "$venv" ] && [ -f "$old/.complete" ] && { echo "setup: removing $old" >&2; rm -rf "$old"; }
+    done
+  fi
 else
   echo "setup: reusing $venv" >&2
 fi
