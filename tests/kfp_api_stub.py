@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -23,6 +24,13 @@ class KFPStub:
         self.requests: list[dict] = []  # method, path, headers, body: everything received
         self.terminated: list[str] = []
         self.dspas: dict[str, list[dict]] = {}  # namespace -> DSPA objects
+        # The DSPA API versions served: DSPO >= 2.17 serves v1 only.
+        self.dspa_versions: tuple[str, ...] = ("v1",)
+        # What GET /apis/v2beta1/healthz reports as tag_name (KFP's backend version).
+        self.version = "2.5.0"
+        # Seconds to hold every answer (a blackholed route when larger than the client's
+        # read timeout).
+        self.delay = 0.0
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -49,6 +57,8 @@ class KFPStub:
                      "body": body}
                 )  # fmt: skip
                 url = urlparse(self.path)
+                if stub.delay:
+                    time.sleep(stub.delay)
                 if url.path.startswith("/oauth/sign_in"):
                     return self._send(200, b"<html>Log in</html>", {"Content-Type": "text/html"})
                 if stub.mode == "unauthorized":
@@ -71,11 +81,14 @@ class KFPStub:
     def route(self, h, method: str, url, body: str):
         p = url.path
         # The Kubernetes API's answer for OpenShift AI pipeline servers (DSPA discovery).
-        dspa = "/apis/datasciencepipelinesapplications.opendatahub.io/v1alpha1/namespaces/"
-        if p.startswith(dspa) and p.endswith("/datasciencepipelinesapplications"):
-            return h._send(200, {"items": self.dspas.get(p[len(dspa) :].split("/")[0], [])})
+        for version in self.dspa_versions:
+            dspa = f"/apis/datasciencepipelinesapplications.opendatahub.io/{version}/namespaces/"
+            if p.startswith(dspa) and p.endswith("/datasciencepipelinesapplications"):
+                namespace = p[len(dspa) :].split("/")[0]
+                return h._send(200, {"items": self.dspas.get(namespace, [])})
         if p == "/apis/v2beta1/healthz":
-            return h._send(200, {"multi_user": False})
+            return h._send(200, {"multi_user": False, "tag_name": self.version,
+                                 "commit_sha": "0" * 40})  # fmt: skip
         if p == "/apis/v2beta1/experiments" and method == "GET":
             flt = json.loads(parse_qs(url.query).get("filter", ["{}"])[0] or "{}")
             names = [
@@ -91,7 +104,9 @@ class KFPStub:
             return h._send(200, exp)
         if p == "/apis/v2beta1/runs" and method == "POST":
             run = json.loads(body)
-            run.update(run_id=str(uuid.uuid4()), state="PENDING", created_at="2026-11-24T00:00:00Z")
+            # KFP answers Unix 0 for runs that have not finished.
+            run.update(run_id=str(uuid.uuid4()), state="PENDING", created_at="2026-11-24T00:00:00Z",
+                       finished_at="1970-01-01T00:00:00Z")  # fmt: skip
             self.runs[run["run_id"]] = run
             return h._send(200, run)
         if p.startswith("/apis/v2beta1/runs/"):

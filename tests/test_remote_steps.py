@@ -61,7 +61,7 @@ def _config(endpoint: str = "http://minio.example:9000") -> RemoteConfig:
         hf_token_secret="hf-token",
         resources=RemoteResources(
             cpu_request="4", cpu_limit="8", memory_request="24Gi", memory_limit="32Gi",
-            gpu_count=2, accelerator="amd.com/gpu", node_selector={"pool": "gpu"},
+            gpu_count=1, accelerator="amd.com/gpu", node_selector={"pool": "gpu"},
             tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
         ),
     )  # fmt: skip
@@ -96,7 +96,7 @@ def test_ir_is_valid_and_carries_placement_not_secrets(tmp_path, monkeypatch):
     assert (r["resourceCpuRequest"], r["resourceCpuLimit"]) == ("4", "8")
     assert (r["resourceMemoryRequest"], r["resourceMemoryLimit"]) == ("24Gi", "32Gi")
     assert r["accelerator"]["resourceType"] == "amd.com/gpu"
-    assert r["accelerator"]["resourceCount"] == "2"
+    assert r["accelerator"]["resourceCount"] == "1"
     k8s = executors["exec-train"]
     assert {s["secretName"] for s in k8s["secretAsEnv"]} == {"s3-credentials", "hf-token"}
     assert k8s["nodeSelector"]["labels"] == {"pool": "gpu"}

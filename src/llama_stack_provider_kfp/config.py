@@ -15,7 +15,13 @@ class RemoteResources(BaseModel):
     cpu_limit: str | None = None
     memory_request: str | None = Field(default="8Gi", description="e.g. '16Gi'")
     memory_limit: str | None = None
-    gpu_count: int = Field(default=0, ge=0, description="accelerators for the train step")
+    gpu_count: int = Field(
+        default=0,
+        ge=0,
+        le=1,
+        description="accelerators for the train step: 0 or 1 (training runs on one device; "
+        "more would be reserved and left idle)",
+    )
     accelerator: str = Field(
         default="nvidia.com/gpu", description="resource name of the accelerator, e.g. amd.com/gpu"
     )
@@ -61,6 +67,12 @@ class RemoteConfig(BaseModel):
         default=None, description="Kubernetes Secret with HF_TOKEN, for gated models"
     )
     resources: RemoteResources = Field(default_factory=RemoteResources)
+    request_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="read timeout of every KFP and Kubernetes API call (connect: at most 5 s): "
+        "an endpoint that stops answering fails the call instead of hanging it",
+    )
     poll_seconds: float = Field(
         default=5.0, gt=0, description="how often queued/finished runs are checked with KFP"
     )

@@ -68,6 +68,7 @@ def remote(s3, stub, tmp_path, monkeypatch, tiny_models):
         "KFP_S3_SECRET": "s3-credentials",
         "KFP_HF_TOKEN_SECRET": "hf-token",
         "KFP_GPUS": "1",
+        "KFP_REQUEST_TIMEOUT": "0.5",  # sub-second: the blackholed-route test waits on it
         "KFP_MAX_CONCURRENT_JOBS": "8",
     }
     server = Server(tmp_path, env=env).start()
@@ -159,7 +160,9 @@ def test_cancel_terminates_and_canceled_maps(remote, stub, tmp_path):
     stub.set_state(run_a["run_id"], "RUNNING")
     cancel_job(client, a)
     assert stub.terminated == [run_a["run_id"]]
-    assert job_status(client, a)["status"] == "cancelled"
+    st = job_status(client, a)
+    # KFP still reports finished_at = Unix 0 for it: that is no completion time.
+    assert st["status"] == "cancelled" and st["completed_at"] is None
     # Cancelled from the KFP UI: CANCELED maps to cancelled, never a hang.
     stub.set_state(run_b["run_id"], "CANCELED")
     assert job_status(client, b)["status"] == "cancelled"
@@ -234,6 +237,52 @@ def test_model_outside_s3_is_refused(remote, tmp_path, tiny_models):
     assert err.value.status_code == 400 and "upload-model.py" in str(err.value)
 
 
+def test_unfinished_runs_have_no_completion_time_and_a_run_that_just_ended_is_not_cancelled(
+    remote, stub, tmp_path
+):
+    client = remote.client()
+    ds = register_rows(client, tmp_path, instruct_rows(12))
+    job = new_id("race")
+    submit(client, job, "tiny", ds, checkpoint_dir=MODEL)
+    st = job_status(client, job)
+    assert st["status"] == "scheduled" and st["completed_at"] is None  # not 1970-01-01
+    # The run ends between two polls; a cancel then finds it ended instead of failing in
+    # KFP's terminate call.
+    stub.set_state(stub.run_for(job)["run_id"], "SUCCEEDED")
+    with pytest.raises(APIStatusError) as err:
+        cancel_job(client, job)
+    assert err.value.status_code == 400 and "already ended (completed)" in str(err.value)
+    assert stub.terminated == []
+    st = job_status(client, job)
+    assert st["status"] == "completed" and st["completed_at"].startswith("2026-11-24")
+
+
+def test_old_backend_is_refused_with_the_version_needed(remote, stub, tmp_path):
+    client = remote.client()
+    ds = register_rows(client, tmp_path, instruct_rows(12))
+    stub.version = "2.3.0"
+    job = new_id("old")
+    with pytest.raises(APIStatusError) as err:
+        submit(client, job, "tiny", ds, checkpoint_dir=MODEL)
+    assert err.value.status_code == 502
+    assert "2.3.0" in str(err.value) and ">= 2.5" in str(err.value)
+    assert not (remote.jobs_dir / job).exists()
+
+
+def test_a_blackholed_route_times_out_instead_of_hanging(remote, stub, tmp_path):
+    client = remote.client()
+    ds = register_rows(client, tmp_path, instruct_rows(12))
+    job = new_id("slow")
+    submit(client, job, "tiny", ds, checkpoint_dir=MODEL)
+    stub.set_state(stub.run_for(job)["run_id"], "RUNNING")
+    assert job_status(client, job)["status"] == "in_progress"
+    stub.delay = 3.0  # longer than the request timeout the fixture configures (0.5 s)
+    st = job_status(client, job)  # answers, from the last known state
+    assert st["status"] == "in_progress"
+    assert "timed out" in st["resources_allocated"]["runner"]["warning"].lower()
+    stub.delay = 0.0
+
+
 def test_endpoint_gone_mid_run(remote, stub, tmp_path):
     client = remote.client()
     ds = register_rows(client, tmp_path, instruct_rows(12))
@@ -247,10 +296,13 @@ def test_endpoint_gone_mid_run(remote, stub, tmp_path):
     assert "unreachable" in st["resources_allocated"]["runner"]["warning"]
 
 
-def test_openshift_discovery_from_kubeconfig(s3, stub, tmp_path, monkeypatch):
+@pytest.mark.parametrize("dspa_version", ["v1", "v1alpha1"])
+def test_openshift_discovery_from_kubeconfig(s3, stub, tmp_path, monkeypatch, dspa_version):
     """No url, namespace or token configured: all three come from the current kubeconfig
     context and the namespace's DataSciencePipelinesApplication (the stub answers the
-    Kubernetes API call too)."""
+    Kubernetes API call too), served as `v1` only (DSPO >= 2.17) or `v1alpha1` only (before
+    2.8)."""
+    stub.dspa_versions = (dspa_version,)
     stub.dspas["team-b"] = [
         {"spec": {"dspVersion": "v1"}, "status": {}},
         {"spec": {"dspVersion": "v2"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from kfp_server_api.models.v2beta1_runtime_state import V2beta1RuntimeState
 
 from llama_stack_provider_kfp.backends.kfp.backend import STATE_MAP, TERMINAL_STATES
@@ -18,3 +19,29 @@ def test_terminal_states_are_exactly_the_terminal_statuses():
     assert STATE_MAP["SUCCEEDED"] == "completed" and STATE_MAP["CANCELED"] == "cancelled"
     # CANCELING is still running: the job is cancelled once KFP says CANCELED.
     assert STATE_MAP["CANCELING"] == "in_progress"
+
+
+@pytest.mark.parametrize(
+    ("tag", "ok"),
+    [("2.5.0", True), ("v2.14.1", True), ("2.5.0-rc.1", True), ("3.0.0", True), (None, True),
+     ("2.4.1", False), ("2.3.0", False), ("1.8.5", False)],
+)  # fmt: skip
+def test_backend_version_check(tag, ok):
+    from llama_stack_provider_kfp.backends.kfp.connection import check_backend_version
+    from llama_stack_provider_kfp.core.errors import Refused
+
+    if ok:
+        check_backend_version(tag, "https://kfp.example")
+    else:
+        with pytest.raises(Refused, match=f"version {tag}.*>= 2.5"):
+            check_backend_version(tag, "https://kfp.example")
+
+
+def test_more_than_one_gpu_is_refused_until_multi_gpu_training_exists():
+    from pydantic import ValidationError
+
+    from llama_stack_provider_kfp.config import RemoteResources
+
+    assert RemoteResources(gpu_count=1).gpu_count == 1
+    with pytest.raises(ValidationError, match="less than or equal to 1"):
+        RemoteResources(gpu_count=2)

@@ -7,6 +7,7 @@ machine are staged to that prefix before the run starts.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -22,7 +23,7 @@ from ...core.spec import ModelSpec
 from ...jobs.backend import DatasetSource, JobInputs, Observed, StagedInputs
 from ...jobs.record import JobRecord, RunnerHandle, Status
 from ...jobs.store import JobStore
-from .connection import connection, explain
+from .connection import check_backend_version, connection, explain, request_timeout
 from .placement import remote_placement
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,27 @@ STATE_MAP: dict[str, Status] = {
     "CANCELED": "cancelled",
 }
 TERMINAL_STATES = ("SUCCEEDED", "SKIPPED", "FAILED", "CANCELED")
+
+
+def _set_timeouts(client: Any, timeout: tuple[float, float]) -> None:
+    """kfp_server_api sets no request timeout (and passes timeout=None to urllib3 explicitly,
+    overriding any pool default): give every call of this client one, so a blackholed route
+    fails instead of hanging a status call or the scheduler."""
+    rest = client._run_api.api_client.rest_client  # one ApiClient serves all of kfp.Client's APIs
+    request = rest.request
+
+    def with_timeout(*args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return request(*args, _request_timeout=_request_timeout or timeout, **kwargs)
+
+    rest.request = with_timeout
+
+
+def _finished_at(run: Any) -> Any:
+    """KFP reports 1970-01-01 for runs that have not finished: that is no completion time."""
+    finished = getattr(run, "finished_at", None)
+    if finished is None or getattr(finished, "year", 1970) <= 1970:
+        return None
+    return finished
 
 
 class KFPBackend:
@@ -142,9 +164,20 @@ class KFPBackend:
                     ssl_ca_cert=str(self.cfg.ca_bundle) if self.cfg.ca_bundle else None,
                     verify_ssl=self.cfg.verify_ssl,
                 )
-                client._healthz_api.healthz_service_get_healthz()
+                _set_timeouts(client, request_timeout(self.cfg))
+                raw = client._healthz_api.healthz_service_get_healthz(_preload_content=False)
             except Exception as e:
                 raise explain(e, url) from None
+            try:
+                health = json.loads(raw.data or b"{}")
+            except ValueError:
+                raise Refused(
+                    f"KFP at {url} answered its health check with a page, not JSON: probably "
+                    "a login page (an OAuth proxy redirect); the token is missing or expired"
+                ) from None
+            # kfp_server_api's model drops tag_name: read it from the raw answer.
+            check_backend_version(health.get("tag_name") if isinstance(health, dict) else None,
+                                  url)  # fmt: skip
             self._client = client
         return self._client
 
@@ -219,7 +252,9 @@ class KFPBackend:
         return Observed(
             status,
             started_at=getattr(run, "created_at", None),
-            completed_at=getattr(run, "finished_at", None) if status != "in_progress" else None,
+            completed_at=_finished_at(run)
+            if status in ("completed", "failed", "cancelled")
+            else None,
             error=error,
             note={"run_id": run_id, "state": state},
         )
@@ -236,4 +271,12 @@ class KFPBackend:
         try:
             self.client().terminate_run(record.runner.run_id)
         except Exception as e:
+            # It may have ended since the last poll: KFP refuses to terminate it, and there is
+            # nothing left to stop.
+            try:
+                state = getattr(self.client().get_run(record.runner.run_id), "state", None)
+            except Exception:
+                state = None
+            if str(getattr(state, "value", state)) in TERMINAL_STATES:
+                return
             raise explain(e, self.url) from None

@@ -12,8 +12,53 @@ import os
 from ...config import RemoteConfig
 from ...core.errors import Refused, Unavailable
 
-DSPA = ("datasciencepipelinesapplications.opendatahub.io", "v1alpha1",
-        "datasciencepipelinesapplications")  # fmt: skip
+DSPA_GROUP, DSPA_PLURAL = (
+    "datasciencepipelinesapplications.opendatahub.io",
+    ("datasciencepipelinesapplications"),
+)
+# data-science-pipelines-operator serves v1 since 2.8.0 and only v1 since 2.17.0.
+DSPA_VERSIONS = ("v1", "v1alpha1")
+# SDK 2.17's IR needs a 2.5+ API server: 2.2-2.3 reject its resource fields, the 2.4 driver
+# kfp-kubernetes' secretNameParameter.
+MIN_BACKEND = (2, 5)
+
+
+def check_backend_version(tag: str | None, url: str) -> None:
+    """Refuse a KFP API server older than MIN_BACKEND (its healthz `tag_name`)."""
+    if not tag:
+        return  # not reported: nothing to check
+    parts = []
+    for piece in tag.lstrip("v").split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    if tuple(parts) < MIN_BACKEND:
+        raise Refused(
+            f"KFP at {url} is version {tag}; this provider needs a KFP API server >= "
+            f"{'.'.join(map(str, MIN_BACKEND))} (Red Hat OpenShift AI / DSPO with KFP 2.5+): "
+            "older servers reject the pipelines the kfp 2.17 SDK compiles"
+        )
+
+
+def _list_dspas(custom_objects, namespace: str, timeout: tuple[float, float]) -> list[dict]:
+    """The namespace's DSPAs through the newest API version the cluster serves."""
+    last: Exception | None = None
+    for version in DSPA_VERSIONS:
+        try:
+            found = custom_objects.list_namespaced_custom_object(
+                DSPA_GROUP, version, namespace, DSPA_PLURAL, _request_timeout=timeout
+            )
+            return list(found.get("items", []))
+        except Exception as e:  # 404: this version is not served; try the next one
+            last = e
+            if getattr(e, "status", None) != 404:
+                break
+    raise last if last is not None else RuntimeError("no DSPA API version")
+
+
+def request_timeout(cfg: RemoteConfig) -> tuple[float, float]:
+    """(connect, read) seconds for every KFP and Kubernetes call."""
+    read = cfg.request_timeout_seconds
+    return min(5.0, read), read
 
 
 def _token(cfg: RemoteConfig) -> str | None:
@@ -50,9 +95,7 @@ def connection(cfg: RemoteConfig) -> tuple[str, str, str | None]:
         token = bearer.removeprefix("Bearer ").strip() or None
     if not url:
         try:
-            items = k8s.CustomObjectsApi(api).list_namespaced_custom_object(
-                DSPA[0], DSPA[1], namespace, DSPA[2]
-            )["items"]
+            items = _list_dspas(k8s.CustomObjectsApi(api), namespace, request_timeout(cfg))
         except Exception as e:
             raise Refused(
                 f"cannot list DataSciencePipelinesApplications in namespace {namespace!r} "
@@ -85,6 +128,11 @@ def explain(e: Exception, url: str) -> Unavailable:
             "token_env variable or token_file (e.g. `oc whoami -t`), with rights on the namespace"
         )
     text = str(e)
+    if "timeout" in text.lower() or "timed out" in text.lower() or isinstance(e, TimeoutError):
+        return Unavailable(
+            f"KFP at {url} timed out: no answer within remote.request_timeout_seconds; the "
+            "route or the API server is stuck"
+        )
     if "certificate" in text.lower() or "SSL" in text:
         return Unavailable(f"TLS to {url} failed ({text}); set remote.ca_bundle or verify_ssl")
     if status is None:
