@@ -31,6 +31,9 @@ class KFPStub:
         # Seconds to hold every answer (a blackholed route when larger than the client's
         # read timeout).
         self.delay = 0.0
+        # When set, only this bearer token is accepted (others get 401, as an expired
+        # OpenShift token does).
+        self.valid_token: str | None = None
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -61,7 +64,11 @@ class KFPStub:
                     time.sleep(stub.delay)
                 if url.path.startswith("/oauth/sign_in"):
                     return self._send(200, b"<html>Log in</html>", {"Content-Type": "text/html"})
-                if stub.mode == "unauthorized":
+                bearer = self.headers.get("Authorization", "")
+                if stub.mode == "unauthorized" or (
+                    stub.valid_token and url.path.startswith("/apis/v2beta1")
+                    and bearer != f"Bearer {stub.valid_token}"
+                ):  # fmt: skip
                     return self._send(401, {"error": "Unauthorized", "code": 16})
                 if stub.mode == "login-redirect":
                     return self._send(302, b"", {"Location": "/oauth/sign_in?rd=" + url.path})
@@ -123,8 +130,16 @@ class KFPStub:
                 return h._send(200, self.runs[rest])
         return h._send(404, {"error": f"no route {method} {p}", "code": 5})
 
-    def set_state(self, run_id: str, state: str) -> None:
+    def set_state(self, run_id: str, state: str, task_error: tuple[str, str] | None = None) -> None:
+        """`task_error` = (task, reason): the task failed as a pod does (OOMKilled, image pull),
+        reported in run_details.task_details as KFP's API server reports it."""
         self.runs[run_id]["state"] = state
+        if task_error is not None:
+            task, reason = task_error
+            self.runs[run_id]["run_details"] = {"task_details": [
+                {"display_name": "prepare-data", "state": "SUCCEEDED"},
+                {"display_name": task, "state": "FAILED", "error": {"code": 9, "message": reason}},
+            ]}  # fmt: skip
         if state in ("SUCCEEDED", "FAILED", "CANCELED"):
             self.runs[run_id]["finished_at"] = "2026-11-24T00:10:00Z"
 

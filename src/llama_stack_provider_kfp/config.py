@@ -45,7 +45,11 @@ class RemoteConfig(BaseModel):
     token_env: str = Field(
         default="KFP_TOKEN", description="environment variable holding a bearer token"
     )
-    token_file: Path | None = Field(default=None, description="file holding a bearer token")
+    token_file: Path | None = Field(
+        default=None,
+        description="file holding a bearer token, read again at every reconnection (a rotated "
+        "token is picked up without a restart)",
+    )
     ca_bundle: Path | None = Field(default=None, description="CA bundle for the endpoint's TLS")
     verify_ssl: bool = True
     experiment: str = "llama-stack-post-training"
@@ -173,6 +177,14 @@ class KFPPostTrainingConfig(BaseModel):
         description="Rows checked against the data format at submit time; prepare-data checks "
         "every row.",
     )
+
+    @field_validator("remote", mode="before")
+    @classmethod
+    def _no_empty_paths(cls, v: Any) -> Any:
+        # run.yaml's ${env.X:=} gives "" for an unset variable: that is no file.
+        if isinstance(v, dict):
+            v = {**v, **{k: None for k in ("token_file", "ca_bundle") if v.get(k) == ""}}
+        return v
 
     @field_validator("work_dir", mode="after")
     @classmethod

@@ -193,6 +193,21 @@ def test_failed_run_reports_step_error(remote, stub, tmp_path):
     assert err["message"] == "RuntimeError: CUDA out of memory" and "traceback" not in err
 
 
+def test_a_pod_level_failure_reaches_the_status(remote, stub, tmp_path):
+    # The train pod was OOMKilled: no error.json was written, KFP's task details say why.
+    client = remote.client()
+    ds = register_rows(client, tmp_path, instruct_rows(12))
+    job = new_id("oom")
+    submit(client, job, "tiny", ds, checkpoint_dir=MODEL)
+    reason = "OOMKilled: container train exceeded its memory limit (32Gi)"
+    stub.set_state(stub.run_for(job)["run_id"], "FAILED", task_error=("train", reason))
+    st = job_status(client, job)
+    assert st["status"] == "failed"
+    err = st["resources_allocated"]["error"]
+    assert err["message"] == f"the KFP run ended FAILED: task train failed: {reason}"
+    assert err["tasks"] == [{"task": "train", "state": "FAILED", "message": reason}]
+
+
 @pytest.mark.parametrize(
     ("mode", "words"),
     [("unauthorized", "refused the token"), ("login-redirect", "login page")],
@@ -281,6 +296,37 @@ def test_a_blackholed_route_times_out_instead_of_hanging(remote, stub, tmp_path)
     assert st["status"] == "in_progress"
     assert "timed out" in st["resources_allocated"]["runner"]["warning"].lower()
     stub.delay = 0.0
+
+
+def test_a_rotated_token_file_is_read_again_without_a_restart(s3, stub, tmp_path, monkeypatch):
+    token_file = tmp_path / "token"
+    token_file.write_text("token-day-1\n")
+    stub.valid_token = "token-day-1"
+    monkeypatch.delenv("KFP_TOKEN", raising=False)
+    env = {"KFP_MODE": "remote", "KFP_URL": stub.url, "KFP_NAMESPACE": "team-a",
+           "KFP_TOKEN_FILE": str(token_file), "KFP_S3_BUCKET": "kfp",
+           "KFP_S3_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"]}  # fmt: skip
+    server = Server(tmp_path / "srv", env=env)
+    server.root.mkdir()
+    server.start()
+    try:
+        client = server.client()
+        ds = register_rows(client, tmp_path, instruct_rows(12))
+        first = new_id("day1")
+        submit(client, first, "tiny", ds, checkpoint_dir=MODEL)
+        stub.set_state(stub.run_for(first)["run_id"], "RUNNING")
+        # The token expires and is rotated in the file (as a token refresher would).
+        stub.valid_token = "token-day-2"
+        token_file.write_text("token-day-2\n")
+        assert job_status(client, first)["status"] == "in_progress"
+        assert "warning" not in job_status(client, first)["resources_allocated"]["runner"]
+        second = new_id("day2")
+        submit(client, second, "tiny", ds, checkpoint_dir=MODEL)  # no 502: read again
+        used = {r["headers"].get("authorization") for r in stub.requests
+                if r["path"].startswith("/apis/v2beta1/runs")}  # fmt: skip
+        assert used == {"Bearer token-day-1", "Bearer token-day-2"}
+    finally:
+        server.cleanup()
 
 
 def test_endpoint_gone_mid_run(remote, stub, tmp_path):

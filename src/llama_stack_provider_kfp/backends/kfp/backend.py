@@ -64,6 +64,19 @@ def _finished_at(run: Any) -> Any:
     return finished
 
 
+def _failed_tasks(run: Any) -> list[dict[str, Any]]:
+    """The run's failed tasks with KFP's reason (run_details.task_details[].error/state)."""
+    details = getattr(getattr(run, "run_details", None), "task_details", None) or []
+    found = []
+    for task in details:
+        state = getattr(task, "state", None)
+        state = str(getattr(state, "value", state))
+        message = getattr(getattr(task, "error", None), "message", None)
+        if state == "FAILED" or message:
+            found.append({"task": task.display_name, "state": state, "message": message})
+    return found
+
+
 class KFPBackend:
     name = "kfp"
 
@@ -181,6 +194,27 @@ class KFPBackend:
             self._client = client
         return self._client
 
+    def _call(self, fn: Any) -> Any:
+        """fn(client), once more with a fresh client (the token read again) when KFP refused
+        the token: an expired or rotated token costs one retry, not a failed call."""
+        try:
+            return fn(self.client())
+        except Exception as e:
+            if getattr(e, "status", None) not in (401, 403):
+                raise
+            self._client = None
+        return fn(self.client())
+
+    def _failed(self, e: Exception) -> Exception:
+        """The error to raise for a failed KFP call. A refusal (expired or revoked token)
+        drops the client: the next call reads the token again (environment variable, token
+        file, kubeconfig or the service account's token), so a rotated token is picked up
+        without a restart."""
+        err = explain(e, self.url)
+        if isinstance(err, Refused):
+            self._client = None
+        return err
+
     def check(self) -> None:
         """Fail early (at submit) when the endpoint cannot take a run."""
         self.client()
@@ -199,17 +233,18 @@ class KFPBackend:
             placement = self.placement(record.spec)
             compiler.Compiler().compile(build_pipeline(build, placement), str(package))
             try:
-                result = self.client().create_run_from_pipeline_package(
+                result = self._call(lambda c: c.create_run_from_pipeline_package(
                     str(package),
                     arguments=pipeline_arguments(record.spec),
                     run_name=job_uuid,
                     experiment_name=self.cfg.experiment,
                     namespace=self.namespace,
                     service_account=self.cfg.service_account,
-                )
+                ))  # fmt: skip
             except Exception as e:
-                raise explain(e, self.url) from None
+                raise self._failed(e) from None
         if not result.run_id:
+            self._client = None  # a login page: the token expired; read it again next time
             raise Refused(
                 f"KFP at {self.url} answered without a run id: probably a login page "
                 "(an OAuth proxy redirect); the token is missing or expired"
@@ -224,7 +259,7 @@ class KFPBackend:
             return Observed("cancelled" if record.cancelled_at else "scheduled")
         run_id = record.runner.run_id
         try:
-            run = self.client().get_run(run_id)
+            run = self._call(lambda c: c.get_run(run_id))
             raw_state = getattr(run, "state", None)
             if raw_state is None and getattr(run, "run_id", None) is None:
                 raise Refused(
@@ -233,7 +268,7 @@ class KFPBackend:
                 )
         except Exception as e:
             err = e if isinstance(e, Refused) else explain(e, self.url)
-            self._client = None  # reconnect next time
+            self._client = None  # reconnect next time, with the token read again
             last = self._last_state.get(run_id, "RUNNING")
             status = "cancelled" if record.cancelled_at else STATE_MAP.get(last, "in_progress")
             return Observed(status, note={"run_id": run_id, "state": last, "warning": str(err)})
@@ -246,7 +281,17 @@ class KFPBackend:
         if status == "failed":
             step_error = self.outputs(record).error()
             error = step_error.model_dump(exclude_none=True) if step_error else {}
-            error.setdefault("message", f"the KFP run ended {state}")
+            failed_tasks = _failed_tasks(run)
+            if failed_tasks:
+                error["tasks"] = failed_tasks
+            # No error.json: the step never reached Python (OOMKilled, image pull, evicted):
+            # KFP's task details say why.
+            first = next((t for t in failed_tasks if t.get("message")), None)
+            error.setdefault(
+                "message",
+                f"the KFP run ended {state}"
+                + (f": task {first['task']} failed: {first['message']}" if first else ""),
+            )
             if getattr(run, "error", None) is not None:
                 error["kfp_error"] = getattr(run.error, "message", str(run.error))
         return Observed(
@@ -269,7 +314,8 @@ class KFPBackend:
         if self._last_state.get(record.runner.run_id) in TERMINAL_STATES:
             return  # KFP refuses to terminate a run that has ended
         try:
-            self.client().terminate_run(record.runner.run_id)
+            run_id = record.runner.run_id
+            self._call(lambda c: c.terminate_run(run_id))
         except Exception as e:
             # It may have ended since the last poll: KFP refuses to terminate it, and there is
             # nothing left to stop.
@@ -279,4 +325,4 @@ class KFPBackend:
                 state = None
             if str(getattr(state, "value", state)) in TERMINAL_STATES:
                 return
-            raise explain(e, self.url) from None
+            raise self._failed(e) from None

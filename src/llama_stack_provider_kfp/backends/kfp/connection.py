@@ -62,6 +62,7 @@ def request_timeout(cfg: RemoteConfig) -> tuple[float, float]:
 
 
 def _token(cfg: RemoteConfig) -> str | None:
+    """Read at every (re)connection, so a rotated token file is picked up."""
     if os.environ.get(cfg.token_env):
         return os.environ[cfg.token_env]
     if cfg.token_file and cfg.token_file.is_file():
