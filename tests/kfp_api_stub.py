@@ -34,6 +34,8 @@ class KFPStub:
         # When set, only this bearer token is accepted (others get 401, as an expired
         # OpenShift token does).
         self.valid_token: str | None = None
+        # Seconds in the past new runs are created at (a run stuck PENDING for that long).
+        self.age = 0.0
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -112,7 +114,8 @@ class KFPStub:
         if p == "/apis/v2beta1/runs" and method == "POST":
             run = json.loads(body)
             # KFP answers Unix 0 for runs that have not finished.
-            run.update(run_id=str(uuid.uuid4()), state="PENDING", created_at="2026-11-24T00:00:00Z",
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - self.age))
+            run.update(run_id=str(uuid.uuid4()), state="PENDING", created_at=now,
                        finished_at="1970-01-01T00:00:00Z")  # fmt: skip
             self.runs[run["run_id"]] = run
             return h._send(200, run)

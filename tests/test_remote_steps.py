@@ -49,7 +49,8 @@ from llama_stack_provider_kfp.training.io import fetch_model
 SECRET_VALUES = ("aws-secret-value-xyz", "hf_token_value_xyz", "bearer-token-xyz")
 
 
-def _config(endpoint: str = "http://minio.example:9000") -> RemoteConfig:
+def _config(endpoint: str = "http://minio.example:9000", ca: str | None = "minio-ca/ca.pem"
+            ) -> RemoteConfig:  # fmt: skip
     return RemoteConfig(
         url="https://kfp.example",
         namespace="team-a",
@@ -58,6 +59,7 @@ def _config(endpoint: str = "http://minio.example:9000") -> RemoteConfig:
         s3_bucket="kfp",
         s3_endpoint_url=endpoint,
         s3_credentials_secret="s3-credentials",
+        s3_ca_bundle_configmap=ca,
         hf_token_secret="hf-token",
         resources=RemoteResources(
             cpu_request="4", cpu_limit="8", memory_request="24Gi", memory_limit="32Gi",
@@ -99,6 +101,20 @@ def test_ir_is_valid_and_carries_placement_not_secrets(tmp_path, monkeypatch):
     assert r["accelerator"]["resourceCount"] == "1"
     k8s = executors["exec-train"]
     assert {s["secretName"] for s in k8s["secretAsEnv"]} == {"s3-credentials", "hf-token"}
+    # The job's S3 settings reach the step under provider-specific names: KFP's launcher, in
+    # the same container, reads AWS_* for the pipeline root's artifacts and must not get them.
+    s3_env = next(s for s in k8s["secretAsEnv"] if s["secretName"] == "s3-credentials")
+    assert {m["envVar"] for m in s3_env["keyToEnv"]} == {
+        "KFP_STEP_S3_ACCESS_KEY_ID",
+        "KFP_STEP_S3_SECRET_ACCESS_KEY",
+    }
+    container_env = {e["name"]: e["value"] for e in train.get("env", [])}
+    assert container_env["KFP_STEP_S3_ENDPOINT_URL"] == "http://minio.example:9000"
+    assert not [n for n in container_env if n.startswith("AWS_")]
+    # A private CA for the S3 endpoint: a ConfigMap mounted into the steps.
+    (ca,) = k8s["configMapAsVolume"]
+    assert (ca["configMapName"], ca["mountPath"]) == ("minio-ca", "/etc/llama-stack-kfp/s3-ca")
+    assert container_env["KFP_STEP_S3_CA_BUNDLE"] == "/etc/llama-stack-kfp/s3-ca/ca.pem"
     assert k8s["nodeSelector"]["labels"] == {"pool": "gpu"}
     assert k8s["tolerations"][0]["key"] == "gpu"
     assert [s["secretName"] for s in k8s["imagePullSecret"]] == ["pull-secret"]
@@ -199,10 +215,11 @@ def test_steps_run_as_in_a_pod_against_s3(s3, tiny_models, tmp_path):
     assert model.layout == "huggingface" and model.arch.embed_dim == 64
     spec = _job_spec(model, "s3://kfp/jobs/j1/output")
     params = pipeline_arguments(spec)
-    pipeline, _ = _compile(_config(endpoint=s3["AWS_ENDPOINT_URL"]), tmp_path / "p.yaml")
+    pipeline, _ = _compile(_config(endpoint=s3["AWS_ENDPOINT_URL"], ca=None), tmp_path / "p.yaml")
     executors = pipeline["deploymentSpec"]["executors"]
-    # The Secret mounts (s3-credentials) become these variables in the pod.
-    pod_secrets = {k: s3[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    # The Secret mounts (s3-credentials) become these variables in the pod; no AWS_* at all.
+    pod_secrets = {"KFP_STEP_S3_ACCESS_KEY_ID": s3["AWS_ACCESS_KEY_ID"],
+                   "KFP_STEP_S3_SECRET_ACCESS_KEY": s3["AWS_SECRET_ACCESS_KEY"]}  # fmt: skip
     env = {"HOME": os.environ.get("HOME", "/root"), "AWS_DEFAULT_REGION": "us-east-1",
            **pod_secrets}  # fmt: skip
 

@@ -62,6 +62,14 @@ class RemoteConfig(BaseModel):
     s3_bucket: str | None = Field(default=None, description="bucket for inputs and outputs")
     s3_prefix: str = "llama-stack-post-training"
     s3_endpoint_url: str | None = Field(default=None, description="MinIO / ODF / Ceph endpoint")
+    s3_ca_bundle: Path | None = Field(
+        default=None, description="CA bundle for the S3 endpoint's TLS, for the server"
+    )
+    s3_ca_bundle_configmap: str | None = Field(
+        default=None,
+        description="<configmap>/<key> holding that CA bundle, mounted into the steps "
+        "(key default: ca.crt)",
+    )
     s3_credentials_secret: str | None = Field(
         default=None,
         description="Kubernetes Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
@@ -76,6 +84,12 @@ class RemoteConfig(BaseModel):
         gt=0,
         description="read timeout of every KFP and Kubernetes API call (connect: at most 5 s): "
         "an endpoint that stops answering fails the call instead of hanging it",
+    )
+    pending_timeout_seconds: float = Field(
+        default=1800.0,
+        gt=0,
+        description="a run still PENDING after this long fails with the reason and is "
+        "terminated (unschedulable GPU requests, image pulls, quota)",
     )
     poll_seconds: float = Field(
         default=5.0, gt=0, description="how often queued/finished runs are checked with KFP"
@@ -183,7 +197,8 @@ class KFPPostTrainingConfig(BaseModel):
     def _no_empty_paths(cls, v: Any) -> Any:
         # run.yaml's ${env.X:=} gives "" for an unset variable: that is no file.
         if isinstance(v, dict):
-            v = {**v, **{k: None for k in ("token_file", "ca_bundle") if v.get(k) == ""}}
+            empty = ("token_file", "ca_bundle", "s3_ca_bundle", "s3_ca_bundle_configmap")
+            v = {**v, **{k: None for k in empty if v.get(k) == ""}}
         return v
 
     @field_validator("work_dir", mode="after")

@@ -69,6 +69,7 @@ def remote(s3, stub, tmp_path, monkeypatch, tiny_models):
         "KFP_HF_TOKEN_SECRET": "hf-token",
         "KFP_GPUS": "1",
         "KFP_REQUEST_TIMEOUT": "0.5",  # sub-second: the blackholed-route test waits on it
+        "KFP_PENDING_TIMEOUT": "60",
         "KFP_MAX_CONCURRENT_JOBS": "8",
     }
     server = Server(tmp_path, env=env).start()
@@ -191,6 +192,29 @@ def test_failed_run_reports_step_error(remote, stub, tmp_path):
     assert st["status"] == "failed"
     err = st["resources_allocated"]["error"]
     assert err["message"] == "RuntimeError: CUDA out of memory" and "traceback" not in err
+
+
+def test_a_run_stuck_pending_fails_with_the_reason_and_is_terminated(remote, stub, tmp_path):
+    import time
+
+    client = remote.client()
+    ds = register_rows(client, tmp_path, instruct_rows(12))
+    job = new_id("stuck")
+    stub.age = 120.0  # created two minutes ago and still PENDING (limit here: 60 s)
+    try:
+        submit(client, job, "tiny", ds, checkpoint_dir=MODEL)
+    finally:
+        stub.age = 0.0
+    st = job_status(client, job)
+    assert st["status"] == "failed"
+    assert "still PENDING after" in st["resources_allocated"]["error"]["message"]
+    run_id = stub.run_for(job)["run_id"]
+    deadline = time.monotonic() + 30  # the scheduler settles it on its next poll
+    while run_id not in stub.terminated and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert stub.terminated == [run_id]
+    # Failed it stays, although KFP now says CANCELED.
+    assert job_status(client, job)["status"] == "failed"
 
 
 def test_a_pod_level_failure_reaches_the_status(remote, stub, tmp_path):

@@ -1,10 +1,11 @@
 """S3-compatible object storage (AWS S3, MinIO, ODF, Ceph) through boto3.
 
-Credentials come from the environment the way boto3 reads them (AWS_ACCESS_KEY_ID /
-AWS_SECRET_ACCESS_KEY, or a profile; in a pod, a Kubernetes Secret mounted as env vars):
-never from a request, a pipeline parameter or a job record. The endpoint is passed to
-`client()` by whoever owns the setting (the kfp backend's config; AWS_ENDPOINT_URL in a
-step's pod), never set process-wide.
+Credentials come from the environment: on the server the way boto3 reads them
+(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or a profile); in a pipeline step from STEP_ENV's
+provider-specific names (a Kubernetes Secret mounted as env vars), which KFP's launcher, running
+in the same container and reading the standard AWS_* names, does not see. Never from a request,
+a pipeline parameter or a job record. The endpoint is passed to `client()` by whoever owns the
+setting (the kfp backend's config; STEP_ENV in a step's pod), never set process-wide.
 """
 
 from __future__ import annotations
@@ -22,13 +23,32 @@ from .locations import Location
 log = logging.getLogger(__name__)
 
 
-def client(endpoint_url: str | None = None, region: str | None = None) -> Any:
+# The job's S3 settings in a step's pod, by provider-specific names (mapped to boto3 here).
+STEP_ENV = {
+    "endpoint": "KFP_STEP_S3_ENDPOINT_URL",
+    "access_key": "KFP_STEP_S3_ACCESS_KEY_ID",
+    "secret_key": "KFP_STEP_S3_SECRET_ACCESS_KEY",
+    "ca_bundle": "KFP_STEP_S3_CA_BUNDLE",
+}
+
+
+def client(
+    endpoint_url: str | None = None, region: str | None = None, ca_bundle: str | None = None
+) -> Any:
     import boto3
 
+    env = os.environ.get
+    keys = {}
+    if env(STEP_ENV["access_key"]):
+        keys = {"aws_access_key_id": env(STEP_ENV["access_key"]),
+                "aws_secret_access_key": env(STEP_ENV["secret_key"])}  # fmt: skip
+    verify = ca_bundle or env(STEP_ENV["ca_bundle"]) or None
     return boto3.client(
         "s3",
-        endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
-        region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        endpoint_url=endpoint_url or env(STEP_ENV["endpoint"]) or env("AWS_ENDPOINT_URL") or None,
+        region_name=region or env("AWS_DEFAULT_REGION") or "us-east-1",
+        verify=verify,
+        **keys,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,8 @@ class KFPBackend:
     def s3(self) -> Any:
         """The server's own S3 client, on the configured endpoint (not set process-wide)."""
         if self._s3 is None:
-            self._s3 = storage.client(self.cfg.s3_endpoint_url)
+            ca = str(self.cfg.s3_ca_bundle) if self.cfg.s3_ca_bundle else None
+            self._s3 = storage.client(self.cfg.s3_endpoint_url, ca_bundle=ca)
         return self._s3
 
     # ---- before a job exists ------------------------------------------------------------
@@ -257,6 +259,8 @@ class KFPBackend:
     def observe(self, record: JobRecord) -> Observed:
         if record.runner is None or record.runner.run_id is None:
             return Observed("cancelled" if record.cancelled_at else "scheduled")
+        if record.lost is not None:  # failed here (e.g. pending too long), whatever KFP says now
+            return Observed("failed", completed_at=record.lost_at, error=record.lost)
         run_id = record.runner.run_id
         try:
             run = self._call(lambda c: c.get_run(run_id))
@@ -274,6 +278,10 @@ class KFPBackend:
             return Observed(status, note={"run_id": run_id, "state": last, "warning": str(err)})
         state = str(getattr(raw_state, "value", raw_state))
         self._last_state[run_id] = state
+        stuck = self._pending_too_long(run, state)
+        if stuck is not None and record.cancelled_at is None:
+            return Observed("failed", getattr(run, "created_at", None), error=stuck, lost=True,
+                            note={"run_id": run_id, "state": state})  # fmt: skip
         status = STATE_MAP.get(state, "in_progress")
         if record.cancelled_at is not None and status != "completed":
             status = "cancelled"
@@ -303,6 +311,22 @@ class KFPBackend:
             error=error,
             note={"run_id": run_id, "state": state},
         )
+
+    def _pending_too_long(self, run: Any, state: str) -> dict[str, Any] | None:
+        created = getattr(run, "created_at", None)
+        if state != "PENDING" or created is None:
+            return None
+        waited = (datetime.now(UTC) - created).total_seconds()
+        limit = self.cfg.pending_timeout_seconds
+        if waited <= limit:
+            return None
+        return {
+            "message": f"the KFP run was still PENDING after {waited:.0f} s (limit "
+            f"remote.pending_timeout_seconds = {limit:.0f} s): its pods could not be scheduled "
+            "or started (GPU or memory requests no node can meet, an image that cannot be "
+            "pulled, quota); the run was terminated",
+            "tasks": _failed_tasks(run),
+        }
 
     def forget(self, record: JobRecord) -> None:
         if record.runner is not None and record.runner.run_id is not None:

@@ -9,8 +9,15 @@ from __future__ import annotations
 from ...config import RemoteConfig
 from ...core.locations import parse
 from ...core.spec import JobSpec
+from ...core.storage import STEP_ENV
 
-_S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# Secret key -> env name in the step. Not the AWS_* names: KFP's launcher runs in the same
+# container and would send the pipeline root's artifact traffic with them.
+_S3_SECRET_ENV = {
+    "AWS_ACCESS_KEY_ID": STEP_ENV["access_key"],
+    "AWS_SECRET_ACCESS_KEY": STEP_ENV["secret_key"],
+}
+CA_MOUNT = "/etc/llama-stack-kfp/s3-ca"
 
 
 def remote_placement(cfg: RemoteConfig):
@@ -34,14 +41,18 @@ def _placement(cfg: RemoteConfig, spec: JobSpec | None):
             kubernetes.use_secret_as_env(
                 task,
                 secret_name=cfg.s3_credentials_secret,
-                secret_key_to_env={k: k for k in _S3_KEYS},
+                secret_key_to_env=dict(_S3_SECRET_ENV),
             )
         if cfg.hf_token_secret:
             kubernetes.use_secret_as_env(
                 task, secret_name=cfg.hf_token_secret, secret_key_to_env={"HF_TOKEN": "HF_TOKEN"}
             )
         if cfg.s3_endpoint_url:
-            task.set_env_variable("AWS_ENDPOINT_URL", cfg.s3_endpoint_url)
+            task.set_env_variable(STEP_ENV["endpoint"], cfg.s3_endpoint_url)
+        if cfg.s3_ca_bundle_configmap:
+            name, _, key = cfg.s3_ca_bundle_configmap.partition("/")
+            kubernetes.use_config_map_as_volume(task, config_map_name=name, mount_path=CA_MOUNT)
+            task.set_env_variable(STEP_ENV["ca_bundle"], f"{CA_MOUNT}/{key or 'ca.crt'}")
         if cfg.image_pull_secrets:
             kubernetes.set_image_pull_secrets(task, list(cfg.image_pull_secrets))
         for key, value in res.node_selector.items():
