@@ -36,6 +36,8 @@ class KFPStub:
         self.valid_token: str | None = None
         # Seconds in the past new runs are created at (a run stuck PENDING for that long).
         self.age = 0.0
+        # Create the run, then answer too late for the client (its answer is lost).
+        self.lose_create_answer = False
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -118,7 +120,15 @@ class KFPStub:
             run.update(run_id=str(uuid.uuid4()), state="PENDING", created_at=now,
                        finished_at="1970-01-01T00:00:00Z")  # fmt: skip
             self.runs[run["run_id"]] = run
+            if self.lose_create_answer:
+                time.sleep(3)  # past the client's read timeout: it never sees the run id
             return h._send(200, run)
+        if p == "/apis/v2beta1/runs" and method == "GET":
+            flt = json.loads(parse_qs(url.query).get("filter", ["{}"])[0] or "{}")
+            names = {pr.get("string_value") for pr in flt.get("predicates", [])
+                     if pr.get("key") == "display_name"}  # fmt: skip
+            found = [r for r in self.runs.values() if not names or r["display_name"] in names]
+            return h._send(200, {"runs": found, "total_size": len(found)} if found else {})
         if p.startswith("/apis/v2beta1/runs/"):
             rest = p[len("/apis/v2beta1/runs/") :]
             if rest.endswith(":terminate") and method == "POST":

@@ -217,6 +217,24 @@ def test_a_run_stuck_pending_fails_with_the_reason_and_is_terminated(remote, stu
     assert job_status(client, job)["status"] == "failed"
 
 
+def test_a_lost_create_answer_does_not_create_a_second_run(remote, stub, tmp_path):
+    client = remote.client()
+    ds = register_rows(client, tmp_path, instruct_rows(12))
+    job = new_id("lost")
+    stub.lose_create_answer = True
+    try:
+        submit(client, job, "tiny", ds, checkpoint_dir=MODEL)  # no error: the run is found
+    finally:
+        stub.lose_create_answer = False
+    runs = [r for r in stub.runs.values() if r["display_name"] == job]
+    assert len(runs) == 1
+    assert job_status(client, job)["resources_allocated"]["runner"]["run_id"] == runs[0]["run_id"]
+    # A restart re-attaches to that run; nothing is submitted again.
+    remote.restart()
+    assert job_status(remote.client(), job)["status"] == "scheduled"
+    assert len([r for r in stub.runs.values() if r["display_name"] == job]) == 1
+
+
 def test_a_pod_level_failure_reaches_the_status(remote, stub, tmp_path):
     # The train pod was OOMKilled: no error.json was written, KFP's task details say why.
     client = remote.client()

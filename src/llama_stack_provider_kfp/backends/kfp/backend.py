@@ -229,6 +229,11 @@ class KFPBackend:
         from ...pipeline.definition import ComponentBuild, build_pipeline, pipeline_arguments
 
         job_uuid = record.job_uuid
+        # Submitting is idempotent: a run this job already has (the server died after creating
+        # it, or the create call's answer was lost) is adopted, never created twice.
+        existing = self._find_run(record)
+        if existing is not None:
+            return RunnerHandle(run_id=existing)
         build = ComponentBuild(base_image=self.cfg.image, install_kfp_package=False)
         with tempfile.TemporaryDirectory() as tmp:
             package = Path(tmp) / "pipeline.yaml"
@@ -244,7 +249,15 @@ class KFPBackend:
                     service_account=self.cfg.service_account,
                 ))  # fmt: skip
             except Exception as e:
-                raise self._failed(e) from None
+                err = self._failed(e)
+                # Refused the token: nothing was created. Anything else (a timeout, a 5xx from
+                # a route) may have lost the answer to a run that exists.
+                refused = getattr(e, "status", None) in (401, 403)
+                found = None if refused else self._find_run(record)
+                if found is not None:
+                    log.warning("job %s: create-run answer lost; adopted run %s", job_uuid, found)
+                    return RunnerHandle(run_id=found)
+                raise err from None
         if not result.run_id:
             self._client = None  # a login page: the token expired; read it again next time
             raise Refused(
@@ -252,6 +265,30 @@ class KFPBackend:
                 "(an OAuth proxy redirect); the token is missing or expired"
             )
         return RunnerHandle(run_id=result.run_id)
+
+    def _find_run(self, record: JobRecord) -> str | None:
+        """The id of a run KFP already has for this job (run name = job_uuid, created after
+        the job was submitted here), or None; None too when KFP cannot be asked."""
+        name = json.dumps(
+            {
+                "predicates": [
+                    {"key": "display_name", "operation": "EQUALS", "string_value": record.job_uuid}
+                ]
+            }
+        )
+        try:
+            listed = self._call(lambda c: c.list_runs(namespace=self.namespace, filter=name,
+                                                      page_size=20))  # fmt: skip
+        except Exception as e:
+            log.warning("job %s: cannot list runs to find it again: %s", record.job_uuid, e)
+            return None
+        since = record.scheduled_at.timestamp() - 60  # clock skew between server and KFP
+        for run in getattr(listed, "runs", None) or []:
+            created = getattr(run, "created_at", None)
+            if run.display_name == record.job_uuid and (created is None or
+                                                        created.timestamp() >= since):  # fmt: skip
+                return str(run.run_id)
+        return None
 
     def handle(self, record: JobRecord) -> RunnerHandle | None:
         return record.runner
