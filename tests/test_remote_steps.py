@@ -115,6 +115,11 @@ def test_ir_is_valid_and_carries_placement_not_secrets(tmp_path, monkeypatch):
     (ca,) = k8s["configMapAsVolume"]
     assert (ca["configMapName"], ca["mountPath"]) == ("minio-ca", "/etc/llama-stack-kfp/s3-ca")
     assert container_env["KFP_STEP_S3_CA_BUNDLE"] == "/etc/llama-stack-kfp/s3-ca/ca.pem"
+    # Weights and checkpoints on a sized scratch volume (temporary files through TMPDIR).
+    (scratch,) = k8s["genericEphemeralVolume"]
+    assert (scratch["mountPath"], scratch["size"]) == ("/scratch", "100Gi")
+    assert container_env["TMPDIR"] == "/scratch"
+    assert "genericEphemeralVolume" not in executors["exec-prepare-data"]
     assert k8s["nodeSelector"]["labels"] == {"pool": "gpu"}
     assert k8s["tolerations"][0]["key"] == "gpu"
     assert [s["secretName"] for s in k8s["imagePullSecret"]] == ["pull-secret"]
@@ -223,6 +228,14 @@ def test_steps_run_as_in_a_pod_against_s3(s3, tiny_models, tmp_path):
     env = {"HOME": os.environ.get("HOME", "/root"), "AWS_DEFAULT_REGION": "us-east-1",
            **pod_secrets}  # fmt: skip
 
+    # The pod's /scratch volume, here a folder: after each upload nothing of an epoch is left.
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    train_env = executors["exec-train"]["container"]["env"]
+    for item in train_env:
+        if item["name"] == "TMPDIR":
+            item["value"] = str(scratch)
+
     art = tmp_path / "artifacts"
     _run_as_launcher(
         executors["exec-prepare-data"]["container"],
@@ -264,6 +277,8 @@ def test_steps_run_as_in_a_pod_against_s3(s3, tiny_models, tmp_path):
     ckpts = outputs.checkpoints()
     assert [c.epoch for c in ckpts] == [1, 2]
     assert ckpts[-1].validation_loss is not None
+    assert [p for p in scratch.rglob("epoch_*")] == []  # uploaded, then freed
+    assert list(scratch.glob("job-output-*"))  # the step did write there
     keys = storage.list_keys(parse("s3://kfp"))
     for rel in ("merged/model.safetensors", "merged/config.json", "adapter/adapter_config.json",
                 "adapter/adapter_model.safetensors", "metrics.json"):  # fmt: skip

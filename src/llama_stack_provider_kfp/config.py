@@ -79,6 +79,13 @@ class RemoteConfig(BaseModel):
         default=None, description="Kubernetes Secret with HF_TOKEN, for gated models"
     )
     resources: RemoteResources = Field(default_factory=RemoteResources)
+    scratch_size: str = Field(
+        default="100Gi",
+        description="a volume of this size (generic ephemeral volume, the namespace's default "
+        "storage class unless scratch_storage_class) holds the train step's downloaded weights "
+        "and checkpoints before upload; empty: the container's own disk",
+    )
+    scratch_storage_class: str | None = None
     request_timeout_seconds: float = Field(
         default=30.0,
         gt=0,
@@ -197,7 +204,8 @@ class KFPPostTrainingConfig(BaseModel):
     def _no_empty_paths(cls, v: Any) -> Any:
         # run.yaml's ${env.X:=} gives "" for an unset variable: that is no file.
         if isinstance(v, dict):
-            empty = ("token_file", "ca_bundle", "s3_ca_bundle", "s3_ca_bundle_configmap")
+            empty = ("token_file", "ca_bundle", "s3_ca_bundle", "s3_ca_bundle_configmap",
+                     "scratch_storage_class")  # fmt: skip
             v = {**v, **{k: None for k in empty if v.get(k) == ""}}
         return v
 

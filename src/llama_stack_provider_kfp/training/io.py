@@ -9,6 +9,7 @@ seconds. A failing step leaves `error.json` (core.outputs) for the server.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 import time
 import traceback
@@ -80,6 +81,8 @@ class Output:
                     storage.upload_file(p, dest.join(p.relative_to(src).as_posix()), self._s3)
             if marker.is_file():
                 storage.upload_file(marker, dest.join(METRICS), self._s3)
+            # Uploaded: free the scratch space (an epoch of an 8B model is ~16 GB).
+            shutil.rmtree(src, ignore_errors=True)
         elif src.is_file():
             storage.upload_file(src, dest, self._s3)
 

@@ -18,6 +18,7 @@ _S3_SECRET_ENV = {
     "AWS_SECRET_ACCESS_KEY": STEP_ENV["secret_key"],
 }
 CA_MOUNT = "/etc/llama-stack-kfp/s3-ca"
+SCRATCH_MOUNT = "/scratch"
 
 
 def remote_placement(cfg: RemoteConfig):
@@ -70,6 +71,19 @@ def _placement(cfg: RemoteConfig, spec: JobSpec | None):
             return
         if pvc is not None:
             kubernetes.mount_pvc(task, pvc_name=pvc.root, mount_path=pvc.mount_path)
+        if cfg.scratch_size:
+            # Weights and checkpoints are tens of GB for 8B models: a sized volume, not the
+            # node's ephemeral storage (which evicts the pod when it runs out). The step's
+            # temporary files go there through TMPDIR.
+            kubernetes.add_ephemeral_volume(
+                task,
+                volume_name="scratch",
+                mount_path=SCRATCH_MOUNT,
+                access_modes=["ReadWriteOnce"],
+                size=cfg.scratch_size,
+                storage_class_name=cfg.scratch_storage_class,
+            )
+            task.set_env_variable("TMPDIR", SCRATCH_MOUNT)
         if res.cpu_request:
             task.set_cpu_request(res.cpu_request)
         if res.cpu_limit:
