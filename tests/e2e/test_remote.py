@@ -8,9 +8,12 @@ themselves are exercised in tests/test_remote_steps.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hf_cache import make_hf_cache
@@ -75,6 +78,18 @@ def remote(s3, stub, tmp_path, monkeypatch, tiny_models):
     server = Server(tmp_path, env=env).start()
     yield server
     server.cleanup()
+
+
+@contextlib.contextmanager
+def _own_server(tmp_path: Path, env: dict[str, str]) -> Iterator:
+    """A server of this test's own (its env differs from the module's), cleaned up after."""
+    server = Server(tmp_path / "srv", env=env)
+    server.root.mkdir()
+    server.start()
+    try:
+        yield server.client()
+    finally:
+        server.cleanup()
 
 
 def _progress_to_s3(job: str, step: int) -> None:
@@ -348,11 +363,7 @@ def test_a_rotated_token_file_is_read_again_without_a_restart(s3, stub, tmp_path
     env = {"KFP_MODE": "remote", "KFP_URL": stub.url, "KFP_NAMESPACE": "team-a",
            "KFP_TOKEN_FILE": str(token_file), "KFP_S3_BUCKET": "kfp",
            "KFP_S3_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"]}  # fmt: skip
-    server = Server(tmp_path / "srv", env=env)
-    server.root.mkdir()
-    server.start()
-    try:
-        client = server.client()
+    with _own_server(tmp_path, env) as client:
         ds = register_rows(client, tmp_path, instruct_rows(12))
         first = new_id("day1")
         submit(client, first, "tiny", ds, checkpoint_dir=MODEL)
@@ -367,8 +378,6 @@ def test_a_rotated_token_file_is_read_again_without_a_restart(s3, stub, tmp_path
         used = {r["headers"].get("authorization") for r in stub.requests
                 if r["path"].startswith("/apis/v2beta1/runs")}  # fmt: skip
         assert used == {"Bearer token-day-1", "Bearer token-day-2"}
-    finally:
-        server.cleanup()
 
 
 def test_endpoint_gone_mid_run(remote, stub, tmp_path):
@@ -407,11 +416,7 @@ def test_openshift_discovery_from_kubeconfig(s3, stub, tmp_path, monkeypatch, ds
     env = {"KFP_MODE": "remote", "KFP_S3_BUCKET": "kfp", "KUBECONFIG": str(kubeconfig),
            "KFP_S3_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"]}  # fmt: skip
     monkeypatch.delenv("KFP_TOKEN", raising=False)
-    server = Server(tmp_path / "srv", env=env)
-    server.root.mkdir()
-    server.start()
-    try:
-        client = server.client()
+    with _own_server(tmp_path, env) as client:
         ds = register_rows(client, tmp_path, instruct_rows(12))
         job = new_id("dspa")
         submit(client, job, "tiny", ds, checkpoint_dir=MODEL)
@@ -421,5 +426,3 @@ def test_openshift_discovery_from_kubeconfig(s3, stub, tmp_path, monkeypatch, ds
         assert kfp_calls[0]["headers"]["authorization"] == "Bearer sha256~kube-token"
         exp = next(iter(stub.experiments.values()))
         assert exp["namespace"] == "team-b"
-    finally:
-        server.stop()

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from .errors import InvalidRequest
 
-TORCHTUNE_ATTN = ("q_proj", "k_proj", "v_proj", "output_proj")
 _ATTN_PARENTS = ("self_attn", "attn", "attention", "self_attention", "mixer")
 _MLP_PARENTS = ("mlp", "feed_forward", "ffn", "block_sparse_moe")
 _FUSED_QKV = ("qkv_proj", "c_attn", "query_key_value", "Wqkv", "W_pack")

@@ -85,9 +85,6 @@ def to_messages(row: dict, data_format: str) -> list[dict[str, str]]:
     return messages
 
 
-PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
-
-
 def _turns(value: Any, key: str, default_role: str) -> list[dict[str, str]]:
     """A string (one message in `default_role`) or a list of messages (JSON string allowed)."""
     if isinstance(value, str):

@@ -13,7 +13,6 @@ from typing import Any
 from ..core.files import write_json
 from ..core.outputs import MAX_LOSS_HISTORY
 
-MAX_HISTORY = MAX_LOSS_HISTORY
 WRITE_EVERY_SECONDS = 1.0  # progress.json is rewritten at most this often (and at the end)
 
 
@@ -63,7 +62,7 @@ class ProgressLogger:
         loss = float(payload["loss"]) if "loss" in payload else None
         if loss is not None and step % self.stride == 0:
             self.history.append([step, round(loss, 6)])
-            if len(self.history) > MAX_HISTORY:  # keep it bounded: halve the resolution
+            if len(self.history) > MAX_LOSS_HISTORY:  # keep it bounded: halve the resolution
                 self.history, self.stride = self.history[::2], self.stride * 2
         per_step = (now - self._started) / max(step, 1)
         self._pending = {

@@ -24,7 +24,13 @@ from ...core.spec import ModelSpec
 from ...jobs.backend import DatasetSource, JobInputs, Observed, StagedInputs
 from ...jobs.record import JobRecord, RunnerHandle, Status
 from ...jobs.store import JobStore
-from .connection import check_backend_version, connection, explain, request_timeout
+from .connection import (
+    check_backend_version,
+    connection,
+    explain,
+    login_page,
+    request_timeout,
+)
 from .placement import remote_placement
 
 log = logging.getLogger(__name__)
@@ -186,10 +192,7 @@ class KFPBackend:
             try:
                 health = json.loads(raw.data or b"{}")
             except ValueError:
-                raise Refused(
-                    f"KFP at {url} answered its health check with a page, not JSON: probably "
-                    "a login page (an OAuth proxy redirect); the token is missing or expired"
-                ) from None
+                raise login_page(url, "its health check with a page, not JSON") from None
             # kfp_server_api's model drops tag_name: read it from the raw answer.
             check_backend_version(health.get("tag_name") if isinstance(health, dict) else None,
                                   url)  # fmt: skip
@@ -259,11 +262,8 @@ class KFPBackend:
                     return RunnerHandle(run_id=found)
                 raise err from None
         if not result.run_id:
-            self._client = None  # a login page: the token expired; read it again next time
-            raise Refused(
-                f"KFP at {self.url} answered without a run id: probably a login page "
-                "(an OAuth proxy redirect); the token is missing or expired"
-            )
+            self._client = None  # the token expired; read it again next time
+            raise login_page(self.url, "without a run id")
         return RunnerHandle(run_id=result.run_id)
 
     def _find_run(self, record: JobRecord) -> str | None:
@@ -303,10 +303,7 @@ class KFPBackend:
             run = self._call(lambda c: c.get_run(run_id))
             raw_state = getattr(run, "state", None)
             if raw_state is None and getattr(run, "run_id", None) is None:
-                raise Refused(
-                    "KFP answered with an empty run: probably a login page (an OAuth proxy "
-                    "redirect); the token is missing or expired"
-                )
+                raise login_page(self.url, "with an empty run")
         except Exception as e:
             err = e if isinstance(e, Refused) else explain(e, self.url)
             self._client = None  # reconnect next time, with the token read again

@@ -120,6 +120,15 @@ def connection(cfg: RemoteConfig) -> tuple[str, str, str | None]:
     return url, namespace, token
 
 
+def login_page(url: str, answered: str) -> Refused:
+    """What an OAuth proxy's redirect to its login page looks like through kfp: no error, an
+    answer without content."""
+    return Refused(
+        f"KFP at {url} answered {answered}: probably a login page (an OAuth proxy redirect); "
+        "the token is missing or expired"
+    )
+
+
 def explain(e: Exception, url: str) -> Unavailable:
     """An error talking to KFP, as Refused (it answered no) or Unavailable (no answer)."""
     status = getattr(e, "status", None)

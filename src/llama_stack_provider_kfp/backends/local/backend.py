@@ -105,10 +105,6 @@ class LocalBackend:
         state = self.store.worker_state(record.job_uuid)
         return state.runner if state else None
 
-    def worker(self, record: JobRecord) -> psutil.Process | None:
-        """The job's worker process if it is still running."""
-        return _live(self.handle(record))
-
     def observe(self, record: JobRecord) -> Observed:
         state = self.store.worker_state(record.job_uuid)
         started = state.started_at if state else None
@@ -120,7 +116,7 @@ class LocalBackend:
             return Observed("failed", started, record.lost_at, record.lost)
         if self.handle(record) is None:
             return Observed("scheduled")
-        if self.worker(record) is not None:
+        if _live(self.handle(record)) is not None:  # the worker still runs
             return Observed(state.status if state else "scheduled", started)
         return Observed("failed", started, None, self.lost_reason(record), lost=True)
 

@@ -249,11 +249,11 @@ class _Run:
             return logits.mean_nll(self.model, batch), labelled, {}
         chosen = self._batch([p.chosen for p in items])
         rejected = self._batch([p.rejected for p in items])
-        pc, nc = preference.sequence_logps(self.model, chosen)
-        pr, nr = preference.sequence_logps(self.model, rejected)
+        pc, nc = logits.sequence_logps(self.model, chosen)
+        pr, nr = logits.sequence_logps(self.model, rejected)
         with torch.no_grad(), self._reference() as ref:
-            rc, _ = preference.sequence_logps(ref, chosen)
-            rr, _ = preference.sequence_logps(ref, rejected)
+            rc, _ = logits.sequence_logps(ref, chosen)
+            rr, _ = logits.sequence_logps(ref, rejected)
         dpo = self.spec.dpo
         loss, metrics = preference.loss((pc, pr, nc, nr), (rc, rr), dpo.beta, dpo.loss_type)
         metrics["chosen_nll"] = float(-(pc.detach() / nc.clamp(min=1)).mean())

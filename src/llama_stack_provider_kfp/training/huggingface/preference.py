@@ -20,9 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from . import data
-from .logits import sequence_logps
-
-__all__ = ["Pair", "encode", "load", "loss", "sequence_logps"]
 
 
 @dataclass
