@@ -58,6 +58,9 @@ class FakeBackend:
         self.forgotten: list[str] = []
         self.fail_start: set[str] = set()
         self.fail_observe: set[str] = set()
+        # job -> gate: observing that job blocks until the gate opens (a blackholed route).
+        self.hang_observe: dict[str, threading.Event] = {}
+        self.hanging = threading.Event()
         self.start_gate: threading.Event | None = None
         self.starting = threading.Event()
         self.max_running = 0
@@ -90,6 +93,10 @@ class FakeBackend:
     def observe(self, record: JobRecord) -> Observed:
         if record.job_uuid in self.fail_observe:
             raise ConnectionError("cluster unreachable")
+        gate = self.hang_observe.get(record.job_uuid)
+        if gate is not None and threading.current_thread().name == "round":
+            self.hanging.set()
+            gate.wait(10)
         if record.cancelled_at is not None:
             return Observed("cancelled")
         if record.lost is not None:

@@ -1,26 +1,48 @@
-"""Stand-in for a Kubeflow Pipelines v2 API server (no cluster can run here).
+"""Stand-in for a Kubeflow Pipelines v2 API server and the Kubernetes API beside it (no cluster
+can run here).
 
-Speaks the subset of /apis/v2beta1 that kfp.Client uses to submit, poll and terminate:
-healthz, experiments (list by name, create), runs (create, get, terminate). The test drives
-run states by hand. Modes imitate what real deployments do: `ok`, `unauthorized` (401), and
-`login-redirect` (an OAuth proxy answering 302 to an HTML login page).
+Speaks the subset of /apis/v2beta1 that kfp.Client uses to submit, poll and terminate (healthz,
+experiments, runs), and of the Kubernetes API the provider reads (DataSciencePipelinesApplications,
+a run's pods and their events). Every answer is built from the client libraries' own models
+(`kfp_server_api`, `kubernetes.client`) and serialized by their ApiClients, so its shape is the
+real servers', not ours. The test drives run states and pods by hand. Modes imitate what real
+deployments do: `ok`, `unauthorized` (401), and `login-redirect` (an OAuth proxy answering 302
+to an HTML login page). With `tls=(cert, key)` it serves HTTPS (a pod reaching the cluster's
+services).
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
+
+import kfp_server_api as kfp_api
+from kubernetes import client as k8s
+
+RUN_LABEL = "pipeline/runid"  # as KFP's API server labels a run's pods
+ENDED = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
+_KFP = kfp_api.ApiClient()
+_K8S = k8s.ApiClient()
+
+
+def _ago(seconds: float) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=seconds)
 
 
 class KFPStub:
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.mode = "ok"
-        self.experiments: dict[str, dict] = {}
-        self.runs: dict[str, dict] = {}
+        self._experiments: dict[str, kfp_api.V2beta1Experiment] = {}
+        self._runs: dict[str, kfp_api.V2beta1Run] = {}
+        self._pods: dict[str, list[k8s.V1Pod]] = {}  # namespace -> pods
+        self._events: dict[str, list[k8s.CoreV1Event]] = {}  # namespace -> events
         self.requests: list[dict] = []  # method, path, headers, body: everything received
         self.terminated: list[str] = []
         self.dspas: dict[str, list[dict]] = {}  # namespace -> DSPA objects
@@ -38,6 +60,8 @@ class KFPStub:
         self.age = 0.0
         # Create the run, then answer too late for the client (its answer is lost).
         self.lose_create_answer = False
+        # Kubernetes API answers 403 to pod and event reads (no RBAC for them).
+        self.pods_forbidden = False
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -73,9 +97,11 @@ class KFPStub:
                     stub.valid_token and url.path.startswith("/apis/v2beta1")
                     and bearer != f"Bearer {stub.valid_token}"
                 ):  # fmt: skip
-                    return self._send(401, {"error": "Unauthorized", "code": 16})
+                    return self._send(401, _rpc_error(16, "Unauthorized"))
                 if stub.mode == "login-redirect":
                     return self._send(302, b"", {"Location": "/oauth/sign_in?rd=" + url.path})
+                if url.path.startswith("/api/v1/"):
+                    return stub.core_route(self, url)
                 return stub.route(self, method, url, body)
 
             def do_GET(self):
@@ -85,9 +111,31 @@ class KFPStub:
                 self._handle("POST")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.port = self.server.server_address[1]
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
+
+    # ---- what the tests read ------------------------------------------------------------
+
+    @property
+    def runs(self) -> dict[str, dict]:
+        return {k: _KFP.sanitize_for_serialization(r) for k, r in self._runs.items()}
+
+    @property
+    def experiments(self) -> dict[str, dict]:
+        return {k: _KFP.sanitize_for_serialization(e) for k, e in self._experiments.items()}
+
+    def run_for(self, job_uuid: str) -> dict:
+        return next(r for r in self.runs.values() if r["display_name"] == job_uuid)
+
+    # ---- the KFP API --------------------------------------------------------------------
 
     def route(self, h, method: str, url, body: str):
         p = url.path
@@ -96,69 +144,175 @@ class KFPStub:
             dspa = f"/apis/datasciencepipelinesapplications.opendatahub.io/{version}/namespaces/"
             if p.startswith(dspa) and p.endswith("/datasciencepipelinesapplications"):
                 namespace = p[len(dspa) :].split("/")[0]
-                return h._send(200, {"items": self.dspas.get(namespace, [])})
+                return h._send(200, {"apiVersion": f"datasciencepipelinesapplications."
+                                     f"opendatahub.io/{version}", "kind": "List",
+                                     "items": self.dspas.get(namespace, [])})  # fmt: skip
         if p == "/apis/v2beta1/healthz":
-            return h._send(200, {"multi_user": False, "tag_name": self.version,
-                                 "commit_sha": "0" * 40})  # fmt: skip
+            health = _KFP.sanitize_for_serialization(
+                kfp_api.V2beta1GetHealthzResponse(multi_user=False)
+            )
+            # The server also reports its version, which the client's model does not keep.
+            return h._send(200, {**health, "tag_name": self.version, "commit_sha": "0" * 40})
         if p == "/apis/v2beta1/experiments" and method == "GET":
-            flt = json.loads(parse_qs(url.query).get("filter", ["{}"])[0] or "{}")
-            names = [
-                pr.get("string_value") for pr in flt.get("predicates", [])
-                if pr.get("key") == "display_name"
-            ]  # fmt: skip
-            found = [e for e in self.experiments.values() if e["display_name"] in names]
-            return h._send(200, {"experiments": found} if found else {})
+            names = _filter_names(url)
+            found = [e for e in self._experiments.values() if e.display_name in names]
+            listed = kfp_api.V2beta1ListExperimentsResponse(
+                experiments=found or None, total_size=len(found) or None
+            )
+            return h._send(200, _KFP.sanitize_for_serialization(listed))
         if p == "/apis/v2beta1/experiments" and method == "POST":
-            exp = json.loads(body)
-            exp["experiment_id"] = str(uuid.uuid4())
-            self.experiments[exp["experiment_id"]] = exp
-            return h._send(200, exp)
+            exp = _KFP._ApiClient__deserialize(json.loads(body), "V2beta1Experiment")
+            exp.experiment_id, exp.created_at = str(uuid.uuid4()), _ago(0)
+            exp.storage_state = "AVAILABLE"
+            self._experiments[exp.experiment_id] = exp
+            return h._send(200, _KFP.sanitize_for_serialization(exp))
         if p == "/apis/v2beta1/runs" and method == "POST":
-            run = json.loads(body)
+            run = _KFP._ApiClient__deserialize(json.loads(body), "V2beta1Run")
+            run.run_id, run.state = str(uuid.uuid4()), "PENDING"
+            run.created_at = run.scheduled_at = _ago(self.age)
             # KFP answers Unix 0 for runs that have not finished.
-            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - self.age))
-            run.update(run_id=str(uuid.uuid4()), state="PENDING", created_at=now,
-                       finished_at="1970-01-01T00:00:00Z")  # fmt: skip
-            self.runs[run["run_id"]] = run
+            run.finished_at = datetime(1970, 1, 1, tzinfo=UTC)
+            self._runs[run.run_id] = run
             if self.lose_create_answer:
                 time.sleep(3)  # past the client's read timeout: it never sees the run id
-            return h._send(200, run)
+            return h._send(200, _KFP.sanitize_for_serialization(run))
         if p == "/apis/v2beta1/runs" and method == "GET":
-            flt = json.loads(parse_qs(url.query).get("filter", ["{}"])[0] or "{}")
-            names = {pr.get("string_value") for pr in flt.get("predicates", [])
-                     if pr.get("key") == "display_name"}  # fmt: skip
-            found = [r for r in self.runs.values() if not names or r["display_name"] in names]
-            return h._send(200, {"runs": found, "total_size": len(found)} if found else {})
+            names = _filter_names(url)
+            found = [r for r in self._runs.values() if not names or r.display_name in names]
+            listed = kfp_api.V2beta1ListRunsResponse(runs=found or None,
+                                                    total_size=len(found) or None)  # fmt: skip
+            return h._send(200, _KFP.sanitize_for_serialization(listed))
         if p.startswith("/apis/v2beta1/runs/"):
             rest = p[len("/apis/v2beta1/runs/") :]
             if rest.endswith(":terminate") and method == "POST":
-                run_id = rest[: -len(":terminate")]
-                if self.runs[run_id]["state"] in ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"):
+                run = self._runs[rest[: -len(":terminate")]]
+                if run.state in ENDED:
                     # As KFP's run store does: only PENDING/RUNNING/PAUSED runs terminate.
-                    return h._send(400, {"error": "run cannot be terminated", "code": 9})
-                self.terminated.append(run_id)
-                self.runs[run_id]["state"] = "CANCELED"
+                    return h._send(400, _rpc_error(9, "run cannot be terminated"))
+                self.terminated.append(run.run_id)
+                run.state = "CANCELED"
                 return h._send(200, {})
-            if rest in self.runs and method == "GET":
-                return h._send(200, self.runs[rest])
-        return h._send(404, {"error": f"no route {method} {p}", "code": 5})
+            if rest in self._runs and method == "GET":
+                return h._send(200, _KFP.sanitize_for_serialization(self._runs[rest]))
+        return h._send(404, _rpc_error(5, f"no route {method} {p}"))
 
     def set_state(self, run_id: str, state: str, task_error: tuple[str, str] | None = None) -> None:
         """`task_error` = (task, reason): the task failed as a pod does (OOMKilled, image pull),
         reported in run_details.task_details as KFP's API server reports it."""
-        self.runs[run_id]["state"] = state
+        run = self._runs[run_id]
+        run.state = state
         if task_error is not None:
             task, reason = task_error
-            self.runs[run_id]["run_details"] = {"task_details": [
-                {"display_name": "prepare-data", "state": "SUCCEEDED"},
-                {"display_name": task, "state": "FAILED", "error": {"code": 9, "message": reason}},
-            ]}  # fmt: skip
-        if state in ("SUCCEEDED", "FAILED", "CANCELED"):
-            self.runs[run_id]["finished_at"] = "2026-11-24T00:10:00Z"
+            run.run_details = kfp_api.V2beta1RunDetails(task_details=[
+                kfp_api.V2beta1PipelineTaskDetail(display_name="prepare-data", state="SUCCEEDED"),
+                kfp_api.V2beta1PipelineTaskDetail(
+                    display_name=task, state="FAILED",
+                    error=kfp_api.GoogleRpcStatus(code=9, message=reason),
+                ),
+            ])  # fmt: skip
+        if state in ENDED:
+            run.finished_at = _ago(0)
 
-    def run_for(self, job_uuid: str) -> dict:
-        return next(r for r in self.runs.values() if r["display_name"] == job_uuid)
+    # ---- the Kubernetes API: a run's pods and events ------------------------------------
+
+    def add_pod(
+        self,
+        run_id: str,
+        name: str,
+        *,
+        namespace: str = "team-a",
+        phase: str = "Pending",
+        waiting: tuple[str, str] | None = None,
+        terminated: tuple[str, int] | None = None,
+        unschedulable: str | None = None,
+        age: float = 0.0,
+    ) -> None:
+        """A pod of the run as the kubelet and scheduler report it: its main container
+        waiting (reason, message) or terminated (reason, exit code), or not schedulable."""
+        state = k8s.V1ContainerState(
+            waiting=k8s.V1ContainerStateWaiting(reason=waiting[0], message=waiting[1])
+            if waiting else None,
+            terminated=k8s.V1ContainerStateTerminated(reason=terminated[0],
+                                                      exit_code=terminated[1])
+            if terminated else None,
+        )  # fmt: skip
+        status = k8s.V1PodStatus(phase=phase)
+        if unschedulable:
+            status.conditions = [k8s.V1PodCondition(type="PodScheduled", status="False",
+                                                    reason="Unschedulable",
+                                                    message=unschedulable)]  # fmt: skip
+        else:
+            status.container_statuses = [k8s.V1ContainerStatus(
+                name="main", image="llama-stack-provider-kfp:0.1.0", image_id="", ready=False,
+                restart_count=0, state=state,
+            )]  # fmt: skip
+        pod = k8s.V1Pod(
+            api_version="v1", kind="Pod",
+            metadata=k8s.V1ObjectMeta(name=name, namespace=namespace,
+                                      labels={RUN_LABEL: run_id},
+                                      creation_timestamp=_ago(age)),
+            status=status,
+        )  # fmt: skip
+        pods = self._pods.setdefault(namespace, [])
+        pods[:] = [p for p in pods if p.metadata.name != name] + [pod]
+
+    def add_event(self, pod: str, reason: str, message: str, namespace: str = "team-a") -> None:
+        """A Warning event about a pod (FailedScheduling, FailedMount, ...)."""
+        self._events.setdefault(namespace, []).append(k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(name=f"{pod}.{uuid.uuid4().hex[:8]}", namespace=namespace),
+            involved_object=k8s.V1ObjectReference(kind="Pod", name=pod, namespace=namespace),
+            reason=reason, message=message, type="Warning", count=1, last_timestamp=_ago(0),
+        ))  # fmt: skip
+
+    def core_route(self, h, url):
+        parts = url.path.strip("/").split("/")  # api v1 namespaces <ns> pods|events
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if len(parts) != 5 or parts[2] != "namespaces" or parts[4] not in ("pods", "events"):
+            return h._send(404, _k8s_status(404, "NotFound", f"no route {url.path}"))
+        namespace, kind = parts[3], parts[4]
+        if self.pods_forbidden:
+            return h._send(403, _k8s_status(403, "Forbidden", f'{kind} is forbidden: User '
+                                            f'cannot list resource "{kind}" in namespace'
+                                            f' "{namespace}"'))  # fmt: skip
+        if kind == "pods":
+            key, _, value = query.get("labelSelector", "").partition("=")
+            items = [p for p in self._pods.get(namespace, [])
+                     if not key or (p.metadata.labels or {}).get(key) == value]  # fmt: skip
+            listed = k8s.V1PodList(api_version="v1", kind="PodList", items=items,
+                                   metadata=k8s.V1ListMeta())  # fmt: skip
+            return h._send(200, _K8S.sanitize_for_serialization(listed))
+        wanted = dict(
+            term.split("=", 1) for term in query.get("fieldSelector", "").split(",") if term
+        )
+        events = [
+            e for e in self._events.get(namespace, [])
+            if wanted.get("involvedObject.name", e.involved_object.name) == e.involved_object.name
+            and wanted.get("involvedObject.kind", "Pod") == e.involved_object.kind
+        ]  # fmt: skip
+        listed = k8s.CoreV1EventList(api_version="v1", kind="EventList", items=events,
+                                     metadata=k8s.V1ListMeta())  # fmt: skip
+        return h._send(200, _K8S.sanitize_for_serialization(listed))
 
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _filter_names(url) -> set[str]:
+    flt = json.loads(parse_qs(url.query).get("filter", ["{}"])[0] or "{}")
+    predicates = flt.get("predicates", [])
+    return {pr.get("string_value") for pr in predicates if pr.get("key") == "display_name"}
+
+
+def _rpc_error(code: int, message: str) -> dict:
+    """grpc-gateway's error body: a google.rpc.Status (plus the legacy `error` text)."""
+    status = _KFP.sanitize_for_serialization(kfp_api.GoogleRpcStatus(code=code, message=message))
+    return {**status, "error": message}
+
+
+def _k8s_status(code: int, reason: str, message: str) -> dict:
+    status = k8s.V1Status(
+        api_version="v1", kind="Status", status="Failure", code=code, reason=reason,
+        message=message,
+    )  # fmt: skip
+    return _K8S.sanitize_for_serialization(status)

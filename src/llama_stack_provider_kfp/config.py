@@ -40,7 +40,19 @@ class RemoteConfig(BaseModel):
         "DataSciencePipelinesApplication of the namespace.",
     )
     namespace: str | None = Field(
-        default=None, description="default: the namespace of the current kubeconfig context"
+        default=None,
+        description="default: the namespace of the current kubeconfig context, or the pod's "
+        "own namespace when the server runs in the cluster",
+    )
+    service_account_dir: Path = Field(
+        default=Path("/var/run/secrets/kubernetes.io/serviceaccount"),
+        description="where a pod finds its service account's token, namespace and CAs; used "
+        "in the cluster (KUBERNETES_SERVICE_HOST set, no kubeconfig)",
+    )
+    inspect_pods: bool = Field(
+        default=True,
+        description="read the runs' pods and events through the Kubernetes API (when "
+        "reachable) to say why a run waits or failed; needs get/list on pods and events",
     )
     token_env: str = Field(
         default="KFP_TOKEN", description="environment variable holding a bearer token"

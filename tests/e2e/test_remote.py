@@ -74,10 +74,23 @@ def remote(s3, stub, tmp_path, monkeypatch, tiny_models):
         "KFP_REQUEST_TIMEOUT": "0.5",  # sub-second: the blackholed-route test waits on it
         "KFP_PENDING_TIMEOUT": "60",
         "KFP_MAX_CONCURRENT_JOBS": "8",
+        # The Kubernetes API (the same stand-in) for the runs' pods and events.
+        "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig", stub.url, "team-a")),
     }
     server = Server(tmp_path, env=env).start()
     yield server
     server.cleanup()
+
+
+def _kubeconfig(path: Path, server: str, namespace: str, token: str = "sha256~kube-token"):
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "ctx",
+        "clusters": [{"name": "c", "cluster": {"server": server}}],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u",
+                                                 "namespace": namespace}}],
+    }))  # fmt: skip
+    return path
 
 
 @contextlib.contextmanager
@@ -405,14 +418,7 @@ def test_openshift_discovery_from_kubeconfig(s3, stub, tmp_path, monkeypatch, ds
         {"spec": {"dspVersion": "v2"},
          "status": {"components": {"apiServer": {"externalUrl": stub.url}}}},
     ]  # fmt: skip
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "ctx",
-        "clusters": [{"name": "c", "cluster": {"server": stub.url}}],
-        "users": [{"name": "u", "user": {"token": "sha256~kube-token"}}],
-        "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u",
-                                                 "namespace": "team-b"}}],
-    }))  # fmt: skip
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", stub.url, "team-b")
     env = {"KFP_MODE": "remote", "KFP_S3_BUCKET": "kfp", "KUBECONFIG": str(kubeconfig),
            "KFP_S3_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"]}  # fmt: skip
     monkeypatch.delenv("KFP_TOKEN", raising=False)
@@ -426,3 +432,130 @@ def test_openshift_discovery_from_kubeconfig(s3, stub, tmp_path, monkeypatch, ds
         assert kfp_calls[0]["headers"]["authorization"] == "Bearer sha256~kube-token"
         exp = next(iter(stub.experiments.values()))
         assert exp["namespace"] == "team-b"
+
+
+def _running(client, stub, tmp_path, name: str) -> tuple[str, str]:
+    ds = register_rows(client, tmp_path, instruct_rows(12))
+    job = new_id(name)
+    submit(client, job, "tiny", ds, checkpoint_dir=MODEL)
+    return job, stub.run_for(job)["run_id"]
+
+
+def test_a_pod_that_cannot_pull_its_image_says_so_then_fails_after_the_limit(
+    remote, stub, tmp_path
+):
+    """KFP says RUNNING while the train pod waits for an image that cannot be pulled: the
+    status shows the pod's reason, and once the pod has waited past the limit (60 s here)
+    the job fails with it and the run is terminated."""
+    import time
+
+    client = remote.client()
+    job, run_id = _running(client, stub, tmp_path, "pull")
+    stub.set_state(run_id, "RUNNING")
+    pull = ("ImagePullBackOff", 'Back-off pulling image "quay.io/acme/missing:1"')
+    stub.add_pod(run_id, "train-pod", waiting=pull, age=10)
+    st = job_status(client, job)
+    assert st["status"] == "in_progress"
+    pods = st["resources_allocated"]["runner"]["pods"]
+    assert pods[0]["reason"] == "ImagePullBackOff"
+    assert "quay.io/acme/missing:1" in pods[0]["message"]
+    stub.add_pod(run_id, "train-pod", waiting=pull, age=120)
+    st = job_status(client, job)
+    assert st["status"] == "failed"
+    message = st["resources_allocated"]["error"]["message"]
+    assert "pod train-pod had not started after 120 s" in message
+    assert "ImagePullBackOff" in message and "pending_timeout_seconds = 60 s" in message
+    deadline = time.monotonic() + 30  # the scheduler settles it on its next poll
+    while run_id not in stub.terminated and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert stub.terminated == [run_id]
+
+
+def test_an_unschedulable_pending_run_says_why(remote, stub, tmp_path):
+    client = remote.client()
+    job, run_id = _running(client, stub, tmp_path, "gpu")
+    why = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    stub.add_pod(run_id, "train-pod", unschedulable=why, age=5)
+    stub.add_event("train-pod", "FailedScheduling", why)
+    stub.add_event("train-pod", "FailedMount", 'secret "s3-credentials" not found')
+    stub.add_event("other-pod", "FailedMount", "not this run's")
+    st = job_status(client, job)
+    assert st["status"] == "scheduled"
+    pods = st["resources_allocated"]["runner"]["pods"]
+    assert [(p["reason"], p["message"]) for p in pods] == [
+        ("Unschedulable", why),  # the FailedScheduling event says the same: once
+        ("FailedMount", 'secret "s3-credentials" not found'),
+    ]
+
+
+def test_an_oom_killed_step_without_error_json_says_so(remote, stub, tmp_path):
+    """The train container was killed for memory: no error.json, no task error from KFP
+    (as when its driver could not report); the pod's terminated state says why."""
+    client = remote.client()
+    job, run_id = _running(client, stub, tmp_path, "oom")
+    stub.add_pod(run_id, "train-pod", phase="Failed", terminated=("OOMKilled", 137))
+    stub.set_state(run_id, "FAILED")
+    err = job_status(client, job)["resources_allocated"]["error"]
+    assert err["message"] == (
+        "the KFP run ended FAILED: pod train-pod container main: OOMKilled, exit code 137"
+    )
+    assert err["pods"] == [
+        {"pod": "train-pod", "container": "main", "reason": "OOMKilled", "exit_code": 137}
+    ]
+
+
+def test_pods_the_server_may_not_read_are_a_note_not_an_error(remote, stub, tmp_path):
+    client = remote.client()
+    job, _ = _running(client, stub, tmp_path, "rbac")
+    stub.pods_forbidden = True
+    st = job_status(client, job)
+    assert st["status"] == "scheduled"
+    warning = st["resources_allocated"]["runner"]["pods_warning"]
+    assert "403" in warning and "grant get/list on pods and events" in warning
+
+
+def test_in_cluster_defaults_from_the_service_account(s3, tmp_path, monkeypatch):
+    """The server runs as a pod: no kubeconfig, nothing configured but the bucket. The
+    namespace and token come from the service account, the KFP URL from the DSPA's
+    in-cluster service URL (not its route), over TLS checked with the service CA."""
+    from tls import self_signed
+
+    cert, key = self_signed(tmp_path / "tls")
+    stub = KFPStub(tls=(cert, key))
+    try:
+        stub.dspas["team-c"] = [{"spec": {"dspVersion": "v2"}, "status": {"components": {
+            "apiServer": {"url": stub.url, "externalUrl": "https://route.invalid"}}}}]  # fmt: skip
+        sa = tmp_path / "serviceaccount"
+        sa.mkdir()
+        (sa / "token").write_text("sa-token-1")
+        (sa / "namespace").write_text("team-c")
+        (sa / "ca.crt").write_bytes(cert.read_bytes())  # the cluster's CA
+        (sa / "service-ca.crt").write_bytes(cert.read_bytes())  # OpenShift's service CA
+        stub.valid_token = "sa-token-1"
+        env = {"KFP_MODE": "remote", "KFP_S3_BUCKET": "kfp",
+               "KFP_S3_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"],
+               "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+               "KUBERNETES_SERVICE_PORT": str(stub.port),
+               "KFP_SERVICE_ACCOUNT_DIR": str(sa),
+               "KUBECONFIG": str(tmp_path / "none")}  # fmt: skip
+        monkeypatch.delenv("KFP_TOKEN", raising=False)
+        with _own_server(tmp_path, env) as client:
+            ds = register_rows(client, tmp_path, instruct_rows(12))
+            job = new_id("incluster")
+            submit(client, job, "tiny", ds, checkpoint_dir=MODEL)
+            run = stub.run_for(job)
+            assert next(iter(stub.experiments.values()))["namespace"] == "team-c"
+            # The kubelet rotates the token: KFP refuses the old one, the file has the new one.
+            (sa / "token").write_text("sa-token-2")
+            stub.valid_token = "sa-token-2"
+            stub.set_state(run["run_id"], "RUNNING")
+            st = job_status(client, job)
+            assert st["status"] == "in_progress" and "warning" not in st["resources_allocated"][
+                "runner"]  # fmt: skip
+        kfp_calls = [r for r in stub.requests if r["path"].startswith("/apis/v2beta1/runs")]
+        assert {r["headers"]["authorization"] for r in kfp_calls} == {
+            "Bearer sa-token-1", "Bearer sa-token-2"}  # fmt: skip
+        pod_reads = [r for r in stub.requests if r["path"].startswith("/api/v1/namespaces/team-c")]
+        assert pod_reads, "the run's pods were read through the in-cluster Kubernetes API"
+    finally:
+        stub.stop()

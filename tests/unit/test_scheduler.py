@@ -162,3 +162,27 @@ def test_shutdown_cancels_only_when_asked(tmp_path):
     backend.finish("b")
     sched.shutdown(cancel_jobs=True)  # "b" ended meanwhile: skipped, not an error
     assert backend.killed == ["a"]
+
+
+def test_a_hanging_backend_call_holds_up_no_other_job(tmp_path):
+    """While a dispatch round is stuck observing one job (a blackholed route), another job's
+    cancel completes and the slot it frees is taken once the round moves on."""
+    backend = FakeBackend()
+    sched = _scheduler(tmp_path, backend, limit=2)
+    for order, job in enumerate(["stuck", "b", "queued"]):
+        sched.submit(record(job, order))
+    gate = backend.hang_observe["stuck"] = threading.Event()
+    round_ = threading.Thread(target=sched.tick, name="round")
+    round_.start()
+    assert backend.hanging.wait(5)
+    done = threading.Event()
+    cancel = threading.Thread(target=lambda: (sched.cancel("b"), done.set()))
+    cancel.start()
+    cancelled_in_time = done.wait(5)
+    gate.set()
+    round_.join(5)
+    cancel.join(5)
+    assert cancelled_in_time, "cancel waited for another job's backend call"
+    assert backend.killed == ["b"]  # once: the round skips a job cancelled meanwhile
+    sched.tick()
+    assert backend.started == ["stuck", "b", "queued"]  # the freed slot is taken, once

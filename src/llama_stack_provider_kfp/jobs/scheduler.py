@@ -8,6 +8,12 @@ unfinished job ids) and rebuilds it from disk on start-up (`reconcile`).
 
 A daemon thread, not an asyncio task, drives dispatch: llama-stack builds providers inside a
 temporary event loop that is closed before the server starts serving.
+
+Locks. A backend call may be a network call that takes up to its timeout (a blackholed route to
+KFP). No such call runs under the lock that guards the job set (`_lock`): each job has its own
+lock, held while it is observed, started or cancelled, so a cancel waits at most for its own
+job's call; dispatch rounds are serialized by `_round` (one round at a time never starts a job
+twice or exceeds the limit).
 """
 
 from __future__ import annotations
@@ -37,51 +43,55 @@ class JobScheduler:
         self.backend = backend
         self.max_concurrent = max_concurrent
         self.poll_seconds = backend.poll_seconds if poll_seconds is None else poll_seconds
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # _active and _job_locks; never held over a backend call
+        self._round = threading.Lock()  # one dispatch round at a time
+        self._job_locks: dict[str, threading.Lock] = {}
         self._active: set[str] = set()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a round is wanted now (a slot was freed)
         self.reconcile()
         self._thread = threading.Thread(target=self._loop, name="kfp-job-dispatch", daemon=True)
         if start_thread:
             self._thread.start()
 
+    def _job_lock(self, job_uuid: str) -> threading.Lock:
+        with self._lock:
+            return self._job_locks.setdefault(job_uuid, threading.Lock())
+
+    def _discard(self, job_uuid: str) -> None:
+        with self._lock:
+            self._active.discard(job_uuid)
+            self._job_locks.pop(job_uuid, None)
+
     # ---- start-up ---------------------------------------------------------------------
 
     def reconcile(self) -> None:
         """Re-attach to every unfinished job recorded on disk."""
-        with self._lock:
+        with self._round:
             for job_uuid in self.store.list_ids():
-                record = self.store.load(job_uuid)
-                if record is None:
+                if self.store.load(job_uuid) is None:
                     log.warning("job %s: record unreadable, skipped", job_uuid)
                     continue
-                try:
-                    seen = self.backend.observe(record)
-                except Exception:
-                    log.exception("job %s: could not be checked; kept as unfinished", job_uuid)
+                with self._lock:
                     self._active.add(job_uuid)
-                    continue
-                if seen.status in TERMINAL:
-                    self._settle(record, seen)
-                else:
-                    self._active.add(job_uuid)
-            self._dispatch()
-        log.info("job scheduler: %d unfinished job(s) re-attached", len(self._active))
+            self._dispatch()  # settles the jobs that ended while the server was down
+        log.info("job scheduler: %d unfinished job(s) re-attached", len(self.active()))
 
     # ---- API ----------------------------------------------------------------------------
 
     def submit(self, record: JobRecord) -> None:
         """Queue a new job and start it if a slot is free. A failure to start *this* job is
         raised (the caller answers the request with it); other jobs' failures are recorded."""
+        self.store.save(record)
         with self._lock:
-            self.store.save(record)
             self._active.add(record.job_uuid)
+        with self._round:
             self._dispatch(raise_for=record.job_uuid)
 
     def cancel(self, job_uuid: str, grace_seconds: float = 5.0) -> None:
         """Mark cancelled (durably, first), then stop the job. A job that has already ended
         is an InvalidRequest and keeps its outcome."""
-        with self._lock:
+        with self._job_lock(job_uuid):  # waits for a start of this job in flight: its handle
             record = self.store.load(job_uuid)  # the current record: it may have just started
             if record is None:
                 return
@@ -90,20 +100,37 @@ class JobScheduler:
                 raise InvalidRequest(f"job {job_uuid!r} has already ended ({seen.status})")
             record.cancelled_at = now()
             self.store.save(record)
-        self.backend.kill(record, grace_seconds)
-        with self._lock:
-            self._active.discard(job_uuid)
-            self.backend.forget(record)
-            if not self._stop.is_set():
+            with self._lock:
+                self._active.discard(job_uuid)  # rounds skip it from now on
+        try:
+            self.backend.kill(record, grace_seconds)  # outside the job's lock: it may take a while
+        except Exception:
+            with self._lock:
+                self._active.add(job_uuid)  # settled (killed again) by a later round
+            raise
+        self.backend.forget(record)
+        self._discard(job_uuid)
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        """Start the next queued job now: in this thread when no round is running, else the
+        round in flight is asked to run once more (never wait behind a slow round)."""
+        if self._stop.is_set():
+            return
+        if self._round.acquire(blocking=False):
+            try:
                 self._dispatch()
+            finally:
+                self._round.release()
+        else:
+            self._wake.set()
 
     def shutdown(self, cancel_jobs: bool) -> None:
         self._stop.set()
+        self._wake.set()
         if not cancel_jobs:
             return
-        with self._lock:
-            active = list(self._active)
-        for job_uuid in active:
+        for job_uuid in self.active():
             with contextlib.suppress(InvalidRequest):  # ended meanwhile
                 self.cancel(job_uuid, grace_seconds=1.0)  # llama-stack allows 5 s to stop
 
@@ -114,59 +141,75 @@ class JobScheduler:
     # ---- dispatch -----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
             self.tick()
 
     def tick(self) -> None:
         """One dispatch round: settle finished jobs, start queued ones within the limit."""
         try:
-            with self._lock:
+            with self._round:
                 if not self._stop.is_set():
                     self._dispatch()
         except Exception:  # keep dispatching whatever one poll hit
             log.exception("job dispatch failed")
 
     def _dispatch(self, raise_for: str | None = None) -> None:
+        """Called with `_round` held."""
         running, queued = 0, []
-        for job_uuid in list(self._active):
+        for job_uuid in self.active():
             try:
-                record = self.store.load(job_uuid)
-                if record is None:
-                    self._active.discard(job_uuid)
-                    continue
-                seen = self.backend.observe(record)
-                if seen.status in TERMINAL:
-                    self._settle(record, seen)
-                    self._active.discard(job_uuid)
-                elif record.cancelled_at is not None:
-                    continue  # being cancelled: never (re)started, not counted
-                elif self.backend.handle(record) is None:
-                    queued.append(record)
-                else:
-                    running += 1
+                with self._job_lock(job_uuid):
+                    if job_uuid not in self.active():
+                        continue  # cancelled since the round began
+                    record = self.store.load(job_uuid)
+                    if record is None:
+                        self._discard(job_uuid)
+                        continue
+                    seen = self.backend.observe(record)
+                    if seen.status in TERMINAL:
+                        self._settle(record, seen)
+                        self._discard(job_uuid)
+                    elif record.cancelled_at is not None:
+                        continue  # being cancelled: never (re)started, not counted
+                    elif self.backend.handle(record) is None:
+                        queued.append(record)
+                    else:
+                        running += 1
             except Exception:  # one job's trouble must not stall the others
                 log.exception("job %s: could not be checked", job_uuid)
                 running += 1  # unknown: count it, so the limit is never exceeded
         # Submission order: scheduled_at, then the id for submissions in the same instant.
         queued.sort(key=lambda r: (r.scheduled_at, r.job_uuid))
         free = self.max_concurrent - running
-        for record in queued:
+        for queued_record in queued:
             if free <= 0:
                 break
+            if self._start(queued_record.job_uuid, raise_for):
+                free -= 1
+
+    def _start(self, job_uuid: str, raise_for: str | None) -> bool:
+        """Start one queued job; False when it was not started (cancelled meanwhile, or its
+        start failed: the slot stays free for the next queued job)."""
+        with self._job_lock(job_uuid):
+            record = self.store.load(job_uuid)  # fresh: a cancel may have come in since
+            if record is None or record.cancelled_at is not None or self.backend.handle(record):
+                return False
             try:
                 record.runner = self.backend.start(record)
             except Exception as e:
-                if record.job_uuid == raise_for:
+                if job_uuid == raise_for:
                     raise
                 # Recorded, not retried forever: the job fails with the reason.
                 record.lost, record.lost_at = {"message": f"could not start: {e}"}, now()
                 self.store.save(record)
-                self._active.discard(record.job_uuid)
-                log.warning("job %s: could not start: %s", record.job_uuid, e)
-                continue  # the slot stays free for the next queued job
-            free -= 1
+                self._discard(job_uuid)
+                log.warning("job %s: could not start: %s", job_uuid, e)
+                return False
             self.store.save(record)
-            log.info("job %s: started (%s)", record.job_uuid, record.runner)
+        log.info("job %s: started (%s)", job_uuid, record.runner)
+        return True
 
     def _settle(self, record: JobRecord, seen: Observed) -> None:
         """Make a finished job's outcome durable and leave nothing of it running."""

@@ -25,6 +25,7 @@ from ...jobs.backend import DatasetSource, JobInputs, Observed, StagedInputs
 from ...jobs.record import JobRecord, RunnerHandle, Status
 from ...jobs.store import JobStore
 from .connection import (
+    Kube,
     check_backend_version,
     connection,
     explain,
@@ -32,6 +33,7 @@ from .connection import (
     request_timeout,
 )
 from .placement import remote_placement
+from .pods import PodTrouble, diagnose, stuck
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ class KFPBackend:
         self._client: Any = None
         self._s3: Any = None
         self._last_state: dict[str, str] = {}
+        self.kube: Kube | None = None
         self.url, self.namespace = cfg.url or "(discovered)", cfg.namespace
 
     @property
@@ -174,15 +177,17 @@ class KFPBackend:
         if self._client is None:
             import kfp
 
-            url, namespace, token = connection(self.cfg)
-            self.url, self.namespace = url, namespace
+            found = connection(self.cfg)
+            url = self.url = found.url
+            self.namespace = found.namespace
+            self.kube = found.kube if self.cfg.inspect_pods else None
             try:
                 # namespace= skips kfp's own healthz retry loop; check it ourselves.
                 client = kfp.Client(
                     host=url,
-                    existing_token=token,
-                    namespace=namespace,
-                    ssl_ca_cert=str(self.cfg.ca_bundle) if self.cfg.ca_bundle else None,
+                    existing_token=found.token,
+                    namespace=found.namespace,
+                    ssl_ca_cert=found.ca_bundle,
                     verify_ssl=self.cfg.verify_ssl,
                 )
                 _set_timeouts(client, request_timeout(self.cfg))
@@ -312,28 +317,36 @@ class KFPBackend:
             return Observed(status, note={"run_id": run_id, "state": last, "warning": str(err)})
         state = str(getattr(raw_state, "value", raw_state))
         self._last_state[run_id] = state
-        stuck = self._pending_too_long(run, state)
-        if stuck is not None and record.cancelled_at is None:
-            return Observed("failed", getattr(run, "created_at", None), error=stuck, lost=True,
-                            note={"run_id": run_id, "state": state})  # fmt: skip
         status = STATE_MAP.get(state, "in_progress")
+        note: dict[str, Any] = {"run_id": run_id, "state": state}
+        step_error = self.outputs(record).error() if status == "failed" else None
+        # The pods say why a run waits, or why it failed when the step could not say it.
+        looking = state in ("PENDING", "RUNNING") or (status == "failed" and step_error is None)
+        troubles = self._pods(run_id, note) if looking else []
+        if troubles and status != "failed":
+            note["pods"] = [t.as_dict() for t in troubles]
+        gave_up = self._pending_too_long(run, state, troubles) if status != "failed" else None
+        if gave_up is not None and record.cancelled_at is None:
+            return Observed("failed", getattr(run, "created_at", None), error=gave_up, lost=True,
+                            note=note)  # fmt: skip
         if record.cancelled_at is not None and status != "completed":
             status = "cancelled"
         error: dict[str, Any] | None = None
         if status == "failed":
-            step_error = self.outputs(record).error()
             error = step_error.model_dump(exclude_none=True) if step_error else {}
             failed_tasks = _failed_tasks(run)
             if failed_tasks:
                 error["tasks"] = failed_tasks
-            # No error.json: the step never reached Python (OOMKilled, image pull, evicted):
-            # KFP's task details say why.
+            if troubles:
+                error["pods"] = [t.as_dict() for t in troubles]
+            # No error.json: the step never reached Python, or was killed (OOMKilled, image
+            # pull, evicted): KFP's task details and the pods say why.
             first = next((t for t in failed_tasks if t.get("message")), None)
-            error.setdefault(
-                "message",
-                f"the KFP run ended {state}"
-                + (f": task {first['task']} failed: {first['message']}" if first else ""),
-            )
+            why = (
+                f": task {first['task']} failed: {first['message']}" if first
+                else f": {troubles[0].text()}" if troubles else ""
+            )  # fmt: skip
+            error.setdefault("message", f"the KFP run ended {state}{why}")
             if getattr(run, "error", None) is not None:
                 error["kfp_error"] = getattr(run.error, "message", str(run.error))
         return Observed(
@@ -343,24 +356,62 @@ class KFPBackend:
             if status in ("completed", "failed", "cancelled")
             else None,
             error=error,
-            note={"run_id": run_id, "state": state},
+            note=note,
         )
 
-    def _pending_too_long(self, run: Any, state: str) -> dict[str, Any] | None:
-        created = getattr(run, "created_at", None)
-        if state != "PENDING" or created is None:
-            return None
-        waited = (datetime.now(UTC) - created).total_seconds()
+    def _pods(self, run_id: str, note: dict[str, Any]) -> list[PodTrouble]:
+        """The run's pod troubles; none when the Kubernetes API is not reachable from here
+        (a note says why when it refused)."""
+        if self.kube is None:
+            return []
+        from kubernetes import client as k8s
+
+        try:
+            return diagnose(k8s.CoreV1Api(self.kube.api), self.namespace or "default", run_id,
+                            request_timeout(self.cfg))  # fmt: skip
+        except Exception as e:
+            status = getattr(e, "status", None)
+            note["pods_warning"] = (
+                f"cannot read the run's pods ({status or type(e).__name__} "
+                f"{getattr(e, 'reason', '') or str(e)[:120]}); grant get/list on pods and "
+                "events in the namespace, or set remote.inspect_pods: false"
+            )
+            return []
+
+    def _pending_too_long(
+        self, run: Any, state: str, troubles: list[PodTrouble]
+    ) -> dict[str, Any] | None:
+        """A run PENDING, or a pod of it not started, for longer than the limit: it will not
+        start by itself (no node can meet its requests, an image cannot be pulled, a Secret
+        is missing), and the job fails with the reason instead of waiting forever."""
         limit = self.cfg.pending_timeout_seconds
-        if waited <= limit:
-            return None
-        return {
-            "message": f"the KFP run was still PENDING after {waited:.0f} s (limit "
-            f"remote.pending_timeout_seconds = {limit:.0f} s): its pods could not be scheduled "
-            "or started (GPU or memory requests no node can meet, an image that cannot be "
-            "pulled, quota); the run was terminated",
-            "tasks": _failed_tasks(run),
-        }
+        reasons = "; ".join(t.text() for t in troubles[:3])
+        late = stuck(troubles, limit)
+        if late:
+            waited = max(t.pending_seconds or 0.0 for t in late)
+            message = (
+                f"pod {late[0].pod} had not started after {waited:.0f} s (limit "
+                f"remote.pending_timeout_seconds = {limit:.0f} s): {reasons}; the run was "
+                "terminated"
+            )
+        else:
+            created = getattr(run, "created_at", None)
+            if state != "PENDING" or created is None:
+                return None
+            waited = (datetime.now(UTC) - created).total_seconds()
+            if waited <= limit:
+                return None
+            message = (
+                f"the KFP run was still PENDING after {waited:.0f} s (limit "
+                f"remote.pending_timeout_seconds = {limit:.0f} s): "
+                + (reasons or "its pods could not be scheduled or started (GPU or memory "
+                   "requests no node can meet, an image that cannot be pulled, quota)")
+                + "; the run was terminated"
+            )  # fmt: skip
+        found: dict[str, Any] = {"message": message, "tasks": _failed_tasks(run)}
+        if troubles:
+            found["pods"] = [t.as_dict() for t in troubles]
+        return found
 
     def forget(self, record: JobRecord) -> None:
         if record.runner is not None and record.runner.run_id is not None:

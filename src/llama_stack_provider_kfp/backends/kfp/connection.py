@@ -8,6 +8,8 @@ token `oc login` leaves) and, for the URL, the namespace's DataSciencePipelinesA
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any
 
 from ...config import RemoteConfig
 from ...core.errors import Refused, Unavailable
@@ -70,54 +72,109 @@ def _token(cfg: RemoteConfig) -> str | None:
     return None
 
 
-def connection(cfg: RemoteConfig) -> tuple[str, str, str | None]:
-    """(url, namespace, token): from the config, else from the current kubeconfig context
-    (namespace, bearer token as `oc login` leaves it) and, for the URL, the namespace's
-    DataSciencePipelinesApplication (OpenShift AI)."""
-    url, namespace, token = cfg.url, cfg.namespace, _token(cfg)
-    if url and namespace and token:
-        return url, namespace, token
+@dataclass
+class Kube:
+    """A Kubernetes API client and what its configuration says."""
+
+    api: Any  # kubernetes.client.ApiClient
+    namespace: str | None
+    token: str | None
+    in_cluster: bool
+
+
+@dataclass
+class Endpoint:
+    url: str
+    namespace: str
+    token: str | None
+    ca_bundle: str | None
+    kube: Kube | None  # None: the Kubernetes API is not reachable from here
+
+
+def _in_cluster(cfg: RemoteConfig) -> Kube | None:
+    """The pod's own service account (a server running in the cluster). Its token is
+    short-lived and rotated by the kubelet: the client re-reads the file (try_refresh_token),
+    and every reconnection to KFP reads it again."""
+    sa = cfg.service_account_dir
+    if not os.environ.get("KUBERNETES_SERVICE_HOST") or not (sa / "token").is_file():
+        return None
+    from kubernetes import client as k8s
+    from kubernetes.config.incluster_config import InClusterConfigLoader
+
+    conf = k8s.Configuration()
+    InClusterConfigLoader(
+        token_filename=str(sa / "token"), cert_filename=str(sa / "ca.crt"), try_refresh_token=True
+    ).load_and_set(conf)
+    ns_file = sa / "namespace"
+    namespace = ns_file.read_text().strip() if ns_file.is_file() else None
+    return Kube(k8s.ApiClient(conf), namespace, (sa / "token").read_text().strip(), True)
+
+
+def kube(cfg: RemoteConfig) -> Kube | None:
+    """The current kubeconfig context (as kubectl picks it), else the pod's service account,
+    else None."""
     try:
-        from kubernetes import client as k8s
         from kubernetes import config as kubeconfig
 
         _, active = kubeconfig.list_kube_config_contexts()
         api = kubeconfig.new_client_from_config()
+    except Exception:
+        return _in_cluster(cfg)
+    bearer = api.configuration.api_key.get("authorization", "")
+    token = bearer.removeprefix("Bearer ").strip() or None
+    return Kube(api, active.get("context", {}).get("namespace"), token, False)
+
+
+def _dspa_url(k: Kube, namespace: str, cfg: RemoteConfig) -> str:
+    """The KFP API of the namespace's pipeline server: its route (externalUrl) from outside,
+    its service (url) from inside the cluster, where the route may not even resolve."""
+    from kubernetes import client as k8s
+
+    try:
+        items = _list_dspas(k8s.CustomObjectsApi(k.api), namespace, request_timeout(cfg))
     except Exception as e:
-        if url and namespace:
-            return url, namespace, token  # no kubeconfig: go without a token
-        raise Unavailable(
-            f"remote.url/namespace are not set and no kubeconfig context is usable ({e}); "
-            "set remote.url and remote.namespace, or log in (`oc login`)"
+        raise Refused(
+            f"cannot list DataSciencePipelinesApplications in namespace {namespace!r} "
+            f"({getattr(e, 'status', '')} {getattr(e, 'reason', e)}); set remote.url"
         ) from None
-    namespace = namespace or active.get("context", {}).get("namespace") or "default"
-    if token is None:
-        bearer = api.configuration.api_key.get("authorization", "")
-        token = bearer.removeprefix("Bearer ").strip() or None
-    if not url:
-        try:
-            items = _list_dspas(k8s.CustomObjectsApi(api), namespace, request_timeout(cfg))
-        except Exception as e:
-            raise Refused(
-                f"cannot list DataSciencePipelinesApplications in namespace {namespace!r} "
-                f"({getattr(e, 'status', '')} {getattr(e, 'reason', e)}); set remote.url"
-            ) from None
-        v2 = [i for i in items if (i.get("spec") or {}).get("dspVersion") == "v2"]
-        url = next(
-            (
-                i["status"]["components"]["apiServer"]["externalUrl"]
-                for i in v2
-                if (i.get("status") or {}).get("components", {}).get("apiServer", {})
-                .get("externalUrl")
-            ),
-            None,
-        )  # fmt: skip
-        if not url:
-            raise Refused(
-                f"no ready DataSciencePipelinesApplication with dspVersion v2 in namespace "
-                f"{namespace!r}; create a pipeline server there or set remote.url"
+    keys = ("url", "externalUrl") if k.in_cluster else ("externalUrl",)
+    for item in items:
+        if (item.get("spec") or {}).get("dspVersion") != "v2":
+            continue
+        server = ((item.get("status") or {}).get("components") or {}).get("apiServer") or {}
+        for key in keys:
+            if server.get(key):
+                return str(server[key])
+    raise Refused(
+        f"no ready DataSciencePipelinesApplication with dspVersion v2 in namespace "
+        f"{namespace!r}; create a pipeline server there or set remote.url"
+    )
+
+
+def connection(cfg: RemoteConfig) -> Endpoint:
+    """Where KFP is and how to authenticate, from the config, else from the current kubeconfig
+    context or the pod's service account (namespace, token) and, for the URL, the namespace's
+    DataSciencePipelinesApplication (OpenShift AI)."""
+    k = kube(cfg)
+    namespace = cfg.namespace or (k.namespace if k else None)
+    token = _token(cfg) or (k.token if k else None)
+    ca = str(cfg.ca_bundle) if cfg.ca_bundle else None
+    url = cfg.url
+    if not url or not namespace:
+        if k is None:
+            raise Unavailable(
+                "remote.url/namespace are not set and neither a kubeconfig context nor a "
+                "service account is usable; set remote.url and remote.namespace, or log in "
+                "(`oc login`)"
             )
-    return url, namespace, token
+        namespace = namespace or "default"
+    if not url:
+        assert k is not None
+        url = _dspa_url(k, namespace, cfg)
+        service_ca = cfg.service_account_dir / "service-ca.crt"
+        if k.in_cluster and ca is None and url.startswith("https") and service_ca.is_file():
+            ca = str(service_ca)  # the pipeline server's service cert: OpenShift's service CA
+    return Endpoint(url, namespace, token, ca, k)
 
 
 def login_page(url: str, answered: str) -> Refused:
