@@ -119,3 +119,19 @@ def test_storage_failures_are_explained_by_cause(s3, tmp_path):
     unreachable = storage.explain(err.value, "staging")
     assert isinstance(unreachable, Unavailable) and not isinstance(unreachable, Refused)
     assert "could not be reached" in str(unreachable)
+
+
+def test_a_blackholed_s3_endpoint_fails_within_the_timeout(monkeypatch):
+    """The server's S3 client gives up (ReadTimeout) instead of hanging a request: a socket
+    that accepts and never answers stands in for a blackholed route."""
+    from botocore.exceptions import ReadTimeoutError
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)
+        s3 = storage.client(f"http://127.0.0.1:{hole.getsockname()[1]}", timeout=0.3)
+        with pytest.raises(ReadTimeoutError) as err:
+            s3.list_objects_v2(Bucket="models")
+    assert "could not be reached while listing" in str(storage.explain(err.value, "listing"))

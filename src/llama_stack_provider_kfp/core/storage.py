@@ -33,9 +33,15 @@ STEP_ENV = {
 
 
 def client(
-    endpoint_url: str | None = None, region: str | None = None, ca_bundle: str | None = None
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    ca_bundle: str | None = None,
+    timeout: float | None = None,
 ) -> Any:
+    """An S3 client. `timeout` (seconds per read; connect at most 5 s, 2 attempts) for the
+    server, whose calls must not outwait its own callers; the steps keep botocore's 60 s."""
     import boto3
+    from botocore.config import Config
 
     env = os.environ.get
     keys = {}
@@ -48,6 +54,11 @@ def client(
         endpoint_url=endpoint_url or env(STEP_ENV["endpoint"]) or env("AWS_ENDPOINT_URL") or None,
         region_name=region or env("AWS_DEFAULT_REGION") or "us-east-1",
         verify=verify,
+        config=Config(
+            connect_timeout=min(5.0, timeout), read_timeout=timeout, retries={"max_attempts": 2}
+        )
+        if timeout
+        else None,
         **keys,
     )
 

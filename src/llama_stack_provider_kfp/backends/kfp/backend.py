@@ -108,7 +108,9 @@ class KFPBackend:
         """The server's own S3 client, on the configured endpoint (not set process-wide)."""
         if self._s3 is None:
             ca = str(self.cfg.s3_ca_bundle) if self.cfg.s3_ca_bundle else None
-            self._s3 = storage.client(self.cfg.s3_endpoint_url, ca_bundle=ca)
+            self._s3 = storage.client(
+                self.cfg.s3_endpoint_url, ca_bundle=ca, timeout=self.cfg.request_timeout_seconds
+            )
         return self._s3
 
     # ---- before a job exists ------------------------------------------------------------
