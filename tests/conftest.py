@@ -37,7 +37,9 @@ def hf_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, hf_home):
-    env = {**SERVER_SECRETS, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    # A tracking server that does not answer is refused within half a second.
+    env = {**SERVER_SECRETS, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1",
+           "KFP_TRACKING_PROBE_TIMEOUT": "0.5"}  # fmt: skip
     srv = Server(tmp_path_factory.mktemp("server"), env=env).start()
     yield srv
     srv.cleanup()

@@ -39,6 +39,7 @@ from llama_stack_provider_kfp.core.locations import parse
 from llama_stack_provider_kfp.core.model_source import inspect_s3_model, pvc_model
 from llama_stack_provider_kfp.core.outputs import JobOutputs
 from llama_stack_provider_kfp.core.spec import DataSpec, JobSpec, LoraSpec, OptimSpec, TrainSpec
+from llama_stack_provider_kfp.core.tracking import CREDENTIAL_ENV
 from llama_stack_provider_kfp.pipeline.definition import (
     ComponentBuild,
     build_pipeline,
@@ -61,6 +62,7 @@ def _config(endpoint: str = "http://minio.example:9000", ca: str | None = "minio
         s3_credentials_secret="s3-credentials",
         s3_ca_bundle_configmap=ca,
         hf_token_secret="hf-token",
+        tracking_secret="tracking-credentials",
         resources=RemoteResources(
             cpu_request="4", cpu_limit="8", memory_request="24Gi", memory_limit="32Gi",
             gpu_count=1, accelerator="amd.com/gpu", node_selector={"pool": "gpu"},
@@ -100,7 +102,20 @@ def test_ir_is_valid_and_carries_placement_not_secrets(tmp_path, monkeypatch):
     assert r["accelerator"]["resourceType"] == "amd.com/gpu"
     assert r["accelerator"]["resourceCount"] == "1"
     k8s = executors["exec-train"]
-    assert {s["secretName"] for s in k8s["secretAsEnv"]} == {"s3-credentials", "hf-token"}
+    assert {s["secretName"] for s in k8s["secretAsEnv"]} == {
+        "s3-credentials",
+        "hf-token",
+        "tracking-credentials",
+    }
+    # Tracking credentials: the train step only, every key optional (a Secret holds the ones
+    # its tracker needs), under the names the tracking libraries read.
+    tracking = next(s for s in k8s["secretAsEnv"] if s["secretName"] == "tracking-credentials")
+    assert tracking["optional"] is True
+    assert {(m["secretKey"], m["envVar"]) for m in tracking["keyToEnv"]} == {
+        (k, k) for k in CREDENTIAL_ENV
+    }
+    prep_secrets = {s["secretName"] for s in executors["exec-prepare-data"]["secretAsEnv"]}
+    assert "tracking-credentials" not in prep_secrets
     # The job's S3 settings reach the step under provider-specific names: KFP's launcher, in
     # the same container, reads AWS_* for the pipeline root's artifacts and must not get them.
     s3_env = next(s for s in k8s["secretAsEnv"] if s["secretName"] == "s3-credentials")

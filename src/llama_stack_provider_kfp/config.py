@@ -90,6 +90,12 @@ class RemoteConfig(BaseModel):
     hf_token_secret: str | None = Field(
         default=None, description="Kubernetes Secret with HF_TOKEN, for gated models"
     )
+    tracking_secret: str | None = Field(
+        default=None,
+        description="Kubernetes Secret whose MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME, "
+        "MLFLOW_TRACKING_PASSWORD and WANDB_API_KEY (any of them) become the train step's env, "
+        "for a request's logger_config",
+    )
     resources: RemoteResources = Field(default_factory=RemoteResources)
     scratch_size: str = Field(
         default="100Gi",
@@ -203,6 +209,13 @@ class KFPPostTrainingConfig(BaseModel):
         default=False,
         description="Cancel running and queued jobs when the server stops. By default they "
         "keep running and are tracked again when the server starts.",
+    )
+    tracking_probe_timeout_seconds: float = Field(
+        default=3.0,
+        ge=0,
+        description="A request's MLflow tracking server must answer GET /health within this "
+        "long at submit (else 503); 0 skips the probe (e.g. a server outside the cluster that "
+        "cannot resolve an in-cluster tracking URI).",
     )
     submit_sample_rows: int = Field(
         default=100,

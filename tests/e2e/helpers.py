@@ -62,7 +62,7 @@ def submit(client, job_uuid: str, model: str, dataset_id: str, **kw: Any) -> Non
         algorithm_config=algo,
         training_config=tc,
         hyperparam_search_config={},
-        logger_config={},
+        logger_config=kw.pop("logger_config", {}),
         **kw,
     )
 

@@ -31,6 +31,7 @@ from ..config import KFPPostTrainingConfig
 from ..core.engines import JobTraits, select_engine
 from ..core.errors import InvalidRequest, JobNotFound, Unsupported
 from ..core.spec import algorithm
+from ..core.tracking import check_reachable, parse_logger_config
 from ..jobs.backend import JobInputs
 from ..jobs.record import JobRecord, check_job_id, now
 from ..jobs.scheduler import JobScheduler
@@ -71,10 +72,12 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         self._check_new_job(request.job_uuid)
         lora = requests.check_algorithm(request.algorithm_config)
         requests.check_training(request.training_config)
+        tracking = parse_logger_config(request.logger_config, self.config.mode)
         name = requests.model_name(request)
         submission = requests.Submission(
-            request.job_uuid, name, request.checkpoint_dir, request.training_config, lora, None
-        )
+            request.job_uuid, name, request.checkpoint_dir, request.training_config, lora, None,
+            tracking=tracking,
+        )  # fmt: skip
         return await self._submit(submission)
 
     @as_http_errors
@@ -82,14 +85,16 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         self._check_new_job(request.job_uuid)
         dpo = requests.check_dpo(request.algorithm_config)
         requests.check_training(request.training_config)
+        tracking = parse_logger_config(request.logger_config, self.config.mode)
         dc = request.training_config.data_config
         if dc is not None and dc.packed:
             raise Unsupported("packed=true packs supervised fine-tuning rows only; for DPO send "
                               "packed=false")  # fmt: skip
         lora = requests.dpo_lora(self.config.dpo)  # the 0.6.1 DPO request has no LoRA fields
         submission = requests.Submission(
-            request.job_uuid, request.finetuned_model, None, request.training_config, lora, dpo
-        )
+            request.job_uuid, request.finetuned_model, None, request.training_config, lora, dpo,
+            tracking=tracking,
+        )  # fmt: skip
         return await self._submit(submission)
 
     def _check_new_job(self, job_uuid: str) -> None:
@@ -125,7 +130,11 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             if dc.validation_dataset_id
             else None
         )
-        await asyncio.to_thread(self.backend.check)  # reachable, before anything is created
+        # Reachable, before anything is created: the cluster, and a tracking server.
+        await asyncio.to_thread(self.backend.check)
+        await asyncio.to_thread(
+            check_reachable, sub.tracking, self.config.tracking_probe_timeout_seconds
+        )
         job_dir = self.store.reserve(sub.job_uuid)
         try:
             staged = await asyncio.to_thread(

@@ -32,6 +32,7 @@ from ..core.spec import (
     OptimSpec,
     TrainSpec,
 )
+from ..core.tracking import TrackingSpec
 from ..jobs.backend import StagedInputs
 
 
@@ -182,6 +183,7 @@ class Submission:
     training: TrainingConfig
     lora: LoraFinetuningConfig | None  # None: full-parameter training
     dpo: DPOSpec | None  # set for preference_optimize
+    tracking: TrackingSpec | None = None  # the request's logger_config
 
     @property
     def data_format(self) -> str:
@@ -262,4 +264,5 @@ def build_spec(
         optim=optim_spec(tc, config),
         output_format=config.checkpoint_format or model.layout,
         output_uri=staged.output_uri,
+        tracking=sub.tracking,
     )

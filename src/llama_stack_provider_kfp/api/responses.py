@@ -56,6 +56,8 @@ def status(
     )
     if seen.note:
         resources.runner = seen.note
+    if record.spec.tracking is not None:
+        resources.tracking = outputs.tracking()
     result = outputs.result()
     if result:
         resources.result = {k: v for k, v in result.items() if k != "epochs"}

@@ -6,6 +6,7 @@ output location (a local directory or an s3:// prefix):
     progress.json                 Progress + loss_history + facts (device, dtype, rows)
     result.json                   the train step's summary
     error.json                    why a step failed (StepError)
+    tracking.json                 where the train step logs (MLflow run id, ...; logger_config)
     checkpoints/epoch_<N>/        one finished epoch; `epoch_<N>.partial/` while written
         merged/  adapter/  metrics.json   (metrics.json last: a listed epoch is complete)
 """
@@ -25,6 +26,7 @@ from .spec import EngineChoice
 PROGRESS = "progress.json"
 RESULT = "result.json"
 ERROR = "error.json"
+TRACKING = "tracking.json"
 METRICS = "metrics.json"
 CHECKPOINTS = "checkpoints"
 MERGED = "merged"
@@ -78,6 +80,10 @@ class StatusResources(_Open):
     error: StepError | None = None
     # Backend facts: the KFP run id and state, or a warning when the cluster is unreachable.
     runner: dict[str, Any] | None = None
+    # Per tracker of the request's logger_config: where it logs (MLflow: run_id,
+    # experiment_id, run_url; TensorBoard: log_dir; W&B: run_id, dir) or the warning that
+    # stopped it.
+    tracking: dict[str, Any] | None = None
 
 
 class CheckpointInfo(BaseModel):
@@ -106,6 +112,9 @@ class JobOutputs:
 
     def result(self) -> dict[str, Any] | None:
         return self.read(RESULT)
+
+    def tracking(self) -> dict[str, Any] | None:
+        return self.read(TRACKING)
 
     def error(self) -> StepError | None:
         data = self.read(ERROR)

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .tracking import TrackingSpec
+
 Layout = Literal["meta", "huggingface"]
 # preference: prompt / chosen / rejected rows (DPO), whatever data_format the request named.
 DataFormat = Literal["instruct", "dialog", "preference"]
@@ -167,3 +169,5 @@ class JobSpec(_Strict):
     optim: OptimSpec
     output_format: Layout | None = Field(description="None: the layout of the input weights.")
     output_uri: str = Field(description="Where the job's results go; chosen by the provider.")
+    # The request's logger_config: where the train step logs params and metrics.
+    tracking: TrackingSpec | None = None

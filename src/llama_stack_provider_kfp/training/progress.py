@@ -1,4 +1,5 @@
-"""Publishes job progress to `<output>/progress.json` (core.outputs), for every engine.
+"""Publishes job progress to `<output>/progress.json` (core.outputs), for every engine, and
+hands each step's and epoch's metrics to the job's experiment trackers (training.tracking).
 
 It has torchtune's MetricLoggerInterface (the recipe calls `log_dict` after every optimizer
 step); the server reads the file when a client asks for the job's status.
@@ -8,10 +9,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.files import write_json
-from ..core.outputs import MAX_LOSS_HISTORY
+from ..core.outputs import MAX_LOSS_HISTORY, PROGRESS
+from .tracking import Tracker
+
+if TYPE_CHECKING:
+    from .io import Output
 
 WRITE_EVERY_SECONDS = 1.0  # progress.json is rewritten at most this often (and at the end)
 
@@ -32,8 +37,15 @@ class ProgressLogger:
         self._tps: list[float] = []
         self._trained_tps: list[float] = []
         self.on_write = lambda: None  # e.g. upload progress.json when the output is remote
+        self.tracker = Tracker()
         self._written_at = -1e9
         self._pending: dict[str, Any] | None = None
+
+    def attach(self, output: Output) -> None:
+        """Publish through the job's output: progress.json uploaded (at most every 5 s when
+        remote), metrics to its trackers."""
+        self.on_write = lambda: output.push(PROGRESS, 5.0)
+        self.tracker = output.tracker
 
     def begin(self, total_steps: int, steps_per_epoch: int, total_epochs: int, **facts) -> None:
         self.total_steps, self.steps_per_epoch = total_steps, max(steps_per_epoch, 1)
@@ -75,8 +87,23 @@ class ProgressLogger:
             # DPO: rewards_chosen / rewards_rejected / reward_margin / reward_accuracy
             **{k: round(float(v), 6) for k, v in payload.items() if k.startswith("reward")},
         }
+        rewards = {k: v for k, v in self._pending.items() if k.startswith("reward")}
+        self.tracker.log_step(
+            {
+                "train/loss": loss,
+                "train/lr": self._pending["lr"],
+                "train/tokens_per_second": tps,
+                "train/trained_tokens_per_second": trained,
+                **{f"train/{k}": v for k, v in rewards.items()},
+            },
+            step,
+        )
         if step >= self.total_steps or now - self._written_at >= WRITE_EVERY_SECONDS:
             self._flush()
+
+    def log_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """A finished epoch's metrics (its metrics.json) for the trackers."""
+        self.tracker.log_epoch(epoch, metrics)
 
     def _flush(self) -> None:
         if self._pending is not None:

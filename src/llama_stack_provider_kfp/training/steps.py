@@ -13,6 +13,7 @@ from ..core.spec import JobSpec
 from .engine import get_engine
 from .io import Output, fetch_model, report_errors
 from .prepare import prepare
+from .tracking import tracking
 
 
 def prepare_data_step(
@@ -42,9 +43,11 @@ def train_step(
             )
         has_val = Path(val_path).is_file() and Path(val_path).stat().st_size > 0
         output = Output(output_uri)
-        result = get_engine(spec.engine.name).train(
-            spec, model_dir, output, train_path, val_path if has_val else None
-        )
+        with tracking(spec, output) as tracker:
+            result = get_engine(spec.engine.name).train(
+                spec, model_dir, output, train_path, val_path if has_val else None
+            )
+            tracker.finish(result, ok=True)
         write_json(output.local / RESULT, result)
         output.push(PROGRESS)
         output.push(RESULT)

@@ -10,6 +10,7 @@ from ...config import RemoteConfig
 from ...core.locations import parse
 from ...core.spec import JobSpec
 from ...core.storage import STEP_ENV
+from ...core.tracking import CREDENTIAL_ENV
 
 # Secret key -> env name in the step. Not the AWS_* names: KFP's launcher runs in the same
 # container and would send the pipeline root's artifact traffic with them.
@@ -69,6 +70,15 @@ def _placement(cfg: RemoteConfig, spec: JobSpec | None):
         if step != "train":
             task.set_cpu_request("1").set_memory_request("2Gi")
             return
+        if cfg.tracking_secret:
+            # Optional: a Secret may hold only the keys its tracker needs (a missing key
+            # leaves that variable unset).
+            kubernetes.use_secret_as_env(
+                task,
+                secret_name=cfg.tracking_secret,
+                secret_key_to_env={k: k for k in CREDENTIAL_ENV},
+                optional=True,
+            )
         if pvc is not None:
             kubernetes.mount_pvc(task, pvc_name=pvc.root, mount_path=pvc.mount_path)
         if cfg.scratch_size:

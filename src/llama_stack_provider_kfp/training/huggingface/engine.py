@@ -147,7 +147,7 @@ class _Run:
             self.optimizer, o.warmup(self.total_steps), max(self.total_steps, 1)
         )
         self.progress = ProgressLogger(str(output.local / PROGRESS))
-        self.progress.on_write = lambda: output.push(PROGRESS, 5.0)
+        self.progress.attach(output)
         self.generator = torch.Generator().manual_seed(t.seed)
         self.samples_seen = 0
         self.global_step = 0
@@ -315,6 +315,7 @@ class _Run:
             merged.save_pretrained(tmp / MERGED)
             self.tokenizer.save_pretrained(tmp / MERGED)
         self.output.push(epoch_dir(epoch))
+        self.progress.log_epoch(epoch, metrics)
         self.epochs.append({"epoch": epoch, **metrics})
 
 

@@ -24,7 +24,7 @@ from torchtune.modules.peft import (
     get_merged_lora_ckpt,
 )
 
-from ...core.outputs import PROGRESS, epoch_dir
+from ...core.outputs import epoch_dir
 from ...core.spec import JobSpec
 from ..device import peak_memory_mb
 from ..io import Output
@@ -119,7 +119,7 @@ class ProviderLoRARecipe(LoRAFinetuneRecipeSingleDevice):
         dataset = self._dataloader.dataset
         self.train_rows = len(getattr(dataset, "ds", dataset))  # PackedDataset wraps the rows
         self.validation_rows = len(self._val_loader.dataset) if self._val_loader else 0
-        self._metric_logger.on_write = lambda: self.output.push(PROGRESS, 5.0)
+        self._metric_logger.attach(self.output)
         self._metric_logger.begin(
             total_steps=self.total_epochs * self._steps_per_epoch,
             steps_per_epoch=self._steps_per_epoch,
@@ -218,6 +218,7 @@ class ProviderLoRARecipe(LoRAFinetuneRecipeSingleDevice):
             metrics,
         )
         self.output.push(epoch_dir(epoch + 1))
+        self._metric_logger.log_epoch(epoch + 1, metrics)
         self.epochs.append({"epoch": epoch + 1, **metrics})
 
     def peak_memory_mb(self) -> float:
