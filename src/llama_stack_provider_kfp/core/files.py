@@ -45,6 +45,11 @@ def tail(path: Path, lines: int = 30, max_bytes: int = 16384) -> list[str]:
             data = fh.read().decode("utf-8", errors="replace")
     except OSError:
         return []
+    return last_lines(data, lines)
+
+
+def last_lines(text: str, lines: int) -> list[str]:
+    """The last non-blank lines of a log's text."""
     # Progress bars redraw with \r: keep what the last redraw shows.
-    out = [ln.rsplit("\r", 1)[-1] for ln in data.splitlines()]
+    out = [ln.rsplit("\r", 1)[-1] for ln in text.splitlines()]
     return [ln for ln in out if ln.strip()][-lines:]
