@@ -193,9 +193,7 @@ def _training(
     return cfg
 
 
-def _submitted(
-    session: Session, job_uuid: str, watch: bool, interval: float, output: str
-) -> int:
+def _submitted(session: Session, job_uuid: str, watch: bool, interval: float, output: str) -> int:
     if not watch:
         if output == "json":
             render.as_json({"job_uuid": job_uuid})
@@ -320,7 +318,7 @@ def status(session: Session, job_uuid: str, output: str) -> int:
     if output == "json":
         render.as_json(st)
     else:
-        render.status(Console(), st)
+        render.status(render.stdout(), st)
     return 0
 
 
@@ -335,7 +333,7 @@ def artifacts(session: Session, job_uuid: str, output: str) -> int:
     if output == "json":
         render.as_json(found)
     else:
-        render.checkpoints(Console(), job_uuid, found.get("checkpoints") or [])
+        render.checkpoints(render.stdout(), job_uuid, found.get("checkpoints") or [])
     return 0
 
 
@@ -371,16 +369,14 @@ def _watch(
 ) -> int:
     with session.talking(job_uuid) as client:
         try:
-            st = follow(
-                client, job_uuid, Console(stderr=True), interval, timeout, output == "text"
-            )
+            st = follow(client, job_uuid, Console(stderr=True), interval, timeout, output == "text")
         except KeyboardInterrupt:
             click.echo(f"stopped watching; job {job_uuid} goes on", err=True)
             return 130
     if output == "json":
         render.as_json(st)
     else:
-        render.outcome(Console(), st)
+        render.outcome(render.stdout(), st)
     code = exit_code(st)
     if code == STILL_RUNNING:
         click.echo(f"job {job_uuid} is still {st['status']} after {timeout}s", err=True)

@@ -12,6 +12,11 @@ from rich.table import Table
 from .watch import describe
 
 
+def stdout() -> Console:
+    # soft_wrap: long lines (paths, log lines) stay whole when piped or copied.
+    return Console(soft_wrap=True)
+
+
 def as_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -46,17 +51,14 @@ def status(console: Console, st: dict[str, Any]) -> None:
 def checkpoints(console: Console, job_uuid: str, ckpts: list[dict[str, Any]]) -> None:
     if not ckpts:
         console.print(f"job {job_uuid}: no checkpoints yet")
-        return
-    table = Table("epoch", "path", "validation loss", "perplexity")
-    for c in ckpts:
+    for c in ckpts:  # one line each: paths are long and must not wrap
         m = c.get("training_metrics") or {}
-        table.add_row(
-            str(c.get("epoch")),
-            str(c.get("path")),
-            f"{m['validation_loss']:.4f}" if m.get("validation_loss") is not None else "",
-            f"{m['perplexity']:.3f}" if m.get("perplexity") is not None else "",
+        extra = (
+            f"  validation loss {m['validation_loss']:.4f}, perplexity {m['perplexity']:.3f}"
+            if m.get("validation_loss") is not None
+            else ""
         )
-    console.print(table)
+        console.print(f"epoch {c.get('epoch')}: {c.get('path')}{extra}", highlight=False)
 
 
 def outcome(console: Console, st: dict[str, Any], lines: int = 15) -> None:
