@@ -178,6 +178,10 @@ def test_watch_exits_2_when_the_job_is_cancelled(srv, tiny_models, tmp_path):
         while job_status(client, job)["status"] != "in_progress":
             assert time.monotonic() < deadline and watcher.poll() is None
             time.sleep(0.2)
+        # Still running when --timeout runs out: exit 3, and the job goes on.
+        brief = kfp("watch", "--job-uuid", job, "--interval", "0.1", "--timeout", "0.2",
+                    endpoint=srv.base_url)  # fmt: skip
+        assert brief.returncode == 3 and "still in_progress" in brief.stderr, brief.stderr
         cancelled = kfp("cancel", "--job-uuid", job, endpoint=srv.base_url)
         assert cancelled.returncode == 0, cancelled.stderr
         out, err = watcher.communicate(timeout=120)
