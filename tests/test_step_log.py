@@ -69,14 +69,16 @@ def test_step_log_is_uploaded_as_it_runs_and_read_back(s3):
     train = _step("train", 5)
     assert train.returncode == 1
 
-    # Every byte still reaches the pod log (the process's own stdout and stderr).
-    assert "train line 4" in train.stdout and "train child process" in train.stdout
-    assert "train raw stderr" in train.stderr and "seen while running" in train.stdout
+    # Every byte still reaches the pod log (the process's stdout), in the order written.
+    lines = train.stdout.splitlines()
+    assert lines[:5] == [f"train line {n}" for n in range(5)]
+    assert lines[5:8] == ["train raw stderr", "train child process", "seen while running"]
 
     tail = JobOutputs(parse(OUTPUT)).log_tail()
     # Both steps, in the order they ran; the failure's traceback is in the uploaded log.
     assert tail[:3] == ["prepare-data line 0", "prepare-data line 1", "prepare-data line 2"]
-    assert tail.index("prepare-data child process") < tail.index("train line 0")
+    assert tail[3:5] == ["prepare-data raw stderr", "prepare-data child process"]
+    assert tail[5:13] == [*lines[:8]]  # the train step's log, as the pod log shows it
     assert "seen while running" in tail  # the last upload, at the end of the step
     assert tail[-1] == "ValueError: boom in the train step"
 
@@ -88,7 +90,8 @@ def test_uploaded_log_and_tail_are_bounded(s3):
     assert result.stdout.count("\n") >= 20000  # the pod log keeps everything
     body = storage.read_tail(parse(f"{output}/logs/prepare-data.log"), 10**7)
     assert body is not None and len(body.encode()) <= KEEP_BYTES
-    assert body.rstrip().endswith("prepare-data child process")
+    assert body.endswith("prepare-data line 19999\nprepare-data raw stderr\n"
+                         "prepare-data child process\n")  # fmt: skip
     tail = JobOutputs(parse(output)).log_tail()
     assert len(tail) == LOG_TAIL_LINES
     assert tail[-3:] == ["prepare-data line 19999", "prepare-data raw stderr",

@@ -3,16 +3,16 @@
 In a pod the step's output goes only to the pod log, which the server cannot read without the
 cluster's log API; the status call reads `logs/<step>.log` beside progress.json instead. The
 step's stdout and stderr (file descriptors 1 and 2, so C libraries and child processes are
-included) pass through a pipe: every byte still reaches the pod log, the last KEEP_BYTES are
-kept, and uploaded at most every UPLOAD_EVERY_SECONDS and once more at the end. Locally nothing
-happens: the worker's log file already holds every step's output.
+included) share one pipe, so the log keeps the order they were written in: every byte still
+reaches the pod log (on its stdout; Kubernetes merges the two streams anyway), the last
+KEEP_BYTES are kept, and uploaded at most every UPLOAD_EVERY_SECONDS and once more at the end.
+Locally nothing happens: the worker's log file already holds every step's output.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import select
 import sys
 import threading
 import time
@@ -57,19 +57,18 @@ class _Shipper:
         self._version = 0  # bumped on every append; the uploader sends when it moved
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._saved: dict[int, int] = {}
-        self._pipes: dict[int, int] = {}  # read end -> original fd it passes through to
+        self._saved: dict[int, int] = {}  # the original stdout and stderr
+        self._read = -1
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        self._read, w = os.pipe()
         for fd in (1, 2):
             self._saved[fd] = os.dup(fd)
-            r, w = os.pipe()
             os.dup2(w, fd)
-            os.close(w)
-            self._pipes[r] = self._saved[fd]
+        os.close(w)
         self._threads = [
             threading.Thread(target=self._pump, name="step-log-pump", daemon=True),
             threading.Thread(target=self._upload_loop, name="step-log-upload", daemon=True),
@@ -84,16 +83,9 @@ class _Shipper:
             self._version += 1
 
     def _pump(self) -> None:
-        open_fds = set(self._pipes)
-        while open_fds:
-            ready, _, _ = select.select(list(open_fds), [], [], 0.2)
-            for r in ready:
-                chunk = os.read(r, 65536)
-                if not chunk:
-                    open_fds.discard(r)
-                    continue
-                os.write(self._pipes[r], chunk)  # still to the pod log
-                self.append(chunk)
+        while chunk := os.read(self._read, 65536):  # b"" once every writer has closed it
+            os.write(self._saved[1], chunk)  # still to the pod log
+            self.append(chunk)
 
     def _upload_loop(self) -> None:
         sent = 0
@@ -128,5 +120,5 @@ class _Shipper:
         uploader.join(max(deadline - time.monotonic(), 0.1))
         if pump.is_alive():
             return  # a child still writes: leave its pipe and our copies open until exit
-        for fd in [*self._pipes, *self._saved.values()]:
+        for fd in [self._read, *self._saved.values()]:
             os.close(fd)
