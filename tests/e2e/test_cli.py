@@ -145,6 +145,32 @@ def test_yaml_config_file_with_flags_over_it(srv, tiny_models, tmp_path):
     assert record["spec"]["lora"]["rank"] == 4 and record["spec"]["lora"]["alpha"] == 8
 
 
+def test_preference_optimize_from_flags(srv, tmp_path):
+    from harness.tiny_families import make
+
+    base = make("gpt2", tmp_path / "tiny-gpt2")
+    rows = []
+    for name in ("Ada", "Alan", "Grace", "Linus"):
+        ask = {"role": "user", "content": f"Greet {name}."}
+        rows.append({"prompt": ask["content"],
+                     "chosen": [ask, {"role": "assistant", "content": f"Hello, {name}!"}],
+                     "rejected": [ask, {"role": "assistant", "content": "Go away."}]})  # fmt: skip
+    data = write_jsonl(rows, tmp_path / "pairs.jsonl")
+    job = new_id("dpo")
+    got = kfp(
+        "preference_optimize", "--job-uuid", job, "--finetuned-model", str(base),
+        "--data", str(data), "--beta", "0.2", "--batch-size", "2", "--max-steps-per-epoch", "2",
+        "--lr", "1e-3", "--watch", "--interval", "0.2", "--output", "json",
+        endpoint=srv.base_url,
+    )  # fmt: skip
+    assert got.returncode == 0, got.stdout + got.stderr
+    res = json.loads(got.stdout)["resources_allocated"]
+    assert res["engine"]["name"] == "huggingface" and "reward_margin" in res["progress"]
+    spec = json.loads((srv.jobs_dir / job / "job.json").read_text())["spec"]
+    assert spec["dpo"] == {"beta": 0.2, "loss_type": "sigmoid"}
+    assert spec["optim"]["lr"] == 1e-3
+
+
 def test_watch_exits_1_when_the_job_fails(srv, tiny_models, tmp_path):
     rows = instruct_rows(130)
     rows[114] = {"chat_completion_input": "not json", "expected_answer": "x"}  # past the sample
