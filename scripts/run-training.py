@@ -1,30 +1,26 @@
 #!/usr/bin/env python3
-"""Fine-tune through a running llama-stack server: register a dataset, submit, follow, report.
+"""Fine-tune through a running llama-stack server with the toy dataset: the demo's driver.
 
     python scripts/run-training.py --model /tmp/tiny/hf                  # toy data, made here
     python scripts/run-training.py --model Llama3.2-1B-Instruct --data train.jsonl --epochs 1
 
-Shows a live progress bar (step, epoch, loss, tokens/s, ETA) read from the job's status and
-prints the checkpoints at the end. Exit status: 0 completed, 1 failed or cancelled.
+A thin wrapper over the `llama-stack-kfp` command line (llama_stack_provider_kfp.cli): it
+makes the toy rows when no --data is given, then runs `post_training supervised_fine_tune`,
+`watch` (live bar: epoch, step, loss, tokens/s, ETA; checkpoints at the end) and `plot`.
+Exit status as `llama-stack-kfp post_training watch`: 0 completed, 1 failed, 2 cancelled,
+3 still running at --timeout, 4 the server could not be reached or refused the request.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
-from llama_stack_client import LlamaStackClient
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from harness.demo_data import DEMO_LORA, instruct_rows
-from llama_stack_provider_kfp.client import job_status, register_jsonl
+from llama_stack_provider_kfp.cli.main import main as cli
 from llama_stack_provider_kfp.core.data_uri import write_jsonl
 
 
@@ -45,8 +41,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adamw")
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--alpha", type=int, default=16)
+    ap.add_argument("--rank", type=int, default=DEMO_LORA["rank"])
+    ap.add_argument("--alpha", type=int, default=DEMO_LORA["alpha"])
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32")
     ap.add_argument("--job-id", default=None)
     ap.add_argument("--timeout", type=float, default=3600)
@@ -54,137 +50,34 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def save_loss_plot(history: list, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps, losses = zip(*history, strict=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(steps, losses, marker=".", linewidth=1)
-    ax.set(xlabel="optimizer step", ylabel="training loss", title=title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def main() -> int:
     args = parse_args()
-    for noisy in ("httpx", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    console = Console(stderr=True)
-    client = LlamaStackClient(base_url=args.base_url)
-    job_id = args.job_id or f"sft-{uuid.uuid4().hex[:8]}"
-
+    job = args.job_id or f"sft-{uuid.uuid4().hex[:8]}"
     data = args.data
     if data is None:
-        data = write_jsonl(
-            instruct_rows(args.rows), Path(tempfile.mkdtemp(prefix="kfp-demo-")) / "train.jsonl"
-        )
-        console.print(f"toy dataset: {args.rows} rows in {data}")
-    register_jsonl(client, f"{job_id}-train", str(data.resolve()))
-    data_config = {
-        "dataset_id": f"{job_id}-train",
-        "batch_size": args.batch_size,
-        "shuffle": True,
-        "data_format": args.data_format,
-    }
+        tmp = Path(tempfile.mkdtemp(prefix="kfp-demo-"))
+        data = write_jsonl(instruct_rows(args.rows), tmp / "train.jsonl")
+        print(f"toy dataset: {args.rows} rows in {data}", file=sys.stderr)
+    server = ["--endpoint", args.base_url, "post_training"]
+    submit = [
+        *server, "supervised_fine_tune", "--job-uuid", job, "--model", args.model,
+        "--data", str(data), "--data-format", args.data_format,
+        "--epochs", str(args.epochs), "--max-steps-per-epoch", str(args.max_steps_per_epoch),
+        "--batch-size", str(args.batch_size), "--grad-accum", str(args.grad_accum),
+        "--lr", str(args.lr), "--optimizer", args.optimizer,
+        "--weight-decay", str(args.weight_decay), "--warmup-steps", str(args.warmup),
+        "--lora-rank", str(args.rank), "--lora-alpha", str(args.alpha), "--dtype", args.dtype,
+    ]  # fmt: skip
+    if args.checkpoint_dir:
+        submit += ["--checkpoint-dir", args.checkpoint_dir]
     if args.validation_data:
-        register_jsonl(client, f"{job_id}-val", str(args.validation_data.resolve()))
-        data_config["validation_dataset_id"] = f"{job_id}-val"
-
-    started = time.monotonic()
-    client.alpha.post_training.supervised_fine_tune(
-        job_uuid=job_id,
-        model=args.model,
-        checkpoint_dir=args.checkpoint_dir,
-        algorithm_config={**DEMO_LORA, "rank": args.rank, "alpha": args.alpha},
-        training_config={
-            "n_epochs": args.epochs,
-            "max_steps_per_epoch": args.max_steps_per_epoch,
-            "gradient_accumulation_steps": args.grad_accum,
-            "dtype": args.dtype,
-            "data_config": data_config,
-            "optimizer_config": {
-                "optimizer_type": args.optimizer,
-                "lr": args.lr,
-                "weight_decay": args.weight_decay,
-                "num_warmup_steps": args.warmup,
-            },
-        },
-        hyperparam_search_config={},
-        logger_config={},
-    )
-    console.print(f"submitted job [bold]{job_id}[/bold]")
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
-        task = bar.add_task("scheduled", total=None, info="")
-        while True:
-            status = job_status(client, job_id)
-            res = status.get("resources_allocated") or {}
-            p = res.get("progress") or {}
-            if p.get("total_steps"):
-                loss = f"loss {p['loss']:.4f}" if p.get("loss") is not None else ""
-                tps = f"{p['tokens_per_second']:.0f} tok/s" if p.get("tokens_per_second") else ""
-                eta = f"eta {p['eta_seconds']:.0f}s" if p.get("eta_seconds") is not None else ""
-                bar.update(
-                    task,
-                    total=p["total_steps"],
-                    completed=p.get("step", 0),
-                    description=f"epoch {p.get('epoch', 0)}/{p.get('total_epochs')}",
-                    info=" ".join(x for x in (loss, tps, eta) if x),
-                )
-            else:
-                bar.update(task, description=status["status"])
-            if status["status"] in ("completed", "failed", "cancelled"):
-                break
-            if time.monotonic() - started > args.timeout:
-                console.print(f"gave up after {args.timeout:.0f}s; the job keeps running")
-                return 1
-            time.sleep(1.0)
-
-    wall = time.monotonic() - started
-    history = (status.get("resources_allocated") or {}).get("loss_history") or []
-    if history:
-        plot = args.plot or Path(f"{job_id}-loss.png")
-        save_loss_plot(history, plot, job_id)
-        console.print(f"loss curve: {plot}")
-    console.print(f"job {job_id}: [bold]{status['status']}[/bold] after {wall:.1f}s")
-    if status["status"] != "completed":
-        err = (status.get("resources_allocated") or {}).get("error") or {}
-        console.print(f"[red]{err.get('message', 'no reason recorded')}[/red]")
-        for line in err.get("log_tail", [])[-15:]:
-            console.print(f"  {line}", markup=False)
-        return 1
-    result = (status.get("resources_allocated") or {}).get("result") or {}
-    for ckpt in status.get("checkpoints", []):
-        m = ckpt.get("training_metrics") or {}
-        extra = f"  val_loss {m['validation_loss']:.4f}" if m else ""
-        print(f"checkpoint epoch {ckpt['epoch']}: {ckpt['path']}{extra}")
-    print(
-        json.dumps(
-            {
-                "job_uuid": job_id,
-                "wall_seconds": round(wall, 2),
-                "first_loss": result.get("first_loss"),
-                "final_loss": result.get("final_loss"),
-                "tokens_per_second": result.get("tokens_per_second"),
-                "train_rows": result.get("train_rows"),
-                "samples_seen": result.get("samples_seen"),
-            }
-        )
-    )
-    return 0
+        submit += ["--validation-data", str(args.validation_data)]
+    if code := cli(submit):
+        return code
+    code = cli([*server, "watch", "--job-uuid", job, "--timeout", str(args.timeout)])
+    if code == 0:
+        cli([*server, "plot", "--job-uuid", job, "--out", str(args.plot or f"{job}-loss.png")])
+    return code
 
 
 if __name__ == "__main__":

@@ -300,6 +300,9 @@ def test_steps_run_as_in_a_pod_against_s3(s3, tiny_models, tmp_path):
         assert f"jobs/j1/output/checkpoints/epoch_2/{rel}" in keys
     progress = outputs.progress()
     assert progress["progress"]["step"] == progress["progress"]["total_steps"]
+    # Each step uploaded its log beside them; the status's log_tail reads it back.
+    assert {"jobs/j1/output/logs/prepare-data.log", "jobs/j1/output/logs/train.log"} <= set(keys)
+    assert outputs.log_tail()
     result = storage.read_json(parse("s3://kfp/jobs/j1/output/result.json"))
     assert result["train_rows"] + result["validation_rows"] == 30
     assert result["final_loss"] < result["first_loss"]

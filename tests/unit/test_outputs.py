@@ -111,3 +111,18 @@ def test_loss_history_stays_bounded_and_spans_the_run(tmp_path, clock):
     recorded = [s for s, _ in history]
     assert recorded == sorted(recorded)
     assert recorded[0] <= logger.stride and recorded[-1] > steps - 2 * logger.stride
+
+
+def test_log_tail_from_the_local_log_file_or_the_steps_logs(tmp_path):
+    log = tmp_path / "worker.log"
+    log.write_text("".join(f"line {n}\n" for n in range(80)) + "\x1b[92mSUCCESS\x1b[0m\r\n")
+    with_file = JobOutputs(parse(str(tmp_path / "out")), log_file=log)
+    assert with_file.log_tail() == [*(f"line {n}" for n in range(31, 80)), "SUCCESS"]
+    assert with_file.log_tail(2) == ["line 79", "SUCCESS"]
+    # Without a log file: the steps' own logs (remote layout), in the order the steps ran.
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "train.log").write_text("train 1\ntrain 2")  # no final newline yet
+    (out / "logs" / "prepare-data.log").write_text("prepare 1\n")
+    assert JobOutputs(parse(str(out))).log_tail() == ["prepare 1", "train 1", "train 2"]
+    assert JobOutputs(parse(str(tmp_path / "nothing"))).log_tail() == []

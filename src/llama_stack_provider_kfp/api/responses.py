@@ -63,6 +63,8 @@ def status(
         resources.result = {k: v for k, v in result.items() if k != "epochs"}
     if seen.error:
         resources.error = StepError.model_validate({"message": "the job failed", **seen.error})
+    if seen.status != "scheduled":
+        resources.log_tail = outputs.log_tail() or None
     return PostTrainingJobStatusResponse(
         job_uuid=record.job_uuid,
         status=STATUS[seen.status],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,15 @@ def tail(path: Path, lines: int = 30, max_bytes: int = 16384) -> list[str]:
             data = fh.read().decode("utf-8", errors="replace")
     except OSError:
         return []
+    return last_lines(data, lines)
+
+
+# Terminal colour and cursor codes (kfp.local colours its log lines): noise in a JSON answer.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def last_lines(text: str, lines: int) -> list[str]:
+    """The last non-blank lines of a log's text, without terminal escape codes."""
     # Progress bars redraw with \r: keep what the last redraw shows.
-    out = [ln.rsplit("\r", 1)[-1] for ln in data.splitlines()]
+    out = [_ANSI.sub("", ln.rsplit("\r", 1)[-1]) for ln in text.splitlines()]
     return [ln for ln in out if ln.strip()][-lines:]

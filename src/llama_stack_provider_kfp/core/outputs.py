@@ -7,6 +7,7 @@ output location (a local directory or an s3:// prefix):
     result.json                   the train step's summary
     error.json                    why a step failed (StepError)
     tracking.json                 where the train step logs (MLflow run id, ...; logger_config)
+    logs/<step>.log               the step's recent output, uploaded by steps that run remotely
     checkpoints/epoch_<N>/        one finished epoch; `epoch_<N>.partial/` while written
         merged/  adapter/  metrics.json   (metrics.json last: a listed epoch is complete)
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -33,7 +35,16 @@ MERGED = "merged"
 ADAPTER = "adapter"
 PARTIAL_SUFFIX = ".partial"
 MAX_LOSS_HISTORY = 500
+LOGS = "logs"
+STEPS = ("prepare-data", "train")  # in the order they run
+LOG_TAIL_LINES = 50  # lines of the job's log in every status (resources_allocated.log_tail)
+LOG_TAIL_BYTES = 32768  # read at most this much from the end of a log for the tail
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+
+
+def step_log(step: str) -> str:
+    """Relative path of a step's log (only steps whose output location is remote write it)."""
+    return f"{LOGS}/{step}.log"
 
 
 def epoch_dir(epoch: int) -> str:
@@ -78,6 +89,8 @@ class StatusResources(_Open):
     rows: dict[str, int] | None = None
     result: dict[str, Any] | None = None
     error: StepError | None = None
+    # The last LOG_TAIL_LINES lines of the job's log, while it runs and after it ended.
+    log_tail: list[str] | None = None
     # Backend facts: the KFP run id and state, or a warning when the cluster is unreachable.
     runner: dict[str, Any] | None = None
     # Per tracker of the request's logger_config: where it logs (MLflow: run_id,
@@ -96,11 +109,16 @@ class CheckpointInfo(BaseModel):
 
 
 class JobOutputs:
-    """Read a job's outputs wherever they are (local directory or s3:// prefix)."""
+    """Read a job's outputs wherever they are (local directory or s3:// prefix).
 
-    def __init__(self, location: Location, s3: Any = None) -> None:
+    `log_file`: where the job's whole log is when it runs on this machine (the local worker's
+    file, which holds every step's output); without it the steps' own logs/ are read.
+    """
+
+    def __init__(self, location: Location, s3: Any = None, log_file: Path | None = None) -> None:
         self.location = location
         self._s3 = s3
+        self.log_file = log_file
 
     def read(self, name: str) -> Any | None:
         if self.location.is_local:
@@ -124,6 +142,20 @@ class JobOutputs:
             return StepError.model_validate({**data, "traceback": None})
         except ValidationError:
             return None
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
+        """The job's last log lines: the local log file, or the steps' logs in run order."""
+        if self.log_file is not None:
+            return files.tail(self.log_file, lines, LOG_TAIL_BYTES)
+        text = ""
+        for step in STEPS:
+            loc = self.location.join(step_log(step))
+            if self.location.is_local:
+                part = "\n".join(files.tail(loc.path, lines, LOG_TAIL_BYTES))
+            else:
+                part = storage.read_tail(loc, LOG_TAIL_BYTES, self._s3) or ""
+            text += part if not part or part.endswith("\n") else part + "\n"
+        return files.last_lines(text, lines)
 
     def _epoch_names(self) -> set[str]:
         root = self.location.join(CHECKPOINTS)

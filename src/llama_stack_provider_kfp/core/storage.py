@@ -134,6 +134,28 @@ def read_json(loc: Location, s3: Any = None) -> Any | None:
         return None
 
 
+def read_tail(loc: Location, max_bytes: int, s3: Any = None) -> str | None:
+    """The object's last `max_bytes` as text, or None when it is missing or unreadable."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    s3 = s3 or client()
+    try:
+        got = s3.get_object(Bucket=loc.root, Key=loc.key, Range=f"bytes=-{max_bytes}")
+        text = got["Body"].read().decode("utf-8", errors="replace")
+    except s3.exceptions.NoSuchKey:
+        return None
+    except (ClientError, BotoCoreError) as e:
+        log.warning("cannot read %s: %s", loc, e)
+        return None
+    if not got.get("ContentRange", "bytes 0-").startswith("bytes 0-"):
+        text = text.partition("\n")[2]  # started mid-line: drop the fragment
+    return text
+
+
+def write_bytes(loc: Location, body: bytes, s3: Any = None) -> None:
+    (s3 or client()).put_object(Bucket=loc.root, Key=loc.key, Body=body)
+
+
 def write_json(loc: Location, data: Any, s3: Any = None) -> None:
     body = json.dumps(data, default=str).encode()
     (s3 or client()).put_object(Bucket=loc.root, Key=loc.key, Body=body)

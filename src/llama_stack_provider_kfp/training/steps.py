@@ -13,16 +13,25 @@ from ..core.spec import JobSpec
 from .engine import get_engine
 from .io import Output, fetch_model, report_errors
 from .prepare import prepare
+from .step_log import ship_log
 from .tracking import tracking
 
 
 def prepare_data_step(
     job_spec: str, dataset_uri: str, validation_uri: str, train_path: str, validation_path: str
 ) -> dict[str, int]:
-    return prepare(job_spec, dataset_uri, validation_uri, train_path, validation_path)
+    with ship_log(JobSpec.model_validate_json(job_spec).output_uri, "prepare-data"):
+        return prepare(job_spec, dataset_uri, validation_uri, train_path, validation_path)
 
 
 def train_step(
+    job_spec: str, model_uri: str, output_uri: str, train_path: str, val_path: str
+) -> dict[str, Any]:
+    with ship_log(output_uri, "train"):
+        return _train(job_spec, model_uri, output_uri, train_path, val_path)
+
+
+def _train(
     job_spec: str, model_uri: str, output_uri: str, train_path: str, val_path: str
 ) -> dict[str, Any]:
     spec = JobSpec.model_validate_json(job_spec)

@@ -97,7 +97,8 @@ class LocalBackend:
                 del self._children[job_uuid]
 
     def outputs(self, record: JobRecord) -> JobOutputs:
-        return JobOutputs(parse(record.spec.output_uri))
+        log_file = self.store.job_dir(record.job_uuid) / WORKER_LOG  # every step's output
+        return JobOutputs(parse(record.spec.output_uri), log_file=log_file)
 
     def handle(self, record: JobRecord) -> RunnerHandle | None:
         if record.runner is not None:
