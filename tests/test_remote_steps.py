@@ -78,6 +78,21 @@ def _compile(cfg: RemoteConfig, path: Path, spec: JobSpec | None = None) -> tupl
     return pipeline, platform
 
 
+def test_ir_for_several_gpus_requests_them_all_with_shared_memory(tmp_path):
+    cfg = _config()
+    cfg.resources.gpu_count = 4
+    pipeline, platform = _compile(cfg, tmp_path / "pipeline.yaml")
+    json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
+    train = pipeline["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert train["resources"]["accelerator"]["resourceCount"] == "4"
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
+    json_format.ParseDict(k8s, kubernetes_executor_config_pb2.KubernetesExecutorConfig())
+    shm = [m for m in k8s["emptyDirMounts"] if m["mountPath"] == "/dev/shm"]
+    assert shm == [{"volumeName": "shm", "mountPath": "/dev/shm", "medium": "Memory"}]
+    prepare = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert "emptyDirMounts" not in prepare.get("exec-prepare-data", {})
+
+
 def test_ir_is_valid_and_carries_placement_not_secrets(tmp_path, monkeypatch):
     for name, value in zip(
         ("AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "KFP_TOKEN"), SECRET_VALUES, strict=True

@@ -18,9 +18,8 @@ class RemoteResources(BaseModel):
     gpu_count: int = Field(
         default=0,
         ge=0,
-        le=1,
-        description="accelerators for the train step: 0 or 1 (training runs on one device; "
-        "more would be reserved and left idle)",
+        description="accelerators for the train step; with more than one the step trains "
+        "with one rank per GPU (torchrun, DDP) on the huggingface engine",
     )
     accelerator: str = Field(
         default="nvidia.com/gpu", description="resource name of the accelerator, e.g. amd.com/gpu"
@@ -182,6 +181,13 @@ class KFPPostTrainingConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="`auto` trains on CUDA when available, else on the CPU."
     )
+    devices_per_job: int = Field(
+        default=1,
+        ge=1,
+        description="Local mode: ranks each job trains with (torchrun on this machine, DDP; one "
+        "per GPU, or CPU processes with device cpu). Remote mode: remote.resources.gpu_count "
+        "sets it. Several ranks train on the huggingface engine.",
+    )
     model_dirs: list[Path] = Field(
         default_factory=lambda: [Path("~/.llama/checkpoints")],
         validate_default=True,
@@ -243,6 +249,12 @@ class KFPPostTrainingConfig(BaseModel):
     @classmethod
     def _expand_all(cls, v: list[Path]) -> list[Path]:
         return [p.expanduser() for p in v]
+
+    def ranks(self) -> int:
+        """How many processes train each job together."""
+        if self.mode == "remote":
+            return max(1, self.remote.resources.gpu_count)
+        return self.devices_per_job
 
     @classmethod
     def sample_run_config(cls, __distro_dir__: str = "", **kwargs: Any) -> dict[str, Any]:

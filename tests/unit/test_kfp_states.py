@@ -37,11 +37,11 @@ def test_backend_version_check(tag, ok):
             check_backend_version(tag, "https://kfp.example")
 
 
-def test_more_than_one_gpu_is_refused_until_multi_gpu_training_exists():
-    from pydantic import ValidationError
+def test_gpus_set_the_ranks_remotely_and_devices_per_job_locally():
+    from llama_stack_provider_kfp.config import KFPPostTrainingConfig
 
-    from llama_stack_provider_kfp.config import RemoteResources
-
-    assert RemoteResources(gpu_count=1).gpu_count == 1
-    with pytest.raises(ValidationError, match="less than or equal to 1"):
-        RemoteResources(gpu_count=2)
+    remote = {"s3_bucket": "b", "resources": {"gpu_count": 4}}
+    assert KFPPostTrainingConfig(mode="remote", remote=remote).ranks() == 4
+    assert KFPPostTrainingConfig(mode="remote", remote={"s3_bucket": "b"}).ranks() == 1
+    assert KFPPostTrainingConfig(devices_per_job=2).ranks() == 2
+    assert KFPPostTrainingConfig().ranks() == 1

@@ -64,7 +64,7 @@ def check_algorithm(algo: AlgorithmConfig | None) -> LoraFinetuningConfig | None
     return algo
 
 
-def check_training(tc: TrainingConfig) -> None:
+def check_training(tc: TrainingConfig, ranks: int = 1) -> None:
     problems = []
     if tc.n_epochs < 1:
         problems.append(f"n_epochs must be >= 1 (got {tc.n_epochs})")
@@ -85,6 +85,12 @@ def check_training(tc: TrainingConfig) -> None:
         problems.append("training_config.data_config is required (dataset_id, batch_size, ...)")
     elif dc.batch_size < 1:
         problems.append(f"data_config.batch_size must be >= 1 (got {dc.batch_size})")
+    elif dc.batch_size < ranks:
+        problems.append(
+            f"data_config.batch_size ({dc.batch_size}) is smaller than the {ranks} devices each "
+            "job trains on (devices_per_job / remote.resources.gpu_count): every device takes "
+            "its share of each batch; raise batch_size to at least that"
+        )
     if oc is not None:
         if not (math.isfinite(oc.lr) and oc.lr > 0):
             problems.append(f"optimizer_config.lr must be a positive number (got {oc.lr})")
@@ -256,6 +262,7 @@ def build_spec(
             max_seq_len=config.max_seq_len,
             seed=config.seed,
             device=config.device,
+            ranks=config.ranks(),
             enable_activation_checkpointing=bool(ec and ec.enable_activation_checkpointing),
             enable_activation_offloading=bool(ec and ec.enable_activation_offloading),
         ),

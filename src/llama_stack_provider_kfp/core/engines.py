@@ -23,10 +23,14 @@ class JobTraits:
     tiktoken: bool  # a Llama 3 tiktoken tokenizer.model
     hf_tokenizer: bool  # tokenizer.json / tokenizer_config.json
     torchtune_targets: bool  # the LoRA targets fit torchtune's builders
+    ranks: int = 1  # processes training the job together
 
     @classmethod
-    def of(cls, model: ModelSpec, algorithm: str, torchtune_targets: bool) -> JobTraits:
+    def of(
+        cls, model: ModelSpec, algorithm: str, torchtune_targets: bool, ranks: int = 1
+    ) -> JobTraits:
         return cls(
+            ranks=ranks,
             family=model.family,
             layout=model.layout,
             algorithm=algorithm,
@@ -41,6 +45,11 @@ def _torchtune(t: JobTraits) -> str | None:
         return "it runs Llama-3-architecture models with a tiktoken tokenizer"
     if t.algorithm not in ("lora", "dora", "qlora"):
         return "it trains LoRA, DoRA and QLoRA (NF4) supervised fine-tuning only"
+    if t.ranks > 1:
+        return (
+            "several devices per job train on the huggingface engine (this provider runs "
+            "torchtune's single-device recipe)"
+        )
     if not t.torchtune_targets:
         return (
             "its builders adapt q/k/v/output projections, all of the MLP and the output; "

@@ -129,6 +129,8 @@ class TrainSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"]
     enable_activation_checkpointing: bool = False
     enable_activation_offloading: bool = False
+    # Processes training together (one per device), each on its share of every batch.
+    ranks: int = 1
 
 
 class EngineChoice(_Strict):

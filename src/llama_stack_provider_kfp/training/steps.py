@@ -51,13 +51,31 @@ def _train(
                 "set apply_lora_to_output=false"
             )
         has_val = Path(val_path).is_file() and Path(val_path).stat().st_size > 0
-        output = Output(output_uri)
-        with tracking(spec, output) as tracker:
-            result = get_engine(spec.engine.name).train(
-                spec, model_dir, output, train_path, val_path if has_val else None
-            )
-            tracker.finish(result, ok=True)
+        val = val_path if has_val else None
+        if spec.train.ranks > 1:  # torchrun: every rank runs train() below, rank 0 writes
+            from .distributed import launch
+
+            return launch(spec.train.ranks, {
+                "spec": spec.model_dump_json(), "model_dir": str(model_dir),
+                "output_uri": output_uri, "train_path": train_path, "val_path": val,
+            })  # fmt: skip
+        return train(spec, model_dir, Output(output_uri), train_path, val, main=True)
+
+
+def train(
+    spec: JobSpec,
+    model_dir: Path,
+    output: Output,
+    train_path: str,
+    val_path: str | None,
+    main: bool,
+) -> dict[str, Any]:
+    """Train with the job's engine; the main rank tracks it and writes the result."""
+    with tracking(spec, output) as tracker:
+        result = get_engine(spec.engine.name).train(spec, model_dir, output, train_path, val_path)
+        tracker.finish(result, ok=True)
+    if main:
         write_json(output.local / RESULT, result)
         output.push(PROGRESS)
         output.push(RESULT)
-        return result
+    return result

@@ -104,5 +104,10 @@ def _placement(cfg: RemoteConfig, spec: JobSpec | None):
             task.set_memory_limit(res.memory_limit)
         if res.gpu_count:
             task.set_accelerator_type(res.accelerator).set_accelerator_limit(res.gpu_count)
+        if res.gpu_count > 1:
+            # One rank per GPU: NCCL and the ranks' data exchange use shared memory, which a
+            # container gets only 64 MiB of unless /dev/shm is a memory volume.
+            kubernetes.empty_dir_mount(task, volume_name="shm", mount_path="/dev/shm",
+                                       medium="Memory")  # fmt: skip
 
     return apply

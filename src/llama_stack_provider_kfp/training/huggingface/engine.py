@@ -12,6 +12,7 @@ import contextlib
 import copy
 import math
 import random
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from ...core.lora_targets import module_paths, resolve
 from ...core.outputs import ADAPTER, MERGED, PROGRESS, epoch_dir
 from ...core.spec import JobSpec
+from .. import distributed
 from ..checkpoints import epoch_writer
 from ..device import peak_memory_mb, resolve_device
 from ..io import Output
@@ -98,7 +100,8 @@ class _Run:
         random.seed(t.seed)
         torch.manual_seed(t.seed)
         self.spec, self.model_dir, self.output = spec, model_dir, output
-        self.device = torch.device(resolve_device(t.device))
+        self.ranks = distributed.current()
+        self.device = self.ranks.device(resolve_device(t.device))
         self.tokenizer = _load_tokenizer(model_dir)
         model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[t.dtype])
         model = model.to(self.device)
@@ -118,6 +121,12 @@ class _Run:
             else None
         )
         self.model: Any = _with_lora(model, spec) if spec.lora else model
+        # What the training forward goes through: DDP averages the ranks' gradients.
+        self.train_model: Any = self.model
+        if self.ranks.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(self.model)
         self.train_set: list[Any]
         self.val_set: list[Any]
         if spec.dpo is not None:
@@ -146,8 +155,12 @@ class _Run:
         self.scheduler = get_cosine_schedule_with_warmup(
             self.optimizer, o.warmup(self.total_steps), max(self.total_steps, 1)
         )
-        self.progress = ProgressLogger(str(output.local / PROGRESS))
-        self.progress.attach(output)
+        if self.ranks.main:
+            self.progress = ProgressLogger(str(output.local / PROGRESS))
+            self.progress.attach(output)
+        else:  # the other ranks publish nothing
+            self.progress = ProgressLogger(str(Path(tempfile.mkdtemp()) / PROGRESS))
+        self._inputs = 0  # non-padding tokens fed this optimizer step, on this rank
         self.generator = torch.Generator().manual_seed(t.seed)
         self.samples_seen = 0
         self.global_step = 0
@@ -158,10 +171,10 @@ class _Run:
         """A padded batch on the device; counts its non-padding tokens for the progress."""
         if isinstance(items[0], data.Packed):
             batch = data.collate_packed(items, self.tokenizer.pad_token_id)
-            self.progress.add_input_tokens(int(batch.pop("tokens")))
+            self._inputs += int(batch.pop("tokens"))
         else:
             batch = data.collate(items, self.tokenizer.pad_token_id)
-            self.progress.add_input_tokens(int(batch["attention_mask"].sum()))
+            self._inputs += int(batch["attention_mask"].sum())
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def run(self) -> dict[str, Any]:
@@ -213,16 +226,26 @@ class _Run:
         for group in groups[: self.steps_per_epoch]:
             tick = time.perf_counter()
             step_loss, labelled, rewards = 0.0, 0, []
+            self._inputs = 0
             for idx in group:
                 items = [self.train_set[i] for i in idx]
-                loss, counted, metrics = self._forward(items)
-                (loss / len(group)).backward()
-                step_loss += float(loss.detach()) / len(group)
-                labelled += counted
+                mine, counts = self.ranks.share(items)
+                loss, counted, metrics = self._forward(mine, self.train_model)
+                # What the loss is a mean over: labelled tokens, or DPO pairs.
+                weight = (len(mine) if self.spec.dpo is not None else counted) if counts else 0
+                total, summed, learned = self.ranks.sum(
+                    weight, float(loss.detach()) * weight, counted if counts else 0
+                )
+                # Scaled so that the gradient DDP averages over the ranks is the mean over the
+                # whole batch, as one rank computes it (1 with one rank).
+                (loss * (weight * self.ranks.world / max(total, 1e-12)) / len(group)).backward()
+                step_loss += summed / max(total, 1e-12) / len(group)
+                labelled += int(learned)
                 rewards.append(metrics)
                 self.samples_seen += sum(
                     len(i.parts) if isinstance(i, data.Packed) else 1 for i in items
                 )
+            self.progress.add_input_tokens(int(self.ranks.sum(self._inputs)[0]))
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -241,16 +264,19 @@ class _Run:
             )
         return losses
 
-    def _forward(self, items: list[Any]) -> tuple[torch.Tensor, int, dict[str, float]]:
+    def _forward(
+        self, items: list[Any], model: Any = None
+    ) -> tuple[torch.Tensor, int, dict[str, float]]:
         """One micro-batch: its loss, its labelled tokens, and (DPO) its reward metrics."""
+        model = self.model if model is None else model
         if self.spec.dpo is None:
             batch = self._batch(items)
             labelled = int((batch["labels"][:, 1:] != data.IGNORE).sum())
-            return logits.mean_nll(self.model, batch), labelled, {}
+            return logits.mean_nll(model, batch), labelled, {}
         chosen = self._batch([p.chosen for p in items])
         rejected = self._batch([p.rejected for p in items])
-        pc, nc = logits.sequence_logps(self.model, chosen)
-        pr, nr = logits.sequence_logps(self.model, rejected)
+        pc, nc = logits.sequence_logps(model, chosen)
+        pr, nr = logits.sequence_logps(model, rejected)
         with torch.no_grad(), self._reference() as ref:
             rc, _ = logits.sequence_logps(ref, chosen)
             rr, _ = logits.sequence_logps(ref, rejected)
@@ -294,6 +320,12 @@ class _Run:
         return val_loss, math.exp(min(nll, 50.0)), summary
 
     def _save(self, epoch: int, train_loss: float | None) -> None:
+        """Validate and write the epoch's checkpoint: on the main rank, once."""
+        if self.ranks.main:
+            self._write_epoch(epoch, train_loss)
+        self.ranks.barrier()
+
+    def _write_epoch(self, epoch: int, train_loss: float | None) -> None:
         val_loss, perplexity, val_rewards = self._validate()
         train_rewards = _mean(self.epoch_rewards)
         train_rewards.pop("chosen_nll", None)
