@@ -127,10 +127,14 @@ def test_yaml_config_file_with_flags_over_it(srv, tiny_models, tmp_path):
                              "num_warmup_steps": 0},
     }))  # fmt: skip
     rows = write_jsonl(instruct_rows(12), tmp_path / "rows.jsonl")
+    board = tmp_path / "board"
+    tracking = tmp_path / "tracking.yaml"
+    tracking.write_text(yaml.safe_dump({"tensorboard": {"log_dir": str(board)}}))
     job = new_id("yaml")
     got = kfp(
         "supervised_fine_tune", "--job-uuid", job, "--model", str(tiny_models / "hf"),
         "--training-config", f"@{config}", "--data", str(rows), "--lora-rank", "4",
+        "--logger-config", f"@{tracking}",
         "--epochs", "1", "--max-steps-per-epoch", "2", "--watch", "--interval", "0.2",
         "--output", "json", endpoint=srv.base_url,
     )  # fmt: skip
@@ -143,6 +147,9 @@ def test_yaml_config_file_with_flags_over_it(srv, tiny_models, tmp_path):
     assert res["engine"]["name"] == "torchtune"
     record = json.loads((srv.jobs_dir / job / "job.json").read_text())
     assert record["spec"]["lora"]["rank"] == 4 and record["spec"]["lora"]["alpha"] == 8
+    # --logger-config reached the job: TensorBoard events where the file said.
+    assert res["tracking"]["tensorboard"]["log_dir"] == str(board)
+    assert list(board.rglob("events.out.tfevents.*"))
 
 
 def test_preference_optimize_from_flags(srv, tmp_path):

@@ -210,6 +210,10 @@ def _submitted(session: Session, job_uuid: str, watch: bool, interval: float, ou
 @click.option("--algorithm-config", help="JSON, or @file.json / @file.yaml [default: full]")
 @click.option("--training-config", help="JSON, or @file.json / @file.yaml")
 @click.option("--checkpoint-dir", default=None, help="where the base weights are read from")
+@click.option(
+    "--logger-config",
+    help='JSON, or @file: experiment tracking, e.g. {"mlflow": {"tracking_uri": ...}}',
+)
 @click.option("--lora-rank", type=int, help="LoRA rank (starts a LoRA config if none given)")
 @click.option("--lora-alpha", type=int, help="LoRA alpha [default: 2 x rank]")
 @training_options
@@ -222,6 +226,7 @@ def supervised_fine_tune(
     algorithm_config: str | None,
     training_config: str | None,
     checkpoint_dir: str | None,
+    logger_config: str | None,
     lora_rank: int | None,
     lora_alpha: int | None,
     watch: bool,
@@ -243,7 +248,7 @@ def supervised_fine_tune(
             training_config=training,  # type: ignore[arg-type]
             checkpoint_dir=checkpoint_dir,
             hyperparam_search_config={},
-            logger_config={},
+            logger_config=configs.load(logger_config, "--logger-config") or {},
         )
     return _submitted(session, job_uuid, watch, interval, output)
 
@@ -255,6 +260,10 @@ def supervised_fine_tune(
 @click.option("--training-config", help="JSON, or @file.json / @file.yaml")
 @click.option("--beta", type=float, help="DPO beta [default: 0.1]")
 @click.option("--loss-type", type=click.Choice(["sigmoid", "hinge", "ipo"]), help="[sigmoid]")
+@click.option(
+    "--logger-config",
+    help='JSON, or @file: experiment tracking, e.g. {"mlflow": {"tracking_uri": ...}}',
+)
 @training_options
 @output_option
 @command
@@ -266,6 +275,7 @@ def preference_optimize(
     training_config: str | None,
     beta: float | None,
     loss_type: str | None,
+    logger_config: str | None,
     watch: bool,
     interval: float,
     output: str,
@@ -284,7 +294,7 @@ def preference_optimize(
             algorithm_config=algorithm,  # type: ignore[arg-type]  # checked by the server
             training_config=training,  # type: ignore[arg-type]
             hyperparam_search_config={},
-            logger_config={},
+            logger_config=configs.load(logger_config, "--logger-config") or {},
         )
     return _submitted(session, job_uuid, watch, interval, output)
 
