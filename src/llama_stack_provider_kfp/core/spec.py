@@ -129,6 +129,10 @@ class TrainSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"]
     enable_activation_checkpointing: bool = False
     enable_activation_offloading: bool = False
+    # A checkpoint with training state every N optimizer steps (besides each epoch's); the
+    # newest `keep_step_checkpoints` of them are kept. None: per epoch only.
+    checkpoint_every_steps: int | None = None
+    keep_step_checkpoints: int = 2
 
 
 class EngineChoice(_Strict):
@@ -171,3 +175,6 @@ class JobSpec(_Strict):
     output_uri: str = Field(description="Where the job's results go; chosen by the provider.")
     # The request's logger_config: where the train step logs params and metrics.
     tracking: TrackingSpec | None = None
+    # A checkpoint folder of this provider (training_state.json) that this job continues;
+    # `model` is then the base model that checkpoint names.
+    resume_from: str | None = None

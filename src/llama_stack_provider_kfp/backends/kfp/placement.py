@@ -104,5 +104,8 @@ def _placement(cfg: RemoteConfig, spec: JobSpec | None):
             task.set_memory_limit(res.memory_limit)
         if res.gpu_count:
             task.set_accelerator_type(res.accelerator).set_accelerator_limit(res.gpu_count)
+        if cfg.train_retries:
+            # A retried step finds its own checkpoints in the job's output and continues.
+            task.set_retry(num_retries=cfg.train_retries, backoff_duration="30s")
 
     return apply
