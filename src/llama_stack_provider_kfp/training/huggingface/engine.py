@@ -121,7 +121,11 @@ class _Run:
         self.resume, self.stop = resume, stop or GracefulStop(output)
         self.device = torch.device(resolve_device(t.device))
         self.tokenizer = _load_tokenizer(model_dir)
-        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[t.dtype])
+        # A resumed full fine-tuning continues from its checkpoint's weights; LoRA trains on
+        # the base weights with the checkpoint's adapter loaded below.
+        full = spec.lora is None
+        trained_dir = resume.folder / MERGED if resume is not None and full else model_dir
+        model: Any = AutoModelForCausalLM.from_pretrained(trained_dir, dtype=_DTYPES[t.dtype])
         model = model.to(self.device)
         if t.enable_activation_checkpointing:
             model.gradient_checkpointing_enable(
@@ -132,23 +136,15 @@ class _Run:
                 "efficiency: activation offloading is a torchtune feature; "
                 "this engine trains without it"
             )
-        # Full DPO compares with a frozen copy; LoRA DPO with the adapter switched off.
-        self.reference: Any = (
-            copy.deepcopy(model).eval().requires_grad_(False)
-            if spec.dpo is not None and spec.lora is None
-            else None
-        )
-        if resume is not None and spec.lora is None:  # full: the trained weights themselves
-            if self.reference is None:
-                del model
-            model = AutoModelForCausalLM.from_pretrained(
-                resume.folder / MERGED, dtype=_DTYPES[t.dtype]
+        # Full DPO compares with a frozen copy of the base; LoRA DPO with the adapter off.
+        self.reference: Any = None
+        if spec.dpo is not None and full:
+            base: Any = (
+                copy.deepcopy(model)
+                if trained_dir == model_dir
+                else AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[t.dtype])
             )
-            model = model.to(self.device)
-            if t.enable_activation_checkpointing:
-                model.gradient_checkpointing_enable(
-                    gradient_checkpointing_kwargs={"use_reentrant": False}
-                )
+            self.reference = base.to(self.device).eval().requires_grad_(False)
         self.model: Any = _with_lora(model, spec) if spec.lora else model
         if resume is not None and spec.lora is not None:  # LoRA: the adapter on the base
             _load_adapter(self.model, resume.folder / ADAPTER)
