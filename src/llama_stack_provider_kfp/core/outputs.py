@@ -205,6 +205,7 @@ def write_cancel(location: Location, s3: Any = None) -> None:
     """Tell the train step that the SIGTERM coming is a user's cancel: stop, save nothing."""
     data = {"cancelled": True}
     if location.is_local:
-        files.write_json(location.path / CANCEL, data)
+        if location.path.is_dir():  # made at staging; never create folders elsewhere
+            files.write_json(location.path / CANCEL, data)
     else:
         storage.write_json(location.join(CANCEL), data, s3)
