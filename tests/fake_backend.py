@@ -72,6 +72,9 @@ class FakeBackend:
     def resolve_model(self, name, checkpoint_dir, descriptor_repo) -> ModelSpec:
         return spec("x").model
 
+    def training_state(self, where: str) -> None:
+        return None
+
     def stage(self, job_uuid: str, job_dir: Path, inputs: JobInputs) -> StagedInputs:
         return StagedInputs(str(inputs.train), None, str(job_dir / "out"))
 

@@ -118,6 +118,12 @@ class RemoteConfig(BaseModel):
     poll_seconds: float = Field(
         default=5.0, gt=0, description="how often queued/finished runs are checked with KFP"
     )
+    train_retries: int = Field(
+        default=0,
+        ge=0,
+        description="KFP retries of a failed train step (set_retry): a retried step continues "
+        "from the newest checkpoint in the job's output, not from step 0",
+    )
 
 
 class OptimizerDefaults(BaseModel):
@@ -223,6 +229,30 @@ class KFPPostTrainingConfig(BaseModel):
         "long at submit (else 503); 0 skips the probe (e.g. a server outside the cluster that "
         "cannot resolve an in-cluster tracking URI).",
     )
+    checkpoint_every_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Also checkpoint (weights + training state) every N optimizer steps, as "
+        "`step_<N>` checkpoints (huggingface engine). None: once per epoch only.",
+    )
+    keep_step_checkpoints: int = Field(
+        default=2,
+        ge=1,
+        description="Step checkpoints kept per job (the newest; each is full size). Epoch "
+        "checkpoints are all kept.",
+    )
+    save_on_cancel: bool = Field(
+        default=False,
+        description="A cancel lets the train step save a checkpoint first (as on SIGTERM), "
+        "instead of stopping it at once.",
+    )
+    stop_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="Local mode, with save_on_cancel: how long a cancelled train step may take "
+        "to checkpoint after SIGTERM before it is killed (remotely the pod's "
+        "terminationGracePeriodSeconds, 30 s by default, is the limit).",
+    )
     submit_sample_rows: int = Field(
         default=100,
         ge=1,
@@ -239,6 +269,11 @@ class KFPPostTrainingConfig(BaseModel):
                      "scratch_storage_class")  # fmt: skip
             v = {**v, **{k: None for k in empty if v.get(k) == ""}}
         return v
+
+    @field_validator("checkpoint_every_steps", mode="before")
+    @classmethod
+    def _unset(cls, v: Any) -> Any:
+        return None if v == "" else v  # ${env.X:=} of an unset variable
 
     @field_validator("work_dir", mode="after")
     @classmethod

@@ -189,6 +189,9 @@ def test_cancel_terminates_and_canceled_maps(remote, stub, tmp_path):
     stub.set_state(run_a["run_id"], "RUNNING")
     cancel_job(client, a)
     assert stub.terminated == [run_a["run_id"]]
+    # Told before the pods get SIGTERM: the train step stops at once and saves nothing.
+    marker = parse(f"s3://kfp/llama-stack-post-training/jobs/{a}/output/cancel.json")
+    assert storage.read_json(marker) == {"cancelled": True}
     st = job_status(client, a)
     # KFP still reports finished_at = Unix 0 for it: that is no completion time.
     assert st["status"] == "cancelled" and st["completed_at"] is None

@@ -30,6 +30,7 @@ from ..backends import select_backend
 from ..config import KFPPostTrainingConfig
 from ..core.engines import JobTraits, select_engine
 from ..core.errors import InvalidRequest, JobNotFound, Unsupported
+from ..core.resume import check_resume, check_rows
 from ..core.spec import algorithm
 from ..core.tracking import check_reachable, parse_logger_config
 from ..jobs.backend import JobInputs
@@ -106,19 +107,30 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
 
     async def _submit(self, sub: requests.Submission) -> PostTrainingJob:
         """Everything that can be checked before anything is created, then the job."""
-        model = await asyncio.to_thread(
-            self.backend.resolve_model,
-            sub.model,
-            sub.checkpoint_dir,
-            requests.descriptor_repo(sub.model),
-        )
+        # A checkpoint of this provider is resumed: its base weights are the model.
+        where = sub.checkpoint_dir or sub.model
+        state = await asyncio.to_thread(self.backend.training_state, where)
+        if state is not None:
+            model = await asyncio.to_thread(
+                self.backend.resolve_model, state.spec["model"]["name"], state.base_model, None
+            )
+        else:
+            model = await asyncio.to_thread(
+                self.backend.resolve_model,
+                sub.model,
+                sub.checkpoint_dir,
+                requests.descriptor_repo(sub.model),
+            )
         targets = requests.lora_targets(sub.lora, model) if sub.lora is not None else None
         lora_spec = requests.lora_spec(sub.lora, targets)
         fits_torchtune = targets is None or targets.torchtune_attn is not None
         traits = JobTraits.of(
             model, algorithm(lora_spec, sub.dpo), fits_torchtune, self.config.ranks()
         )
-        engine = select_engine(traits, self.config.engine)
+        if state is not None:
+            engine = requests.resume_engine(state, traits, self.config.engine, where)
+        else:
+            engine = select_engine(traits, self.config.engine)
         dc = sub.training.data_config
         assert dc is not None  # check_training refused it missing
         fmt, sample = sub.data_format, self.config.submit_sample_rows
@@ -143,6 +155,12 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
                 self.backend.stage, sub.job_uuid, job_dir, JobInputs(train, validation)
             )
             spec = requests.build_spec(sub, lora_spec, model, staged, engine, self.config)
+            if state is not None:
+                spec = spec.model_copy(update={"resume_from": where})
+                check_resume(state, spec, where)
+                if isinstance(train, list) and (validation is not None or
+                                                not spec.data.validation_fraction):  # fmt: skip
+                    check_rows(state, len(train), where)
             record = JobRecord(job_uuid=sub.job_uuid, spec=spec, scheduled_at=now())
             await asyncio.to_thread(self.scheduler.submit, record)
         except BaseException:

@@ -19,8 +19,10 @@ from llama_stack_api import (
 )
 
 from ..config import DPODefaults, KFPPostTrainingConfig
+from ..core.engines import ENGINES, JobTraits
 from ..core.errors import InvalidRequest, Unsupported
 from ..core.lora_targets import Targets, resolve
+from ..core.resume import TrainingState
 from ..core.spec import (
     DataSpec,
     DPOSpec,
@@ -179,6 +181,22 @@ def lora_spec(lora: LoraFinetuningConfig | None, targets: Targets | None) -> Lor
     )
 
 
+def resume_engine(
+    state: TrainingState, traits: JobTraits, preference: str, where: str
+) -> EngineChoice:
+    """A resumed job runs on the engine that wrote its checkpoint."""
+    if preference not in ("auto", state.engine):
+        raise InvalidRequest(
+            f"checkpoint_dir {where} was trained by the {state.engine} engine, and the provider "
+            f"config sets engine: {preference}; resume it where engine is auto or {state.engine}"
+        )
+    why = ENGINES[state.engine].refusal(traits)
+    if why:
+        raise InvalidRequest(f"checkpoint_dir {where} cannot be resumed by this request: "
+                             f"the {state.engine} engine {why}")  # fmt: skip
+    return EngineChoice(name=state.engine, reason=f"resumes {where}, which it trained")
+
+
 @dataclass(frozen=True)
 class Submission:
     """What the two submit routes have in common once their own fields are checked."""
@@ -265,6 +283,8 @@ def build_spec(
             ranks=config.ranks(),
             enable_activation_checkpointing=bool(ec and ec.enable_activation_checkpointing),
             enable_activation_offloading=bool(ec and ec.enable_activation_offloading),
+            checkpoint_every_steps=config.checkpoint_every_steps,
+            keep_step_checkpoints=config.keep_step_checkpoints,
         ),
         lora=lora,
         dpo=sub.dpo,

@@ -34,8 +34,10 @@ def checkpoint(job_uuid: str, info: CheckpointInfo) -> Checkpoint:
             validation_loss=info.validation_loss,
             perplexity=info.perplexity,
         )
+    # <job>/epoch_<N>, or <job>/step_<N> for a periodic or SIGTERM checkpoint (whose epoch
+    # is the one it was taken in).
     return Checkpoint(
-        identifier=f"{job_uuid}/epoch_{info.epoch}",
+        identifier=f"{job_uuid}/{info.name or f'epoch_{info.epoch}'}",
         created_at=info.created_at,
         epoch=info.epoch,
         post_training_job_id=job_uuid,

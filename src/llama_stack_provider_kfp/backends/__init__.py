@@ -11,7 +11,12 @@ def select_backend(config: KFPPostTrainingConfig, store: JobStore) -> Backend:
     if config.mode == "remote":
         from .kfp.backend import KFPBackend
 
-        return KFPBackend(store, config.remote)
+        return KFPBackend(store, config.remote, save_on_cancel=config.save_on_cancel)
     from .local.backend import LocalBackend
 
-    return LocalBackend(store, config.model_dirs)
+    return LocalBackend(
+        store,
+        config.model_dirs,
+        save_on_cancel=config.save_on_cancel,
+        stop_grace_seconds=config.stop_grace_seconds,
+    )

@@ -8,8 +8,12 @@ output location (a local directory or an s3:// prefix):
     error.json                    why a step failed (StepError)
     tracking.json                 where the train step logs (MLflow run id, ...; logger_config)
     logs/<step>.log               the step's recent output, uploaded by steps that run remotely
+    cancel.json                   a user's cancel, written before the step is signalled
     checkpoints/epoch_<N>/        one finished epoch; `epoch_<N>.partial/` while written
-        merged/  adapter/  metrics.json   (metrics.json last: a listed epoch is complete)
+        merged/  adapter/  training_state.{json,pt}  metrics.json   (metrics.json last: a
+        listed checkpoint is complete)
+    checkpoints/step_<N>/         a periodic (or SIGTERM) checkpoint after optimizer step N,
+                                  same layout; only the newest few are kept
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ RESULT = "result.json"
 ERROR = "error.json"
 TRACKING = "tracking.json"
 METRICS = "metrics.json"
+CANCEL = "cancel.json"
+# What a checkpoint needs to continue training (training.resume writes them): the JSON names
+# the base weights, engine, algorithm and position; the .pt holds optimizer, scheduler, RNGs.
+TRAINING_STATE = "training_state.json"
+TRAINING_STATE_TENSORS = "training_state.pt"
 CHECKPOINTS = "checkpoints"
 MERGED = "merged"
 ADAPTER = "adapter"
@@ -39,7 +48,7 @@ LOGS = "logs"
 STEPS = ("prepare-data", "train")  # in the order they run
 LOG_TAIL_LINES = 50  # lines of the job's log in every status (resources_allocated.log_tail)
 LOG_TAIL_BYTES = 32768  # read at most this much from the end of a log for the tail
-_EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+_CHECKPOINT_DIR = re.compile(r"^(epoch|step)_(\d+)$")
 
 
 def step_log(step: str) -> str:
@@ -50,6 +59,11 @@ def step_log(step: str) -> str:
 def epoch_dir(epoch: int) -> str:
     """Relative path of an epoch's checkpoint folder (epochs are numbered from 1)."""
     return f"{CHECKPOINTS}/epoch_{epoch}"
+
+
+def step_dir(step: int) -> str:
+    """Relative path of the checkpoint taken after optimizer step `step` (within an epoch)."""
+    return f"{CHECKPOINTS}/step_{step}"
 
 
 class _Open(BaseModel):
@@ -100,8 +114,14 @@ class StatusResources(_Open):
 
 
 class CheckpointInfo(BaseModel):
+    # The epoch it finished, or (step checkpoints) the epoch it was taken in.
     epoch: int
     path: str
+    name: str = ""  # epoch_<N> | step_<N>
+    # Set for step checkpoints: the optimizer step after which it was taken.
+    step: int | None = None
+    global_step: int | None = None
+    resumable: bool = False  # holds a training state (training_state.json)
     created_at: datetime
     train_loss: float | None = None
     validation_loss: float | None = None
@@ -157,35 +177,51 @@ class JobOutputs:
             text += part if not part or part.endswith("\n") else part + "\n"
         return files.last_lines(text, lines)
 
-    def _epoch_names(self) -> set[str]:
+    def _folders(self) -> dict[str, bool]:
+        """Finished checkpoint folders (metrics.json present) -> holds a training state."""
         root = self.location.join(CHECKPOINTS)
         if self.location.is_local:
             d = root.path
-            return {p.parent.name for p in d.glob(f"*/{METRICS}")} if d.is_dir() else set()
+            if not d.is_dir():
+                return {}
+            return {p.parent.name: (p.parent / TRAINING_STATE).is_file()
+                    for p in d.glob(f"*/{METRICS}")}  # fmt: skip
         try:
-            keys = storage.list_keys(root, self._s3)
+            keys = set(storage.list_keys(root, self._s3))
         except Exception as e:
             raise storage.explain(e, f"listing the checkpoints under {root}") from None
-        return {k.split("/")[0] for k in keys if k.endswith(f"/{METRICS}")}
+        names = {k.split("/")[0] for k in keys if k.endswith(f"/{METRICS}")}
+        return {n: f"{n}/{TRAINING_STATE}" in keys for n in names}
 
     def checkpoints(self) -> list[CheckpointInfo]:
-        """One entry per finished epoch, in order; half-written epochs are never listed."""
+        """Finished epochs and step checkpoints in training order; half-written ones are
+        never listed."""
         found = []
-        for name in self._epoch_names():
-            m = _EPOCH_DIR.match(name)
+        for name, resumable in self._folders().items():
+            m = _CHECKPOINT_DIR.match(name)
             if not m:
                 continue  # epoch_<N>.partial, stray files
             metrics = self.read(f"{CHECKPOINTS}/{name}/{METRICS}")
             if not isinstance(metrics, dict):
                 continue
             path = str(self.location.join(CHECKPOINTS, name))
+            number = int(m[2])
+            fields = {"epoch": number} if m[1] == "epoch" else {"step": number}
             try:
                 found.append(
-                    CheckpointInfo.model_validate({**metrics, "epoch": int(m[1]), "path": path})
+                    CheckpointInfo.model_validate(
+                        {**metrics, **fields, "name": name, "path": path, "resumable": resumable}
+                    )
                 )
             except ValidationError:
                 continue
-        return sorted(found, key=lambda c: c.epoch)
+        # An epoch's checkpoint comes after the step checkpoints taken during that epoch.
+        return sorted(found, key=lambda c: (c.epoch, c.step is None, c.step or 0))
+
+    def newest_resumable(self) -> CheckpointInfo | None:
+        """The checkpoint a restarted train step continues from: the most steps trained."""
+        resumable = [c for c in self.checkpoints() if c.resumable and c.global_step is not None]
+        return max(resumable, key=lambda c: c.global_step or 0, default=None)
 
 
 def write_error(location: Location, error: StepError, s3: Any = None) -> None:
@@ -195,3 +231,13 @@ def write_error(location: Location, error: StepError, s3: Any = None) -> None:
         files.write_json(location.path / ERROR, data)
     else:
         storage.write_json(location.join(ERROR), data, s3)
+
+
+def write_cancel(location: Location, s3: Any = None) -> None:
+    """Tell the train step that the SIGTERM coming is a user's cancel: stop, save nothing."""
+    data = {"cancelled": True}
+    if location.is_local:
+        if location.path.is_dir():  # made at staging; never create folders elsewhere
+            files.write_json(location.path / CANCEL, data)
+    else:
+        storage.write_json(location.join(CANCEL), data, s3)

@@ -131,6 +131,10 @@ class TrainSpec(_Strict):
     enable_activation_offloading: bool = False
     # Processes training together (one per device), each on its share of every batch.
     ranks: int = 1
+    # A checkpoint with training state every N optimizer steps (besides each epoch's); the
+    # newest `keep_step_checkpoints` of them are kept. None: per epoch only.
+    checkpoint_every_steps: int | None = None
+    keep_step_checkpoints: int = 2
 
 
 class EngineChoice(_Strict):
@@ -173,3 +177,6 @@ class JobSpec(_Strict):
     output_uri: str = Field(description="Where the job's results go; chosen by the provider.")
     # The request's logger_config: where the train step logs params and metrics.
     tracking: TrackingSpec | None = None
+    # A checkpoint folder of this provider (training_state.json) that this job continues;
+    # `model` is then the base model that checkpoint names.
+    resume_from: str | None = None

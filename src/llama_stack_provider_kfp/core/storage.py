@@ -115,6 +115,25 @@ def download_prefix(prefix: Location, dest: Path, s3: Any = None) -> Path:
     return dest
 
 
+def delete_prefix(prefix: Location, s3: Any = None) -> None:
+    """Delete every object under `prefix/` (a checkpoint folder)."""
+    s3 = s3 or client()
+    keys = [prefix.join(k).key for k in list_keys(prefix, s3)]
+    for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+        batch = [{"Key": k} for k in keys[i : i + 1000]]
+        s3.delete_objects(Bucket=prefix.root, Delete={"Objects": batch, "Quiet": True})
+
+
+def exists(loc: Location, s3: Any = None) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        (s3 or client()).head_object(Bucket=loc.root, Key=loc.key)
+    except ClientError:
+        return False
+    return True
+
+
 def read_json(loc: Location, s3: Any = None) -> Any | None:
     """The object's JSON, or None when it is missing or unreadable (access denied included:
     a status call should answer, and the warning is logged)."""

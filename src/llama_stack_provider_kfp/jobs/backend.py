@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..core.outputs import JobOutputs
+from ..core.resume import TrainingState
 from ..core.spec import ModelSpec
 from .record import JobRecord, RunnerHandle, Status
 
@@ -62,6 +63,11 @@ class Backend(Protocol):
         self, name: str, checkpoint_dir: str | None, descriptor_repo: str | None
     ) -> ModelSpec:
         """Find the weights a request names, where this backend's steps can read them."""
+        ...
+
+    def training_state(self, where: str) -> TrainingState | None:
+        """The training state of a checkpoint folder of this provider at `where` (a request's
+        checkpoint_dir), None for anything else; InvalidRequest for one not resumable."""
         ...
 
     def stage(self, job_uuid: str, job_dir: Path, inputs: JobInputs) -> StagedInputs:

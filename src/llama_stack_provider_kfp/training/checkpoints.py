@@ -1,5 +1,6 @@
-"""One epoch's checkpoint folder, written so that a reader never sees half of it: everything
-goes to `epoch_<N>.partial/`, metrics.json last, then one rename (see core.outputs)."""
+"""Checkpoint folders, written so that a reader never sees half of one: everything goes to
+`<name>.partial/`, metrics.json last, then one rename (see core.outputs). Step checkpoints
+beyond the newest few are deleted: each one is full size."""
 
 from __future__ import annotations
 
@@ -11,18 +12,35 @@ from pathlib import Path
 from typing import Any
 
 from ..core.files import write_json
-from ..core.outputs import METRICS, PARTIAL_SUFFIX, epoch_dir
+from ..core.outputs import CHECKPOINTS, METRICS, PARTIAL_SUFFIX, epoch_dir
+from .io import Output
 
 
 @contextlib.contextmanager
-def epoch_writer(output_dir: Path, epoch: int, metrics: dict[str, Any]) -> Iterator[Path]:
-    """Yield the folder to write `merged/` (and `adapter/`) into; finish it on exit."""
-    final = output_dir / epoch_dir(epoch)
+def checkpoint_writer(output_dir: Path, rel: str, metrics: dict[str, Any]) -> Iterator[Path]:
+    """Yield the folder to write `merged/` (and `adapter/`, the training state) into; finish
+    it on exit. `metrics` must name the epoch."""
+    final = output_dir / rel
     tmp = final.with_name(final.name + PARTIAL_SUFFIX)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     yield tmp
     created = datetime.now(UTC).isoformat()
-    write_json(tmp / METRICS, {"epoch": epoch, "created_at": created, **metrics})
+    write_json(tmp / METRICS, {"created_at": created, **metrics})
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+
+
+@contextlib.contextmanager
+def epoch_writer(output_dir: Path, epoch: int, metrics: dict[str, Any]) -> Iterator[Path]:
+    with checkpoint_writer(output_dir, epoch_dir(epoch), {"epoch": epoch, **metrics}) as tmp:
+        yield tmp
+
+
+def prune_step_checkpoints(output: Output, steps: list[int], keep: int) -> list[int]:
+    """Delete all but the newest `keep` of these step checkpoints; return those kept."""
+    steps = sorted(steps)
+    drop, kept = steps[: max(len(steps) - keep, 0)], steps[-keep:] if keep else []
+    for step in drop:
+        output.remove(f"{CHECKPOINTS}/step_{step}")
+    return kept

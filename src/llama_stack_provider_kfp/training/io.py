@@ -68,6 +68,11 @@ class Output:
         # The job's experiment trackers (logger_config); set by the train step.
         self.tracker = Tracker()
 
+    @property
+    def s3(self) -> Any:
+        """The S3 client of a remote output location (None when local)."""
+        return self._s3
+
     def push(self, rel: str, min_interval: float = 0.0) -> None:
         if not self.uploads:
             return
@@ -88,6 +93,25 @@ class Output:
             shutil.rmtree(src, ignore_errors=True)
         elif src.is_file():
             storage.upload_file(src, dest, self._s3)
+
+    def remove(self, rel: str) -> None:
+        """Delete a folder of the output, here and at the output location."""
+        shutil.rmtree(self.local / rel, ignore_errors=True)
+        if self.uploads:
+            storage.delete_prefix(self.location.join(rel), self._s3)
+
+    def exists(self, rel: str) -> bool:
+        """Is this file at the output location (written there by someone else: the server)?"""
+        if not self.uploads:
+            return (self.local / rel).exists()
+        return storage.exists(self.location.join(rel), self._s3)
+
+    def fetch(self, uri: str, workdir: Path) -> Path:
+        """A checkpoint folder (local path or s3:// prefix) as a local directory."""
+        loc = parse(uri)
+        if loc.is_local:
+            return loc.path
+        return storage.download_prefix(loc, workdir / Path(loc.key).name, self._s3)
 
 
 @contextlib.contextmanager

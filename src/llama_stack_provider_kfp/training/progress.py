@@ -40,6 +40,12 @@ class ProgressLogger:
         self.tracker = Tracker()
         self._written_at = -1e9
         self._pending: dict[str, Any] | None = None
+        self.start_step = 0  # > 0 when the job continues a checkpoint
+
+    def restore(self, history: list[list[float]], stride: int, step: int) -> None:
+        """Continue a resumed job's loss curve where its checkpoint left it."""
+        self.history = [[int(s), float(v)] for s, v in history]
+        self.stride, self.start_step = stride, step
 
     def attach(self, output: Output) -> None:
         """Publish through the job's output: progress.json uploaded (at most every 5 s when
@@ -52,7 +58,9 @@ class ProgressLogger:
         self.total_epochs = total_epochs
         self.facts.update(facts)
         self._started = self._last = time.perf_counter()
-        self._write({"step": 0, "loss": None, "tokens_per_second": None, "eta_seconds": None})
+        self._write(
+            {"step": self.start_step, "loss": None, "tokens_per_second": None, "eta_seconds": None}
+        )
 
     def add_input_tokens(self, n: int) -> None:
         self._input_tokens += n
@@ -76,7 +84,7 @@ class ProgressLogger:
             self.history.append([step, round(loss, 6)])
             if len(self.history) > MAX_LOSS_HISTORY:  # keep it bounded: halve the resolution
                 self.history, self.stride = self.history[::2], self.stride * 2
-        per_step = (now - self._started) / max(step, 1)
+        per_step = (now - self._started) / max(step - self.start_step, 1)
         self._pending = {
             "step": step,
             "loss": loss,

@@ -19,7 +19,8 @@ from ...core import data_uri, storage
 from ...core.errors import Refused
 from ...core.locations import Location, parse
 from ...core.model_source import ModelError, hub_model, inspect_s3_model, pvc_model
-from ...core.outputs import JobOutputs
+from ...core.outputs import JobOutputs, write_cancel
+from ...core.resume import TrainingState, load_state
 from ...core.spec import ModelSpec
 from ...jobs.backend import DatasetSource, JobInputs, Observed, StagedInputs
 from ...jobs.record import JobRecord, RunnerHandle, Status
@@ -89,11 +90,12 @@ def _failed_tasks(run: Any) -> list[dict[str, Any]]:
 class KFPBackend:
     name = "kfp"
 
-    def __init__(self, store: JobStore, cfg: RemoteConfig) -> None:
+    def __init__(self, store: JobStore, cfg: RemoteConfig, save_on_cancel: bool = False) -> None:
         if not cfg.s3_bucket:
             raise ValueError("mode: remote needs remote.s3_bucket (where jobs stage data)")
         self.store = store
         self.cfg = cfg
+        self.save_on_cancel = save_on_cancel
         self.poll_seconds = cfg.poll_seconds  # each check is a call to the KFP API
         self.placement = remote_placement(cfg)
         self.root = Location("s3", cfg.s3_bucket, cfg.s3_prefix.strip("/"))
@@ -134,6 +136,14 @@ class KFPBackend:
             )
         # A llama-stack descriptor maps to its Hub repo; anything else is taken as a repo id.
         return hub_model(name, (descriptor_repo if where == name else None) or where)
+
+    def training_state(self, where: str) -> TrainingState | None:
+        """A checkpoint of this provider in S3 (the only place remote steps write them)."""
+        loc = parse(where)
+        if loc.scheme != "s3":
+            return None
+        # read_json answers None for a missing or unreadable object (and logs why).
+        return load_state(lambda name: storage.read_json(loc.join(name), self.s3), where)
 
     def _job_prefix(self, job_uuid: str) -> Location:
         return self.root.join("jobs", job_uuid)
@@ -424,6 +434,11 @@ class KFPBackend:
             return
         if self._last_state.get(record.runner.run_id) in TERMINAL_STATES:
             return  # KFP refuses to terminate a run that has ended
+        if not self.save_on_cancel:
+            try:  # the train step then stops on SIGTERM without saving a checkpoint
+                write_cancel(parse(record.spec.output_uri), self.s3)
+            except Exception as e:
+                log.warning("cannot write the cancel marker of %s: %s", record.job_uuid, e)
         try:
             run_id = record.runner.run_id
             self._call(lambda c: c.terminate_run(run_id))

@@ -109,5 +109,8 @@ def _placement(cfg: RemoteConfig, spec: JobSpec | None):
             # container gets only 64 MiB of unless /dev/shm is a memory volume.
             kubernetes.empty_dir_mount(task, volume_name="shm", mount_path="/dev/shm",
                                        medium="Memory")  # fmt: skip
+        if cfg.train_retries:
+            # A retried step finds its own checkpoints in the job's output and continues.
+            task.set_retry(num_retries=cfg.train_retries, backoff_duration="30s")
 
     return apply

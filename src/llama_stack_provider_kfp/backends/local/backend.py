@@ -19,10 +19,11 @@ from pathlib import Path
 import psutil
 
 from ...core import data_uri
-from ...core.files import tail
+from ...core.files import read_json, tail
 from ...core.locations import parse
 from ...core.model_source import resolve_model
-from ...core.outputs import JobOutputs
+from ...core.outputs import JobOutputs, write_cancel
+from ...core.resume import TrainingState, load_state
 from ...core.spec import ModelSpec
 from ...jobs.backend import DatasetSource, JobInputs, Observed, StagedInputs
 from ...jobs.record import TERMINAL, JobRecord, RunnerHandle
@@ -36,9 +37,17 @@ KILL_WAIT_SECONDS = 5.0
 class LocalBackend:
     name = "local"
 
-    def __init__(self, store: JobStore, model_dirs: list[Path], poll_seconds: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        model_dirs: list[Path],
+        poll_seconds: float = 0.5,
+        save_on_cancel: bool = False,
+        stop_grace_seconds: float = 30.0,
+    ) -> None:
         self.store = store
         self.model_dirs = model_dirs
+        self.save_on_cancel, self.stop_grace_seconds = save_on_cancel, stop_grace_seconds
         self.poll_seconds = poll_seconds  # checks are file reads: cheap
         # Popen objects of workers this server started and that have not exited yet.
         self._children: dict[str, subprocess.Popen] = {}
@@ -53,6 +62,12 @@ class LocalBackend:
         self, name: str, checkpoint_dir: str | None, descriptor_repo: str | None
     ) -> ModelSpec:
         return resolve_model(name, checkpoint_dir, self.model_dirs, descriptor_repo)
+
+    def training_state(self, where: str) -> TrainingState | None:
+        folder = Path(where).expanduser()
+        if not folder.is_dir():
+            return None
+        return load_state(lambda name: read_json(folder / name), where)
 
     def stage(self, job_uuid: str, job_dir: Path, inputs: JobInputs) -> StagedInputs:
         (job_dir / OUTPUT_DIR).mkdir()
@@ -132,7 +147,15 @@ class LocalBackend:
         pass  # workers are reaped by their own waiter thread; nothing else is cached
 
     def kill(self, record: JobRecord, grace_seconds: float = 5.0) -> None:
-        """Stop the worker's whole process group (kfp.local tasks included), then wait."""
+        """Stop the worker's whole process group (kfp.local tasks included), then wait.
+
+        The train step saves a checkpoint on SIGTERM unless cancel.json tells it that this
+        is a cancel; with save_on_cancel it may take stop_grace_seconds to do so."""
+        if self.save_on_cancel:
+            grace_seconds = max(grace_seconds, self.stop_grace_seconds)
+        else:
+            with contextlib.suppress(OSError):
+                write_cancel(parse(record.spec.output_uri))
         handle = self.handle(record)
         with self._children_lock:
             child = self._children.get(record.job_uuid)

@@ -3,7 +3,12 @@ loop with transformers + PEFT (LoRA, DoRA) or on every parameter (full fine-tuni
 
 Outputs follow core.outputs like the torchtune engine's: per epoch `merged/` (full weights,
 config, tokenizer) and, for LoRA, `adapter/` (PEFT's own adapter_config.json +
-adapter_model.safetensors), metrics.json last.
+adapter_model.safetensors), the training state, metrics.json last. Every `checkpoint_every_steps`
+optimizer steps, and on SIGTERM (training.stop), a step checkpoint of the same layout.
+
+Resuming (training.resume) restores weights, optimizer, scheduler, RNGs, the epoch's shuffle
+generator and the position within the epoch, so a resumed run takes the same steps with the
+same batches as one that was never interrupted.
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ from typing import Any
 import torch
 
 from ...core.lora_targets import module_paths, resolve
-from ...core.outputs import ADAPTER, MERGED, PROGRESS, epoch_dir
-from ...core.spec import JobSpec
+from ...core.outputs import ADAPTER, MERGED, PROGRESS, epoch_dir, step_dir
+from ...core.resume import TrainingState, check_rows
+from ...core.spec import JobSpec, algorithm
 from .. import distributed
-from ..checkpoints import epoch_writer
+from .. import resume as resuming
+from ..checkpoints import checkpoint_writer, epoch_writer, prune_step_checkpoints
 from ..device import peak_memory_mb, resolve_device
 from ..io import Output
 from ..progress import ProgressLogger
+from ..stop import GracefulStop, TrainingStopped
 from . import data, logits, preference
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -87,12 +95,23 @@ class HuggingFaceEngine:
     def train(
         self, spec: JobSpec, model_dir: Path, output: Output, train_path: str, val_path: str | None
     ) -> dict[str, Any]:
-        return _Run(spec, model_dir, output, train_path, val_path).run()
+        with GracefulStop(output) as stop:
+            with tempfile.TemporaryDirectory(prefix="resume-") as scratch:
+                found = resuming.find(spec, output, Path(scratch))
+                run = _Run(spec, model_dir, output, train_path, val_path, found, stop)
+            return run.run()
 
 
 class _Run:
     def __init__(
-        self, spec: JobSpec, model_dir: Path, output: Output, train_path: str, val_path: str | None
+        self,
+        spec: JobSpec,
+        model_dir: Path,
+        output: Output,
+        train_path: str,
+        val_path: str | None,
+        resume: resuming.Resume | None = None,
+        stop: GracefulStop | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
@@ -100,10 +119,15 @@ class _Run:
         random.seed(t.seed)
         torch.manual_seed(t.seed)
         self.spec, self.model_dir, self.output = spec, model_dir, output
+        self.resume, self.stop = resume, stop or GracefulStop(output)
         self.ranks = distributed.current()
         self.device = self.ranks.device(resolve_device(t.device))
         self.tokenizer = _load_tokenizer(model_dir)
-        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[t.dtype])
+        # A resumed full fine-tuning continues from its checkpoint's weights; LoRA trains on
+        # the base weights with the checkpoint's adapter loaded below.
+        full = spec.lora is None
+        trained_dir = resume.folder / MERGED if resume is not None and full else model_dir
+        model: Any = AutoModelForCausalLM.from_pretrained(trained_dir, dtype=_DTYPES[t.dtype])
         model = model.to(self.device)
         if t.enable_activation_checkpointing:
             model.gradient_checkpointing_enable(
@@ -114,13 +138,18 @@ class _Run:
                 "efficiency: activation offloading is a torchtune feature; "
                 "this engine trains without it"
             )
-        # Full DPO compares with a frozen copy; LoRA DPO with the adapter switched off.
-        self.reference: Any = (
-            copy.deepcopy(model).eval().requires_grad_(False)
-            if spec.dpo is not None and spec.lora is None
-            else None
-        )
+        # Full DPO compares with a frozen copy of the base; LoRA DPO with the adapter off.
+        self.reference: Any = None
+        if spec.dpo is not None and full:
+            base: Any = (
+                copy.deepcopy(model)
+                if trained_dir == model_dir
+                else AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[t.dtype])
+            )
+            self.reference = base.to(self.device).eval().requires_grad_(False)
         self.model: Any = _with_lora(model, spec) if spec.lora else model
+        if resume is not None and spec.lora is not None:  # LoRA: the adapter on the base
+            _load_adapter(self.model, resume.folder / ADAPTER)
         # What the training forward goes through: DDP averages the ranks' gradients.
         self.train_model: Any = self.model
         if self.ranks.world > 1:
@@ -165,7 +194,33 @@ class _Run:
         self.samples_seen = 0
         self.global_step = 0
         self.epoch_rewards: list[dict[str, float]] = []
+        self.epoch_losses: list[float] = []
         self.epochs: list[dict[str, Any]] = []
+        # Where this run starts (a resumed one: inside an epoch), and its newest checkpoint.
+        self.start_epoch, self.skip = 1, 0
+        self.saved_step, self.saved_at = 0, ""
+        self.step_checkpoints = [
+            c.step for c in output_checkpoints(output) if c.step is not None
+        ]  # a restarted step's, kept for pruning
+        if resume is not None:
+            self._restore(resume)
+
+    def _restore(self, resume: resuming.Resume) -> None:
+        state, saved = resume.state, resume.tensors
+        check_rows(state, self.train_rows, resume.where)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.generator.set_state(saved["generator"])  # as it was at that epoch's start
+        resuming.set_rng_state(saved["rng"])
+        self.global_step, self.samples_seen = state.global_step, state.samples_seen
+        self.start_epoch, self.skip = state.resume_epoch, state.position
+        self.epoch_losses = list(saved["epoch_losses"])
+        self.epoch_rewards = list(saved["epoch_rewards"])
+        self.epochs = list(saved["epochs"])
+        self.saved_step, self.saved_at = state.global_step, resume.where
+        self.progress.restore(
+            saved["loss_history"], int(saved["history_stride"]), state.global_step
+        )
 
     def _batch(self, items: list[Any]) -> dict[str, torch.Tensor]:
         """A padded batch on the device; counts its non-padding tokens for the progress."""
@@ -188,12 +243,16 @@ class _Run:
             device=str(self.device),
             dtype=t.dtype,
             rows={"train": self.train_rows, "validation": len(self.val_set)},
+            **self._resumed_from(),
         )
         started = time.perf_counter()
+        first_step = self.global_step
         self.model.train()
-        for epoch in range(1, t.epochs + 1):
-            losses = self._epoch()
+        for epoch in range(self.start_epoch, t.epochs + 1):
+            losses = self._epoch(epoch, self.skip if epoch == self.start_epoch else 0)
             self._save(epoch, sum(losses) / len(losses) if losses else None)
+            if self._stopping() and epoch < t.epochs:
+                self._halt(epoch + 1, 0)
         self.progress.close()
         history = self.progress.history
         last = self.epochs[-1] if self.epochs else {}
@@ -203,6 +262,8 @@ class _Run:
             "validation_rows": len(self.val_set),
             "samples_seen": self.samples_seen,
             "global_step": self.global_step,
+            "steps_run": self.global_step - first_step,
+            **self._resumed_from(),
             "device": str(self.device),
             "dtype": t.dtype,
             "peak_memory_mb": round(peak_memory_mb(self.device), 1),
@@ -215,15 +276,32 @@ class _Run:
             },
         }
 
-    def _epoch(self) -> list[float]:
+    def _resumed_from(self) -> dict[str, Any]:
+        if self.resume is None:
+            return {}
+        r = self.resume
+        return {"resumed_from": {"checkpoint": r.where, "step": r.state.global_step,
+                                 "in_place": r.in_place}}  # fmt: skip
+
+    def _epoch(self, epoch: int, skip: int) -> list[float]:
+        """Train one epoch from its `skip`-th optimizer step (a resumed run: the data position
+        the checkpoint recorded); return the epoch's step losses."""
         t = self.spec.train
         n = len(self.train_set)
+        self.epoch_start = self.generator.get_state()
         order = torch.randperm(n, generator=self.generator) if t.shuffle else torch.arange(n)
         batches = [order[i : i + t.batch_size].tolist() for i in range(0, n, t.batch_size)]
         accum = t.gradient_accumulation_steps
         groups = [batches[i : i + accum] for i in range(0, len(batches), accum)]
-        losses = []
-        for group in groups[: self.steps_per_epoch]:
+        groups = groups[: self.steps_per_epoch]
+        every = t.checkpoint_every_steps
+        if skip == 0:
+            self.epoch_losses, self.epoch_rewards = [], []
+        losses = self.epoch_losses
+        for position in range(skip, len(groups)):
+            if self._stopping():
+                self._halt(epoch, position)
+            group = groups[position]
             tick = time.perf_counter()
             step_loss, labelled, rewards = 0.0, 0, []
             self._inputs = 0
@@ -262,7 +340,30 @@ class _Run:
                 },
                 self.global_step,
             )
+            # The epoch's last step is saved by its epoch checkpoint.
+            if every and self.global_step % every == 0 and position + 1 < len(groups):
+                self._save_step(epoch, position + 1)
         return losses
+
+    def _stopping(self) -> bool:
+        """A stop was asked for (SIGTERM), on any rank: the ranks stop at the same step."""
+        return self.ranks.sum(1.0 if self.stop.requested else 0.0)[0] > 0
+
+    def _halt(self, epoch: int, position: int) -> None:
+        """SIGTERM: checkpoint here (unless the newest checkpoint is here already), stop."""
+        if self.global_step > self.saved_step:
+            self._save_step(epoch, position)
+        if not self.saved_at:
+            raise TrainingStopped(
+                "stopped by SIGTERM before the first optimizer step; nothing to resume: "
+                "submit the job again"
+            )
+        raise TrainingStopped(
+            f"stopped by SIGTERM after optimizer step {self.global_step} of "
+            f"{self.total_steps}; checkpoint saved: {self.saved_at} - resume with a new job "
+            f"whose checkpoint_dir is {self.saved_at!r} (a restarted or retried train step "
+            "continues from it by itself)"
+        )
 
     def _forward(
         self, items: list[Any], model: Any = None
@@ -337,18 +438,101 @@ class _Run:
             **{f"train_{k}": v for k, v in train_rewards.items()},
             **{f"validation_{k}": v for k, v in val_rewards.items()},
         }
-        self.epoch_rewards = []
-        with epoch_writer(self.output.local, epoch, {"format": "huggingface", **metrics}) as tmp:
-            if self.spec.lora is not None:
-                self.model.save_pretrained(tmp / ADAPTER)  # PEFT: the adapter only
-                merged = copy.deepcopy(self.model).merge_and_unload()
-            else:
-                merged = self.model
-            merged.save_pretrained(tmp / MERGED)
-            self.tokenizer.save_pretrained(tmp / MERGED)
-        self.output.push(epoch_dir(epoch))
-        self.progress.log_epoch(epoch, metrics)
+        self.epoch_rewards, self.epoch_losses = [], []
         self.epochs.append({"epoch": epoch, **metrics})
+        with epoch_writer(self.output.local, epoch, {"format": "huggingface", **metrics}) as tmp:
+            self._write_weights(tmp)
+            # Continues at the next epoch's start; the generator is already there.
+            self._write_state(tmp, epoch + 1, 0, self.generator.get_state())
+        self.output.push(epoch_dir(epoch))
+        self.saved_step, self.saved_at = (
+            self.global_step,
+            str(self.output.location.join(epoch_dir(epoch))),
+        )
+        self.progress.log_epoch(epoch, metrics)
+
+    def _save_step(self, epoch: int, position: int) -> None:
+        """A checkpoint after `position` optimizer steps of `epoch`: periodic or SIGTERM; on
+        the main rank, once."""
+        if self.ranks.main:
+            self._write_step(epoch, position)
+        self.ranks.barrier()
+
+    def _write_step(self, epoch: int, position: int) -> None:
+        rel = step_dir(self.global_step)
+        losses = self.epoch_losses
+        metrics = {"epoch": epoch, "global_step": self.global_step, "format": "huggingface",
+                   "train_loss": sum(losses) / len(losses) if losses else None}  # fmt: skip
+        with checkpoint_writer(self.output.local, rel, metrics) as tmp:
+            self._write_weights(tmp)
+            self._write_state(tmp, epoch, position, self.epoch_start)
+        self.output.push(rel)
+        self.saved_step, self.saved_at = self.global_step, str(self.output.location.join(rel))
+        self.step_checkpoints = prune_step_checkpoints(
+            self.output,
+            [*self.step_checkpoints, self.global_step],
+            self.spec.train.keep_step_checkpoints,
+        )
+
+    def _write_weights(self, folder: Path) -> None:
+        if self.spec.lora is not None:
+            self.model.save_pretrained(folder / ADAPTER)  # PEFT: the adapter only
+            merged = copy.deepcopy(self.model).merge_and_unload()
+        else:
+            merged = self.model
+        merged.save_pretrained(folder / MERGED)
+        self.tokenizer.save_pretrained(folder / MERGED)
+
+    def _write_state(self, folder: Path, epoch: int, position: int, generator: Any) -> None:
+        """What a resumed run needs beside the weights (core.resume.TrainingState)."""
+        spec = self.spec
+        state = TrainingState(
+            engine="huggingface",
+            algorithm=algorithm(spec.lora, spec.dpo),
+            base_model=spec.model.path,
+            job_uuid=spec.job_uuid,
+            global_step=self.global_step,
+            resume_epoch=epoch,
+            position=position,
+            steps_per_epoch=self.steps_per_epoch,
+            train_rows=self.train_rows,
+            samples_seen=self.samples_seen,
+            spec=spec.model_dump(mode="json"),
+        )
+        tensors = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": generator,
+            "rng": resuming.rng_state(),
+            "epoch_losses": list(self.epoch_losses),
+            "epoch_rewards": list(self.epoch_rewards),
+            "epochs": list(self.epochs),
+            "loss_history": self.progress.history,
+            "history_stride": self.progress.stride,
+        }
+        resuming.write_state(folder, state, tensors)
+
+
+def _load_adapter(model: Any, adapter_dir: Path) -> None:
+    """A saved PEFT adapter into the model built the same way (same modules, same order)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(adapter_dir / "adapter_model.safetensors")
+    # PEFT annotates None but returns torch's load result (strict=False: base keys missing).
+    result: Any = set_peft_model_state_dict(model, weights)  # type: ignore[func-returns-value]
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise ValueError(
+            f"{adapter_dir} does not fit this model's LoRA layers "
+            f"(unexpected: {result.unexpected_keys[:3]}, missing: {missing[:3]})"
+        )
+
+
+def output_checkpoints(output: Output) -> list[Any]:
+    from ...core.outputs import JobOutputs
+
+    return JobOutputs(output.location, output.s3).checkpoints()
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
