@@ -131,6 +131,8 @@ class TrainSpec(_Strict):
     enable_activation_offloading: bool = False
     # Processes training together (one per device), each on its share of every batch.
     ranks: int = 1
+    # Machines training together, `ranks` processes each (a Kubeflow Trainer TrainJob).
+    nodes: int = 1
 
 
 class EngineChoice(_Strict):
