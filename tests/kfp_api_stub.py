@@ -108,7 +108,7 @@ class KFPStub:
                     return self._send(302, b"", {"Location": "/oauth/sign_in?rd=" + url.path})
                 if url.path.startswith("/api/v1/"):
                     return stub.core_route(self, url)
-                if url.path == "/apis" or url.path.startswith(f"/apis/{TRAINER}/"):
+                if url.path in ("/apis", "/apis/") or url.path.startswith(f"/apis/{TRAINER}/"):
                     return stub.trainer_route(self, method, url, body)
                 return stub.route(self, method, url, body)
 
@@ -314,7 +314,7 @@ class KFPStub:
 
     def trainer_route(self, h, method: str, url, body: str):
         p = url.path
-        if p == "/apis":  # API discovery: the groups the cluster serves
+        if p in ("/apis", "/apis/"):  # API discovery: the groups the cluster serves
             groups = [_group("datasciencepipelinesapplications.opendatahub.io", "v1")]
             if self.trainer_served:
                 groups.append(_group(TRAINER, TRAINER_VERSION))
