@@ -329,6 +329,10 @@ class KFPStub:
         namespace = parts[4]
         if method == "POST":
             obj = json.loads(body)
+            dropped = _unknown_fields(obj)
+            if dropped:  # the CRD's structural schema would prune them: refuse instead
+                why = f"TrainJob fields unknown to {TRAINER}/{TRAINER_VERSION}: {dropped}"
+                return h._send(422, _k8s_status(422, "Invalid", why))
             key = (namespace, obj["metadata"]["name"])
             if key in self.trainjobs:
                 return h._send(409, _k8s_status(409, "AlreadyExists", f'trainjobs.{TRAINER} '
@@ -378,6 +382,26 @@ class KFPStub:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _unknown_fields(obj: dict) -> list[str]:
+    """Paths of `obj` that Kubeflow Trainer's own TrainJob models (kubeflow-trainer-api, the
+    v2.3 CRD schema) do not keep: a misspelt or outdated field."""
+    from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
+
+    kept = json.loads(json.dumps(TrainerV1alpha1TrainJob.from_dict(obj).to_dict(), default=str))
+
+    def diff(a, b, path: str) -> list[str]:
+        if isinstance(a, dict):
+            b = b if isinstance(b, dict) else {}
+            return [p for k, v in a.items() for p in diff(v, b.get(k), f"{path}.{k}")]
+        if isinstance(a, list):
+            b = b if isinstance(b, list) else []
+            return [p for i, v in enumerate(a)
+                    for p in diff(v, b[i] if i < len(b) else None, f"{path}[{i}]")]  # fmt: skip
+        return [] if b is not None else [path]
+
+    return diff(obj, kept, "")
 
 
 def _group(name: str, version: str) -> k8s.V1APIGroup:
