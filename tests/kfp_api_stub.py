@@ -27,6 +27,7 @@ import kfp_server_api as kfp_api
 from kubernetes import client as k8s
 
 RUN_LABEL = "pipeline/runid"  # as KFP's API server labels a run's pods
+TRAINER, TRAINER_VERSION = "trainer.kubeflow.org", "v1alpha1"
 ENDED = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
 _KFP = kfp_api.ApiClient()
 _K8S = k8s.ApiClient()
@@ -62,6 +63,11 @@ class KFPStub:
         self.lose_create_answer = False
         # Kubernetes API answers 403 to pod and event reads (no RBAC for them).
         self.pods_forbidden = False
+        # Kubeflow Trainer v2: whether API discovery lists trainer.kubeflow.org/v1alpha1, and
+        # its TrainJobs as the API server stores them ((namespace, name) -> object).
+        self.trainer_served = True
+        self.trainjobs: dict[tuple[str, str], dict] = {}
+        self.deleted_trainjobs: list[str] = []
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -102,6 +108,8 @@ class KFPStub:
                     return self._send(302, b"", {"Location": "/oauth/sign_in?rd=" + url.path})
                 if url.path.startswith("/api/v1/"):
                     return stub.core_route(self, url)
+                if url.path in ("/apis", "/apis/") or url.path.startswith(f"/apis/{TRAINER}/"):
+                    return stub.trainer_route(self, method, url, body)
                 return stub.route(self, method, url, body)
 
             def do_GET(self):
@@ -109,6 +117,9 @@ class KFPStub:
 
             def do_POST(self):
                 self._handle("POST")
+
+            def do_DELETE(self):
+                self._handle("DELETE")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         scheme = "http"
@@ -248,7 +259,7 @@ class KFPStub:
             )]  # fmt: skip
         pod = k8s.V1Pod(
             api_version="v1", kind="Pod",
-            metadata=k8s.V1ObjectMeta(name=name, namespace=namespace,
+            metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, uid=str(uuid.uuid4()),
                                       labels={RUN_LABEL: run_id},
                                       creation_timestamp=_ago(age)),
             status=status,
@@ -267,6 +278,12 @@ class KFPStub:
     def core_route(self, h, url):
         parts = url.path.strip("/").split("/")  # api v1 namespaces <ns> pods|events
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if len(parts) == 6 and parts[4] == "pods":  # one pod, by name
+            pod = next((p for p in self._pods.get(parts[3], []) if p.metadata.name == parts[5]),
+                       None)  # fmt: skip
+            if pod is None:
+                return h._send(404, _k8s_status(404, "NotFound", f'pods "{parts[5]}" not found'))
+            return h._send(200, _K8S.sanitize_for_serialization(pod))
         if len(parts) != 5 or parts[2] != "namespaces" or parts[4] not in ("pods", "events"):
             return h._send(404, _k8s_status(404, "NotFound", f"no route {url.path}"))
         namespace, kind = parts[3], parts[4]
@@ -293,9 +310,103 @@ class KFPStub:
                                      metadata=k8s.V1ListMeta())  # fmt: skip
         return h._send(200, _K8S.sanitize_for_serialization(listed))
 
+    # ---- the Kubernetes API: discovery and Kubeflow Trainer v2 TrainJobs -----------------
+
+    def trainer_route(self, h, method: str, url, body: str):
+        p = url.path
+        if p in ("/apis", "/apis/"):  # API discovery: the groups the cluster serves
+            groups = [_group("datasciencepipelinesapplications.opendatahub.io", "v1")]
+            if self.trainer_served:
+                groups.append(_group(TRAINER, TRAINER_VERSION))
+            listed = k8s.V1APIGroupList(api_version="v1", kind="APIGroupList", groups=groups)
+            return h._send(200, _K8S.sanitize_for_serialization(listed))
+        parts = p.strip("/").split(
+            "/"
+        )  # apis trainer.kubeflow.org v1alpha1 namespaces ns trainjobs [name]
+        if not self.trainer_served or len(parts) not in (6, 7) or parts[5] != "trainjobs":
+            return h._send(404, _k8s_status(404, "NotFound", "the server could not find the "
+                                            "requested resource"))  # fmt: skip
+        namespace = parts[4]
+        if method == "POST":
+            obj = json.loads(body)
+            dropped = _unknown_fields(obj)
+            if dropped:  # the CRD's structural schema would prune them: refuse instead
+                why = f"TrainJob fields unknown to {TRAINER}/{TRAINER_VERSION}: {dropped}"
+                return h._send(422, _k8s_status(422, "Invalid", why))
+            key = (namespace, obj["metadata"]["name"])
+            if key in self.trainjobs:
+                return h._send(409, _k8s_status(409, "AlreadyExists", f'trainjobs.{TRAINER} '
+                                                f'"{key[1]}" already exists'))  # fmt: skip
+            created = _ago(0).strftime("%Y-%m-%dT%H:%M:%SZ")
+            obj["metadata"].update(uid=str(uuid.uuid4()), resourceVersion="1", generation=1,
+                                   creationTimestamp=created)  # fmt: skip
+            obj["status"] = {}
+            self.trainjobs[key] = obj
+            return h._send(201, obj)
+        if len(parts) == 6 and method == "GET":
+            key_, _, value = parse_qs(url.query).get("labelSelector", [""])[0].partition("=")
+            items = [o for (ns, _), o in self.trainjobs.items() if ns == namespace and (
+                not key_ or (o["metadata"].get("labels") or {}).get(key_) == value)]  # fmt: skip
+            return h._send(200, {"apiVersion": f"{TRAINER}/{TRAINER_VERSION}",
+                                 "kind": "TrainJobList", "metadata": {"resourceVersion": "1"},
+                                 "items": items})  # fmt: skip
+        key = (namespace, parts[6]) if len(parts) == 7 else ("", "")
+        if key not in self.trainjobs:
+            return h._send(404, _k8s_status(404, "NotFound", f'trainjobs.{TRAINER} "{key[1]}" '
+                                            "not found"))  # fmt: skip
+        if method == "DELETE":
+            self.trainjobs.pop(key)
+            self.deleted_trainjobs.append(key[1])
+            status = k8s.V1Status(api_version="v1", kind="Status", status="Success",
+                                  details=k8s.V1StatusDetails(name=key[1], group=TRAINER,
+                                                              kind="trainjobs"))  # fmt: skip
+            return h._send(200, _K8S.sanitize_for_serialization(status))
+        return h._send(200, self.trainjobs[key])
+
+    def trainjob(self, name: str | None = None, namespace: str = "team-a") -> dict:
+        """The TrainJob of that name (the only one when no name is given)."""
+        if name is None:
+            (obj,) = [o for (ns, _), o in self.trainjobs.items() if ns == namespace]
+            return obj
+        return self.trainjobs[(namespace, name)]
+
+    def set_trainjob_condition(self, name: str, kind: str, reason: str, message: str,
+                               namespace: str = "team-a") -> None:  # fmt: skip
+        """A status condition as Trainer sets it from its JobSet (Complete: AllJobsCompleted;
+        Failed: e.g. FailedJobs with the JobSet's message)."""
+        cond = k8s.V1Condition(type=kind, status="True", reason=reason, message=message,
+                               last_transition_time=_ago(0), observed_generation=1)  # fmt: skip
+        obj = self.trainjobs[(namespace, name)]
+        obj["status"] = {"conditions": [_K8S.sanitize_for_serialization(cond)]}
+
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _unknown_fields(obj: dict) -> list[str]:
+    """Paths of `obj` that Kubeflow Trainer's own TrainJob models (kubeflow-trainer-api, the
+    v2.3 CRD schema) do not keep: a misspelt or outdated field."""
+    from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
+
+    kept = json.loads(json.dumps(TrainerV1alpha1TrainJob.from_dict(obj).to_dict(), default=str))
+
+    def diff(a, b, path: str) -> list[str]:
+        if isinstance(a, dict):
+            b = b if isinstance(b, dict) else {}
+            return [p for k, v in a.items() for p in diff(v, b.get(k), f"{path}.{k}")]
+        if isinstance(a, list):
+            b = b if isinstance(b, list) else []
+            return [p for i, v in enumerate(a)
+                    for p in diff(v, b[i] if i < len(b) else None, f"{path}[{i}]")]  # fmt: skip
+        return [] if b is not None else [path]
+
+    return diff(obj, kept, "")
+
+
+def _group(name: str, version: str) -> k8s.V1APIGroup:
+    gv = k8s.V1GroupVersionForDiscovery(group_version=f"{name}/{version}", version=version)
+    return k8s.V1APIGroup(name=name, versions=[gv], preferred_version=gv)
 
 
 def _filter_names(url) -> set[str]:

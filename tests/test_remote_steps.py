@@ -40,6 +40,7 @@ from llama_stack_provider_kfp.core.model_source import inspect_s3_model, pvc_mod
 from llama_stack_provider_kfp.core.outputs import JobOutputs
 from llama_stack_provider_kfp.core.spec import DataSpec, JobSpec, LoraSpec, OptimSpec, TrainSpec
 from llama_stack_provider_kfp.core.tracking import CREDENTIAL_ENV
+from llama_stack_provider_kfp.core.trainjob import PLAN_ENV, NodePlan
 from llama_stack_provider_kfp.pipeline.definition import (
     ComponentBuild,
     build_pipeline,
@@ -156,6 +157,49 @@ def test_ir_is_valid_and_carries_placement_not_secrets(tmp_path, monkeypatch):
     prep = pipeline["deploymentSpec"]["executors"]["exec-prepare-data"]["container"]
     assert "accelerator" not in prep["resources"]
 
+    text = path.read_text()
+    for secret in SECRET_VALUES:
+        assert secret not in text
+
+
+def test_ir_for_several_nodes_hands_the_train_step_a_trainjob_plan(tmp_path, monkeypatch):
+    """nodes > 1: the train step only stages and follows a TrainJob (no GPU, no /dev/shm of
+    its own); the nodes' part of the config travels as one env variable of the step, with
+    Secrets by reference (secretKeyRef), never their values."""
+    for name, value in zip(
+        ("AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "KFP_TOKEN"), SECRET_VALUES, strict=True
+    ):
+        monkeypatch.setenv(name, value)
+    cfg = _config()
+    cfg.resources.gpu_count, cfg.resources.nodes = 2, 3
+    path = tmp_path / "pipeline.yaml"
+    pipeline, platform = _compile(cfg, path)
+    assert load_component_from_file(str(path)).name == "llama-stack-sft-lora"
+    json_format.ParseDict(pipeline, pipeline_spec_pb2.PipelineSpec())
+    json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for k8s_cfg in executors.values():
+        json_format.ParseDict(k8s_cfg, kubernetes_executor_config_pb2.KubernetesExecutorConfig())
+    train = pipeline["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert "accelerator" not in train["resources"]
+    assert train["resources"]["resourceCpuRequest"] == "1"
+    assert "emptyDirMounts" not in executors["exec-train"]
+    env = {e["name"]: e["value"] for e in train["env"]}
+    plan = NodePlan.model_validate_json(env[PLAN_ENV])
+    assert (plan.nodes, plan.procs_per_node, plan.runtime) == (3, 2, "torch-distributed")
+    assert plan.image == "registry.example/llama-stack-provider-kfp:0.1.0"
+    assert plan.resources == {
+        "requests": {"cpu": "4", "memory": "24Gi", "amd.com/gpu": "2"},
+        "limits": {"cpu": "8", "memory": "32Gi", "amd.com/gpu": "2"},
+    }
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in plan.env if "valueFrom" in e}
+    assert refs["KFP_STEP_S3_SECRET_ACCESS_KEY"] == {
+        "name": "s3-credentials", "key": "AWS_SECRET_ACCESS_KEY"}  # fmt: skip
+    assert "HF_TOKEN" not in refs  # the step stages Hub weights; the nodes read S3
+    assert all(refs[k]["optional"] for k in CREDENTIAL_ENV)
+    assert {m["mountPath"] for m in plan.volume_mounts} == {
+        "/etc/llama-stack-kfp/s3-ca", "/scratch", "/dev/shm"}  # fmt: skip
+    assert (plan.node_selector, plan.image_pull_secrets) == ({"pool": "gpu"}, ["pull-secret"])
     text = path.read_text()
     for secret in SECRET_VALUES:
         assert secret not in text

@@ -21,6 +21,13 @@ class RemoteResources(BaseModel):
         description="accelerators for the train step; with more than one the step trains "
         "with one rank per GPU (torchrun, DDP) on the huggingface engine",
     )
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        description="machines each job trains on; with more than one the train step hands "
+        "training to a Kubeflow Trainer v2 TrainJob (numNodes = nodes, each node with "
+        "gpu_count GPUs and these cpu/memory settings) and follows it",
+    )
     accelerator: str = Field(
         default="nvidia.com/gpu", description="resource name of the accelerator, e.g. amd.com/gpu"
     )
@@ -103,6 +110,17 @@ class RemoteConfig(BaseModel):
         "and checkpoints before upload; empty: the container's own disk",
     )
     scratch_storage_class: str | None = None
+    training_runtime: str = Field(
+        default="torch-distributed",
+        description="ClusterTrainingRuntime of Kubeflow Trainer v2 that runs a job's nodes "
+        "(resources.nodes > 1); it must be a torch runtime (torchrun reads its PET_* env)",
+    )
+    trainjob_api_grace_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="a train step following a TrainJob fails it when the Kubernetes API has "
+        "not answered for this long",
+    )
     request_timeout_seconds: float = Field(
         default=30.0,
         gt=0,
@@ -286,10 +304,18 @@ class KFPPostTrainingConfig(BaseModel):
         return [p.expanduser() for p in v]
 
     def ranks(self) -> int:
-        """How many processes train each job together."""
+        """How many processes train each job together on one machine (or node)."""
         if self.mode == "remote":
             return max(1, self.remote.resources.gpu_count)
         return self.devices_per_job
+
+    def nodes(self) -> int:
+        """Machines each job trains on (remote mode only: a Kubeflow Trainer TrainJob)."""
+        return self.remote.resources.nodes if self.mode == "remote" else 1
+
+    def world(self) -> int:
+        """Every rank of a job, over all its nodes."""
+        return self.ranks() * self.nodes()
 
     @classmethod
     def sample_run_config(cls, __distro_dir__: str = "", **kwargs: Any) -> dict[str, Any]:

@@ -563,3 +563,50 @@ def test_in_cluster_defaults_from_the_service_account(s3, tmp_path, monkeypatch)
         assert pod_reads, "the run's pods were read through the in-cluster Kubernetes API"
     finally:
         stub.stop()
+
+
+def test_several_nodes_need_trainer_v2_and_cancel_deletes_the_trainjob(
+    s3, stub, tmp_path, monkeypatch
+):
+    """remote.resources.nodes > 1: submit checks API discovery for Kubeflow Trainer v2 (501
+    naming it and the alternative when absent); cancel terminates the run and deletes the
+    job's TrainJob, which KFP's terminate (it stops only the step's pod) would leave running."""
+    from harness.tiny_families import make
+    from llama_stack_provider_kfp.core.trainjob import NodePlan, manifest
+
+    qwen = make("qwen2", tmp_path / "qwen2")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "upload-model.py"), str(qwen),
+                    "s3://models/qwen2.tar.gz"], check=True, capture_output=True)  # fmt: skip
+    monkeypatch.setenv("KFP_TOKEN", TOKEN)
+    env = {"KFP_MODE": "remote", "KFP_URL": stub.url, "KFP_NAMESPACE": "team-a",
+           "KFP_S3_BUCKET": "kfp", "KFP_S3_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"],
+           "KFP_S3_SECRET": "s3-credentials", "KFP_NODES": "2", "KFP_REQUEST_TIMEOUT": "5",
+           "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig", stub.url, "team-a"))}  # fmt: skip
+    stub.trainer_served = False
+    with _own_server(tmp_path, env) as client:
+        ds = register_rows(client, tmp_path, instruct_rows(12))
+        refused = new_id("no-trainer")
+        with pytest.raises(APIStatusError) as err:
+            submit(client, refused, "qwen", ds, checkpoint_dir="s3://models/qwen2.tar.gz")
+        assert err.value.status_code == 501
+        assert "Kubeflow Trainer v2" in str(err.value) and "PyTorchJob" in str(err.value)
+        assert stub.runs == {}
+
+        stub.trainer_served = True
+        job = new_id("nodes")
+        submit(client, job, "qwen", ds, checkpoint_dir="s3://models/qwen2.tar.gz")
+        run = stub.run_for(job)
+        k8s = run["pipeline_spec"]["pipeline_spec"]["deploymentSpec"]["executors"]["exec-train"]
+        env_names = {e["name"] for e in k8s["container"]["env"]}
+        assert "KFP_STEP_TRAINJOB_PLAN" in env_names
+        # The train step created the job's TrainJob (as tests/test_trainjob.py shows it does).
+        plan = NodePlan(nodes=2, procs_per_node=1, runtime="torch-distributed", image="img")
+        body = manifest(plan, job_uuid=job, namespace="team-a", job_uri="s3://kfp/x/job.json")
+        stub.trainjobs[("team-a", body["metadata"]["name"])] = body
+        stub.trainjobs[("team-a", "someone-elses")] = {**body, "metadata": {
+            **body["metadata"], "name": "someone-elses", "labels": {}}}  # fmt: skip
+        stub.set_state(run["run_id"], "RUNNING")
+        cancel_job(client, job)
+        assert stub.terminated == [run["run_id"]]
+        assert stub.deleted_trainjobs == [body["metadata"]["name"]]
+        assert job_status(client, job)["status"] == "cancelled"

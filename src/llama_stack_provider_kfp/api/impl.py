@@ -72,7 +72,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
     async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
         self._check_new_job(request.job_uuid)
         lora = requests.check_algorithm(request.algorithm_config)
-        requests.check_training(request.training_config, self.config.ranks())
+        requests.check_training(request.training_config, self.config.world())
         tracking = parse_logger_config(request.logger_config, self.config.mode)
         name = requests.model_name(request)
         submission = requests.Submission(
@@ -85,7 +85,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
     async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
         self._check_new_job(request.job_uuid)
         dpo = requests.check_dpo(request.algorithm_config)
-        requests.check_training(request.training_config, self.config.ranks())
+        requests.check_training(request.training_config, self.config.world())
         tracking = parse_logger_config(request.logger_config, self.config.mode)
         dc = request.training_config.data_config
         if dc is not None and dc.packed:
@@ -125,7 +125,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         lora_spec = requests.lora_spec(sub.lora, targets)
         fits_torchtune = targets is None or targets.torchtune_attn is not None
         traits = JobTraits.of(
-            model, algorithm(lora_spec, sub.dpo), fits_torchtune, self.config.ranks()
+            model, algorithm(lora_spec, sub.dpo), fits_torchtune, self.config.world()
         )
         if state is not None:
             engine = requests.resume_engine(state, traits, self.config.engine, where)

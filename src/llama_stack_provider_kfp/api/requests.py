@@ -90,8 +90,8 @@ def check_training(tc: TrainingConfig, ranks: int = 1) -> None:
     elif dc.batch_size < ranks:
         problems.append(
             f"data_config.batch_size ({dc.batch_size}) is smaller than the {ranks} devices each "
-            "job trains on (devices_per_job / remote.resources.gpu_count): every device takes "
-            "its share of each batch; raise batch_size to at least that"
+            "job trains on (devices_per_job / remote.resources.gpu_count x nodes): every "
+            "device takes its share of each batch; raise batch_size to at least that"
         )
     if oc is not None:
         if not (math.isfinite(oc.lr) and oc.lr > 0):
@@ -281,6 +281,7 @@ def build_spec(
             seed=config.seed,
             device=config.device,
             ranks=config.ranks(),
+            nodes=config.nodes(),
             enable_activation_checkpointing=bool(ec and ec.enable_activation_checkpointing),
             enable_activation_offloading=bool(ec and ec.enable_activation_offloading),
             checkpoint_every_steps=config.checkpoint_every_steps,

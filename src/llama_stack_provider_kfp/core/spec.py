@@ -135,6 +135,8 @@ class TrainSpec(_Strict):
     # newest `keep_step_checkpoints` of them are kept. None: per epoch only.
     checkpoint_every_steps: int | None = None
     keep_step_checkpoints: int = 2
+    # Machines training together, `ranks` processes each (a Kubeflow Trainer TrainJob).
+    nodes: int = 1
 
 
 class EngineChoice(_Strict):

@@ -70,13 +70,17 @@ def current() -> Ranks:
     return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def launch(ranks: int, job: dict[str, Any]) -> dict[str, Any]:
+def launch(ranks: int, job: dict[str, Any], nodes: int = 1) -> dict[str, Any]:
     """Run training.rank_main on `ranks` local ranks; rank 0's result, or the reason the
-    first failing rank gave."""
+    first failing rank gave. With `nodes` > 1 this machine is one node of a TrainJob:
+    torchrun reads the node count, this node's rank and the master's address from the PET_*
+    variables Kubeflow Trainer's torch runtime sets, and nodes other than the first return
+    no result."""
     with tempfile.TemporaryDirectory(prefix="ranks-") as tmp:
         job_file = Path(tmp) / "job.json"
         job_file.write_text(json.dumps({**job, "exchange": tmp}))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+        where = ["--standalone"] if nodes == 1 else []
+        cmd = [sys.executable, "-m", "torch.distributed.run", *where,
                f"--nproc_per_node={ranks}", "-m", "llama_stack_provider_kfp.training.rank_main",
                str(job_file)]  # fmt: skip
         print(f"train: {ranks} ranks: {' '.join(cmd[1:])}", flush=True)
@@ -84,6 +88,8 @@ def launch(ranks: int, job: dict[str, Any]) -> dict[str, Any]:
         result = Path(tmp) / "result.json"
         if code == 0 and result.is_file():
             return json.loads(result.read_text())
+        if code == 0 and nodes > 1:
+            return {}  # another node's rank 0 wrote the result
         failures = sorted(Path(tmp).glob("error-rank*.txt"))
         why = failures[0].read_text() if failures else f"torchrun exited with code {code}"
         raise RuntimeError(why)

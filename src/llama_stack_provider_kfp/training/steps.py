@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.files import write_json
+from ..core.locations import parse
 from ..core.model_source import inspect_model_dir
 from ..core.outputs import PROGRESS, RESULT
 from ..core.spec import JobSpec
@@ -36,6 +37,12 @@ def _train(
 ) -> dict[str, Any]:
     spec = JobSpec.model_validate_json(job_spec)
     with report_errors(output_uri, "train"), tempfile.TemporaryDirectory(prefix="model-") as tmp:
+        if spec.train.nodes > 1 and parse(model_uri).scheme == "s3":
+            # The nodes download the weights themselves; nothing to fetch here.
+            from .trainjob import run_on_nodes
+
+            val = val_path if Path(val_path).is_file() and Path(val_path).stat().st_size else None
+            return run_on_nodes(spec, model_uri, output_uri, train_path, val)
         model_dir = fetch_model(model_uri, Path(tmp))
         if model_dir != Path(model_uri):  # downloaded or mounted: learn its files now
             found = inspect_model_dir(spec.model.name, model_dir)
@@ -52,6 +59,10 @@ def _train(
             )
         has_val = Path(val_path).is_file() and Path(val_path).stat().st_size > 0
         val = val_path if has_val else None
+        if spec.train.nodes > 1:  # a TrainJob; the weights go to S3 for the nodes
+            from .trainjob import run_on_nodes
+
+            return run_on_nodes(spec, model_dir, output_uri, train_path, val)
         if spec.train.ranks > 1:  # torchrun: every rank runs train() below, rank 0 writes
             from .distributed import launch
 

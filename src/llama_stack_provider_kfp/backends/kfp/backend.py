@@ -16,7 +16,7 @@ from typing import Any
 
 from ...config import RemoteConfig
 from ...core import data_uri, storage
-from ...core.errors import Refused
+from ...core.errors import Refused, Unsupported
 from ...core.locations import Location, parse
 from ...core.model_source import ModelError, hub_model, inspect_s3_model, pvc_model
 from ...core.outputs import JobOutputs, write_cancel
@@ -103,6 +103,8 @@ class KFPBackend:
         self._s3: Any = None
         self._last_state: dict[str, str] = {}
         self.kube: Kube | None = None
+        self._trainer: Kube | None = None  # the Kubernetes API for TrainJobs (nodes > 1)
+        self._trainer_checked = False
         self.url, self.namespace = cfg.url or "(discovered)", cfg.namespace
 
     @property
@@ -193,6 +195,7 @@ class KFPBackend:
             url = self.url = found.url
             self.namespace = found.namespace
             self.kube = found.kube if self.cfg.inspect_pods else None
+            self._trainer = found.kube
             try:
                 # namespace= skips kfp's own healthz retry loop; check it ourselves.
                 client = kfp.Client(
@@ -238,8 +241,29 @@ class KFPBackend:
         return err
 
     def check(self) -> None:
-        """Fail early (at submit) when the endpoint cannot take a run."""
+        """Fail early (at submit) when the endpoint cannot take a run, or, for several nodes,
+        when the cluster has no Kubeflow Trainer v2."""
         self.client()
+        if self.cfg.resources.nodes > 1 and not self._trainer_checked:
+            from .trainjobs import check_served
+
+            if self._trainer is None:
+                log.warning(
+                    "remote.resources.nodes > 1: no Kubernetes API reachable from the "
+                    "server to check for Kubeflow Trainer v2; the train step will"
+                )
+                return  # fmt: skip
+            try:
+                check_served(self._trainer.api, request_timeout(self.cfg))
+            except Unsupported:
+                raise
+            except Exception as e:
+                status = getattr(e, "status", None)
+                raise Refused(
+                    f"cannot read the cluster's API discovery to check for Kubeflow Trainer v2 "
+                    f"({status or type(e).__name__} {getattr(e, 'reason', '') or str(e)[:120]})"
+                ) from None
+            self._trainer_checked = True
 
     # ---- running ------------------------------------------------------------------------
 
@@ -429,9 +453,30 @@ class KFPBackend:
         if record.runner is not None and record.runner.run_id is not None:
             self._last_state.pop(record.runner.run_id, None)
 
+    def _delete_trainjobs(self, record: JobRecord) -> None:
+        """KFP's terminate stops only the train step's pod: its TrainJob must go too (the
+        step deletes it on SIGTERM and owns it; this covers a step killed without either)."""
+        from .trainjobs import delete_for_job
+
+        try:
+            self.client()  # learns where the Kubernetes API is
+        except Exception:
+            return
+        if self._trainer is None:
+            return  # no Kubernetes API from here: the step's own cleanup has to do
+        try:
+            deleted = delete_for_job(self._trainer.api, self.namespace or "default",
+                                     record.job_uuid, request_timeout(self.cfg))  # fmt: skip
+            if deleted:
+                log.info("job %s: deleted TrainJob(s) %s", record.job_uuid, ", ".join(deleted))
+        except Exception as e:
+            log.warning("job %s: cannot delete its TrainJobs: %s", record.job_uuid, e)
+
     def kill(self, record: JobRecord, grace_seconds: float = 5.0) -> None:
         if record.runner is None or record.runner.run_id is None:
             return
+        if record.spec.train.nodes > 1:
+            self._delete_trainjobs(record)
         if self._last_state.get(record.runner.run_id) in TERMINAL_STATES:
             return  # KFP refuses to terminate a run that has ended
         if not self.save_on_cancel:

@@ -11,6 +11,7 @@ from ...core.locations import parse
 from ...core.spec import JobSpec
 from ...core.storage import STEP_ENV
 from ...core.tracking import CREDENTIAL_ENV
+from ...core.trainjob import PLAN_ENV, NodePlan
 
 # Secret key -> env name in the step. Not the AWS_* names: KFP's launcher runs in the same
 # container and would send the pipeline root's artifact traffic with them.
@@ -37,6 +38,8 @@ def _placement(cfg: RemoteConfig, spec: JobSpec | None):
     res = cfg.resources
     model = parse(spec.model.path) if spec else None
     pvc = model if model is not None and model.scheme == "pvc" else None
+
+    plan = node_plan(cfg) if res.nodes > 1 else None
 
     def apply(task, step: str) -> None:
         if cfg.s3_credentials_secret:
@@ -67,9 +70,14 @@ def _placement(cfg: RemoteConfig, spec: JobSpec | None):
                 value=t.get("value"),
                 effect=t.get("effect"),
             )
-        if step != "train":
+        if step != "train" or plan is not None:
+            # Several nodes: the train step only stages the inputs and follows the TrainJob,
+            # whose nodes get the resources; it needs no GPU.
             task.set_cpu_request("1").set_memory_request("2Gi")
+        if step != "train":
             return
+        if plan is not None:
+            task.set_env_variable(PLAN_ENV, plan.model_dump_json())
         if cfg.tracking_secret:
             # Optional: a Secret may hold only the keys its tracker needs (a missing key
             # leaves that variable unset).
@@ -81,19 +89,12 @@ def _placement(cfg: RemoteConfig, spec: JobSpec | None):
             )
         if pvc is not None:
             kubernetes.mount_pvc(task, pvc_name=pvc.root, mount_path=pvc.mount_path)
+        if plan is not None:
+            if cfg.scratch_size:  # the weights pass through it when they are staged to S3
+                _scratch(task, cfg)
+            return
         if cfg.scratch_size:
-            # Weights and checkpoints are tens of GB for 8B models: a sized volume, not the
-            # node's ephemeral storage (which evicts the pod when it runs out). The step's
-            # temporary files go there through TMPDIR.
-            kubernetes.add_ephemeral_volume(
-                task,
-                volume_name="scratch",
-                mount_path=SCRATCH_MOUNT,
-                access_modes=["ReadWriteOnce"],
-                size=cfg.scratch_size,
-                storage_class_name=cfg.scratch_storage_class,
-            )
-            task.set_env_variable("TMPDIR", SCRATCH_MOUNT)
+            _scratch(task, cfg)
         if res.cpu_request:
             task.set_cpu_request(res.cpu_request)
         if res.cpu_limit:
@@ -114,3 +115,83 @@ def _placement(cfg: RemoteConfig, spec: JobSpec | None):
             task.set_retry(num_retries=cfg.train_retries, backoff_duration="30s")
 
     return apply
+
+
+def _scratch(task, cfg: RemoteConfig) -> None:
+    """Weights and checkpoints are tens of GB for 8B models: a sized volume, not the node's
+    ephemeral storage (which evicts the pod when it runs out). The step's temporary files go
+    there through TMPDIR."""
+    from kfp import kubernetes
+
+    kubernetes.add_ephemeral_volume(
+        task,
+        volume_name="scratch",
+        mount_path=SCRATCH_MOUNT,
+        access_modes=["ReadWriteOnce"],
+        size=cfg.scratch_size,
+        storage_class_name=cfg.scratch_storage_class,
+    )
+    task.set_env_variable("TMPDIR", SCRATCH_MOUNT)
+
+
+def _secret_env(secret: str, key_to_env: dict[str, str], optional: bool = False) -> list[dict]:
+    ref: dict = {"name": secret}
+    return [
+        {"name": env, "valueFrom": {"secretKeyRef": {**ref, "key": key,
+                                                     **({"optional": True} if optional else {})}}}
+        for key, env in key_to_env.items()
+    ]  # fmt: skip
+
+
+def node_plan(cfg: RemoteConfig) -> NodePlan:
+    """The TrainJob's part the provider config decides: the same image, env (the job's S3
+    settings, Secrets by reference), resources per node and scheduling as a one-node step."""
+    res = cfg.resources
+    env: list[dict] = []
+    if cfg.s3_endpoint_url:
+        env.append({"name": STEP_ENV["endpoint"], "value": cfg.s3_endpoint_url})
+    if cfg.s3_credentials_secret:
+        env += _secret_env(cfg.s3_credentials_secret, _S3_SECRET_ENV)
+    # No HF_TOKEN: the step stages Hub weights to S3, the nodes read them there.
+    if cfg.tracking_secret:
+        env += _secret_env(cfg.tracking_secret, {k: k for k in CREDENTIAL_ENV}, optional=True)
+    volumes: list[dict] = []
+    mounts: list[dict] = []
+    if cfg.s3_ca_bundle_configmap:
+        name, _, key = cfg.s3_ca_bundle_configmap.partition("/")
+        volumes.append({"name": "s3-ca", "configMap": {"name": name}})
+        mounts.append({"name": "s3-ca", "mountPath": CA_MOUNT, "readOnly": True})
+        env.append({"name": STEP_ENV["ca_bundle"], "value": f"{CA_MOUNT}/{key or 'ca.crt'}"})
+    if cfg.scratch_size:
+        claim: dict = {"accessModes": ["ReadWriteOnce"],
+                       "resources": {"requests": {"storage": cfg.scratch_size}}}  # fmt: skip
+        if cfg.scratch_storage_class:
+            claim["storageClassName"] = cfg.scratch_storage_class
+        volumes.append({"name": "scratch",
+                        "ephemeral": {"volumeClaimTemplate": {"spec": claim}}})  # fmt: skip
+        mounts.append({"name": "scratch", "mountPath": SCRATCH_MOUNT})
+        env.append({"name": "TMPDIR", "value": SCRATCH_MOUNT})
+    if res.gpu_count > 1:  # NCCL between a node's ranks needs more than 64 MiB of /dev/shm
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    requests = {k: v for k, v in (("cpu", res.cpu_request), ("memory", res.memory_request)) if v}
+    limits = {k: v for k, v in (("cpu", res.cpu_limit), ("memory", res.memory_limit)) if v}
+    if res.gpu_count:
+        requests[res.accelerator] = limits[res.accelerator] = str(res.gpu_count)
+    resources = {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+    return NodePlan(
+        nodes=res.nodes,
+        procs_per_node=max(1, res.gpu_count),
+        runtime=cfg.training_runtime,
+        image=cfg.image,
+        resources=resources,
+        env=env,
+        node_selector=dict(res.node_selector),
+        tolerations=[dict(t) for t in res.tolerations],
+        image_pull_secrets=list(cfg.image_pull_secrets),
+        volumes=volumes,
+        volume_mounts=mounts,
+        service_account=cfg.service_account,
+        api_grace_seconds=cfg.trainjob_api_grace_seconds,
+        poll_seconds=cfg.poll_seconds,
+    )
