@@ -1,6 +1,7 @@
 """Several ranks per job through the real server: torchrun starts 2 CPU ranks (gloo) for a
-Hugging Face engine job; they train the same loss curve as one rank at the same global batch,
-and rank 0 alone writes one set of checkpoints, progress and the result."""
+Hugging Face engine job (DDP) and for a torchtune job (its distributed recipe, FSDP); they train
+the same loss curve as one rank at the same global batch, and rank 0 alone writes one set of
+checkpoints, progress and the result."""
 
 from __future__ import annotations
 
@@ -119,3 +120,69 @@ def test_two_ranks_train_the_one_rank_dpo_curve(client, two_ranks, tmp_path):
     one, two = curves
     assert len(two) == 3  # 10 pairs, batch 4: the last batch has 2 (one per rank)
     assert two == pytest.approx(one, rel=LOSS_RTOL)
+
+
+def test_two_ranks_train_the_one_rank_torchtune_curve(client, two_ranks, tiny_models, tmp_path):
+    """torchtune's distributed recipe (FSDP2) on 2 CPU ranks, each with batch_size / 2 rows:
+    16 rows (no padding by the sampler), global batch 4, 2 epochs of 2 steps, validated."""
+    model = tiny_models / "hf"
+    runs = []
+    for c in (client, two_ranks.client()):
+        ds = register_rows(c, tmp_path, instruct_rows(16, seed=5), name=new_id("tt-rows"))
+        val = register_rows(c, tmp_path, instruct_rows(6, seed=6), name=new_id("tt-val"))
+        job = new_id("tt-ranks")
+        tc = training_config(ds, n_epochs=2, max_steps_per_epoch=2, max_validation_steps=None,
+                             data_config={"validation_dataset_id": val})  # fmt: skip
+        submit(c, job, str(model), ds, training_config=tc)
+        status = wait_done(c, job)
+        assert status["status"] == "completed", status["resources_allocated"]
+        assert status["resources_allocated"]["engine"]["name"] == "torchtune"
+        runs.append({"job": job, "client": c, **status})
+    one, two = runs
+
+    worker_log = (two_ranks.jobs_dir / two["job"] / "worker.log").read_text()
+    assert "train: 2 ranks" in worker_log and "rank_main" in worker_log
+    res = two["resources_allocated"]
+    curve_one, curve_two = one["resources_allocated"]["loss_history"], res["loss_history"]
+    assert [s for s, _ in curve_two] == [1, 2, 3, 4]  # every step once: rank 0 only
+    losses_one, losses_two = ([loss for _, loss in c] for c in (curve_one, curve_two))
+    print(
+        "torchtune: max relative loss difference, 2 ranks vs 1:",
+        max(abs(a - b) / abs(b) for a, b in zip(losses_two, losses_one, strict=True)),
+    )
+    assert losses_two == pytest.approx(losses_one, rel=LOSS_RTOL)
+    assert res["progress"]["step"] == res["progress"]["total_steps"] == 4
+    assert res["progress"]["epoch"] == res["progress"]["total_epochs"] == 2
+    result_one = one["resources_allocated"]["result"]
+    assert res["result"]["samples_seen"] == result_one["samples_seen"] == 16
+
+    checkpoints = job_artifacts(two["client"], two["job"])["checkpoints"]
+    assert [Path(c["path"]).name for c in checkpoints] == ["epoch_1", "epoch_2"]
+    out = Path(checkpoints[-1]["path"]).parent
+    assert sorted(p.name for p in out.iterdir()) == ["epoch_1", "epoch_2"]  # no leftovers
+    val_one, val_two = (
+        [c["training_metrics"]["validation_loss"] for c in run["checkpoints"]] for run in runs
+    )
+    assert val_two == pytest.approx(val_one, rel=LOSS_RTOL)
+
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    def logits(epoch: Path) -> torch.Tensor:
+        base = LlamaForCausalLM.from_pretrained(model, dtype=torch.float32)
+        tuned = PeftModel.from_pretrained(base, epoch / "adapter")
+        with torch.no_grad():
+            return tuned(torch.tensor([[5, 17, 42, 99, 120, 7, 3]])).logits
+
+    ones = Path(job_artifacts(client, one["job"])["checkpoints"][-1]["path"])
+    assert torch.allclose(logits(ones), logits(Path(checkpoints[-1]["path"])), atol=1e-4)
+
+
+def test_torchtune_refuses_a_batch_the_ranks_do_not_divide(two_ranks, tiny_models, tmp_path):
+    client = two_ranks.client()
+    ds = register_rows(client, tmp_path, instruct_rows(4))
+    with pytest.raises(APIStatusError) as err:
+        submit(client, new_id("odd"), str(tiny_models / "hf"), ds,
+               training_config=training_config(ds, data_config={"batch_size": 3}))  # fmt: skip
+    assert err.value.status_code == 400
+    assert "batch_size (3) does not divide over the 2 devices" in str(err.value)

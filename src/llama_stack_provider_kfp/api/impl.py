@@ -133,6 +133,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             engine = select_engine(traits, self.config.engine)
         dc = sub.training.data_config
         assert dc is not None  # check_training refused it missing
+        requests.check_batch_split(dc.batch_size, self.config.world(), engine.name)
         fmt, sample = sub.data_format, self.config.submit_sample_rows
         train = await dataset_source(
             self.datasets_api, self.datasetio_api, dc.dataset_id, fmt, sample

@@ -45,10 +45,10 @@ def _torchtune(t: JobTraits) -> str | None:
         return "it runs Llama-3-architecture models with a tiktoken tokenizer"
     if t.algorithm not in ("lora", "dora", "qlora"):
         return "it trains LoRA, DoRA and QLoRA (NF4) supervised fine-tuning only"
-    if t.ranks > 1:
+    if t.ranks > 1 and t.algorithm == "qlora":
         return (
-            "several devices per job train on the huggingface engine (this provider runs "
-            "torchtune's single-device recipe)"
+            "QLoRA on several devices (NF4 weights sharded by FSDP) is not verified with this "
+            "provider; use one device per job, or LoRA/DoRA"
         )
     if not t.torchtune_targets:
         return (
