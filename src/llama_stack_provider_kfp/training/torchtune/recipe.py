@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchtune import config as tt_config
 from torchtune.data import padded_collate_sft
 from torchtune.modules.peft import (
+    DoRALinear,
+    LoRALinear,
     get_adapter_state_dict,
     get_lora_module_names,
     get_merged_lora_ckpt,
@@ -85,6 +87,31 @@ def _count_collate(collate, pad_id: int, sink, samples: list[dict]) -> dict:
     return collate(samples)
 
 
+def lora_init(
+    cfg_model: DictConfig, base: dict[str, torch.Tensor], seed: int, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """The adapter's starting weights as torchtune draws them (A: Kaiming uniform, B: zero;
+    DoRA's magnitude: the row norms of the base weight, since B is zero), from the job's seed
+    alone. torchtune draws A from the global generator while it builds the model, which gives
+    other numbers on several ranks (per-rank seeds, sharded parameters) than on one: with this
+    start, 1 and N ranks train the same curve."""
+    with torch.device("meta"):  # shapes only; NF4 quantization needs real tensors
+        model = tt_config.instantiate(OmegaConf.merge(cfg_model, {"quantize_base": False}))
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, LoRALinear | DoRALinear):
+            continue
+        a = torch.empty(module.lora_a.weight.shape)
+        torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+        state[f"{name}.lora_a.weight"] = a.to(dtype)
+        state[f"{name}.lora_b.weight"] = torch.zeros(module.lora_b.weight.shape, dtype=dtype)
+        if isinstance(module, DoRALinear):
+            weight = base[f"{name}.weight"].to(dtype)
+            state[f"{name}.magnitude"] = torch.linalg.norm(weight, dim=1).to(dtype)
+    return state
+
+
 class ProviderRecipe:
     """What this provider adds to torchtune's LoRA recipes, single-device and distributed;
     mixed in before the torchtune recipe class, whose attributes (_model, _device, _loss_fn,
@@ -95,6 +122,7 @@ class ProviderRecipe:
     # Set by the torchtune recipe (whose class is loaded from a file: no static type).
     _model: Any
     _device: torch.device
+    _dtype: torch.dtype
     _loss_fn: Any
     _tokenizer: Any
     _metric_logger: Any
@@ -161,6 +189,17 @@ class ProviderRecipe:
                 dtype=self.spec.train.dtype,
                 rows={"train": self.train_rows, "validation": self.validation_rows},
             )
+
+    def _setup_model(self, **kwargs: Any) -> Any:
+        # A fresh job (not a resumed adapter) starts from lora_init's weights.
+        if kwargs.get("lora_weights_state_dict") is None:
+            kwargs["lora_weights_state_dict"] = lora_init(
+                kwargs["cfg_model"],
+                kwargs["base_model_state_dict"],
+                self.spec.train.seed,
+                self._dtype,
+            )
+        return super()._setup_model(**kwargs)  # type: ignore[misc]
 
     def _setup_data(self, cfg_dataset, shuffle, batch_size, collate_fn, dataloader_state_dict=None):
         loader = super()._setup_data(  # type: ignore[misc]
