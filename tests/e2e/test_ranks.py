@@ -122,23 +122,43 @@ def test_two_ranks_train_the_one_rank_dpo_curve(client, two_ranks, tmp_path):
     assert two == pytest.approx(one, rel=LOSS_RTOL)
 
 
-def test_two_ranks_train_the_one_rank_torchtune_curve(client, two_ranks, tiny_models, tmp_path):
-    """torchtune's distributed recipe (FSDP2) on 2 CPU ranks, each with batch_size / 2 rows:
-    16 rows (no padding by the sampler), global batch 4, 2 epochs of 2 steps, validated."""
-    model = tiny_models / "hf"
-    runs = []
-    for c in (client, two_ranks.client()):
-        ds = register_rows(c, tmp_path, instruct_rows(16, seed=5), name=new_id("tt-rows"))
-        val = register_rows(c, tmp_path, instruct_rows(6, seed=6), name=new_id("tt-val"))
+def _torchtune_pair(clients, model: Path, tmp: Path, steps: int, epochs: int, **kw) -> list:
+    """The same torchtune job on one rank and on two: 4 rows per step (no padding)."""
+    runs, training = [], kw.pop("training", {})
+    for c in clients:
+        ds = register_rows(c, tmp, instruct_rows(4 * steps, seed=5), name=new_id("tt-rows"))
+        val = register_rows(c, tmp, instruct_rows(6, seed=6), name=new_id("tt-val"))
         job = new_id("tt-ranks")
-        tc = training_config(ds, n_epochs=2, max_steps_per_epoch=2, max_validation_steps=None,
-                             data_config={"validation_dataset_id": val})  # fmt: skip
-        submit(c, job, str(model), ds, training_config=tc)
+        tc = training_config(ds, n_epochs=epochs, max_validation_steps=None,
+                             data_config={"validation_dataset_id": val},
+                             **training)  # fmt: skip
+        submit(c, job, str(model), ds, training_config=tc, **kw)
         status = wait_done(c, job)
         assert status["status"] == "completed", status["resources_allocated"]
         assert status["resources_allocated"]["engine"]["name"] == "torchtune"
         runs.append({"job": job, "client": c, **status})
-    one, two = runs
+    return runs
+
+
+def _max_rel(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) / abs(y) for x, y in zip(a, b, strict=True))
+
+
+def _peft_logits(model: Path, epoch: Path) -> torch.Tensor:
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    base = LlamaForCausalLM.from_pretrained(model, dtype=torch.float32)
+    tuned = PeftModel.from_pretrained(base, epoch / "adapter")
+    with torch.no_grad():
+        return tuned(torch.tensor([[5, 17, 42, 99, 120, 7, 3]])).logits
+
+
+def test_two_ranks_train_the_one_rank_torchtune_curve(client, two_ranks, tiny_models, tmp_path):
+    """torchtune's distributed recipe (FSDP2) on 2 CPU ranks, each with batch_size / 2 rows:
+    8 rows, global batch 4, 2 epochs of 2 steps, validated each epoch."""
+    model = tiny_models / "hf"
+    one, two = runs = _torchtune_pair((client, two_ranks.client()), model, tmp_path, 2, 2)
 
     worker_log = (two_ranks.jobs_dir / two["job"] / "worker.log").read_text()
     assert "train: 2 ranks" in worker_log and "rank_main" in worker_log
@@ -147,8 +167,7 @@ def test_two_ranks_train_the_one_rank_torchtune_curve(client, two_ranks, tiny_mo
     assert [s for s, _ in curve_two] == [1, 2, 3, 4]  # every step once: rank 0 only
     losses_one, losses_two = ([loss for _, loss in c] for c in (curve_one, curve_two))
     print(
-        "torchtune: max relative loss difference, 2 ranks vs 1:",
-        max(abs(a - b) / abs(b) for a, b in zip(losses_two, losses_one, strict=True)),
+        "torchtune: max relative loss difference, 2 ranks vs 1:", _max_rel(losses_two, losses_one)
     )
     assert losses_two == pytest.approx(losses_one, rel=LOSS_RTOL)
     assert res["progress"]["step"] == res["progress"]["total_steps"] == 4
@@ -163,19 +182,47 @@ def test_two_ranks_train_the_one_rank_torchtune_curve(client, two_ranks, tiny_mo
     val_one, val_two = (
         [c["training_metrics"]["validation_loss"] for c in run["checkpoints"]] for run in runs
     )
+    print("torchtune: validation losses, 1 rank / 2 ranks:", val_one, val_two)
     assert val_two == pytest.approx(val_one, rel=LOSS_RTOL)
 
-    from peft import PeftModel
-    from transformers import LlamaForCausalLM
-
-    def logits(epoch: Path) -> torch.Tensor:
-        base = LlamaForCausalLM.from_pretrained(model, dtype=torch.float32)
-        tuned = PeftModel.from_pretrained(base, epoch / "adapter")
-        with torch.no_grad():
-            return tuned(torch.tensor([[5, 17, 42, 99, 120, 7, 3]])).logits
-
     ones = Path(job_artifacts(client, one["job"])["checkpoints"][-1]["path"])
-    assert torch.allclose(logits(ones), logits(Path(checkpoints[-1]["path"])), atol=1e-4)
+    got, want = (_peft_logits(model, e) for e in (Path(checkpoints[-1]["path"]), ones))
+    print("torchtune: max logit difference, 2 ranks vs 1:", float((got - want).abs().max()))
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_two_ranks_torchtune_dora_with_sharded_embeddings(client, two_ranks, tmp_path):
+    """An untied model: memory_efficient_fsdp_wrap shards its embeddings and output as FSDP
+    units of their own; DoRA on every projection and the output; the curve is one rank's.
+    (fsdp_cpu_offload does nothing on the CPU; one rank ignores both options.)"""
+    import subprocess
+    import sys
+
+    from harness.server import ROOT
+
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make-tiny-model.py"), "--out",
+         str(tmp_path / "untied"), "--layout", "hf", "--untied", "--seed", "1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    model = tmp_path / "untied" / "hf"
+    algo = {"type": "LoRA", "lora_attn_modules": ["q_proj", "k_proj", "v_proj", "output_proj"],
+            "apply_lora_to_mlp": True, "apply_lora_to_output": True, "rank": 4, "alpha": 8,
+            "use_dora": True}  # fmt: skip
+    efficiency = {"fsdp_cpu_offload": True, "memory_efficient_fsdp_wrap": True}
+    one, two = _torchtune_pair((client, two_ranks.client()), model, tmp_path, 3, 1,
+                               algorithm_config=algo,
+                               training={"efficiency_config": efficiency})  # fmt: skip
+    curves = [[loss for _, loss in r["resources_allocated"]["loss_history"]] for r in (one, two)]
+    print("torchtune DoRA: max relative loss difference, 2 ranks vs 1:", _max_rel(*curves[::-1]))
+    assert len(curves[1]) == 3 and curves[1] == pytest.approx(curves[0], rel=LOSS_RTOL)
+    last = [
+        Path(job_artifacts(r["client"], r["job"])["checkpoints"][-1]["path"]) for r in (one, two)
+    ]
+    assert json.loads((last[1] / "adapter" / "adapter_config.json").read_text())["use_dora"]
+    got, want = _peft_logits(model, last[1]), _peft_logits(model, last[0])
+    print("torchtune DoRA: max logit difference, 2 ranks vs 1:", float((got - want).abs().max()))
+    assert torch.allclose(got, want, atol=1e-4)
 
 
 def test_torchtune_refuses_a_batch_the_ranks_do_not_divide(two_ranks, tiny_models, tmp_path):

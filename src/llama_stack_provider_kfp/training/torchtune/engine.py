@@ -162,12 +162,16 @@ def build_config(
 def _fsdp(spec: JobSpec) -> dict[str, Any]:
     """The distributed recipe's sharding options. fsdp_cpu_offload keeps parameters,
     gradients and optimizer state in CPU memory between uses (less device memory, slower);
-    memory_efficient_fsdp_wrap makes the embeddings (and an untied output projection) FSDP
-    units of their own, so their large vocab-sized weights are gathered only while used."""
+    memory_efficient_fsdp_wrap makes an untied model's embeddings and output projection FSDP
+    units of their own, so these vocab-sized weights are gathered only while used (tied ones
+    stay in the root unit: the output reuses the embedding weight outside the embedding's
+    unit, which FSDP cannot reshard). On the CPU the weights are in CPU memory already, and
+    FSDP's offload pins memory, which needs CUDA: there fsdp_cpu_offload does nothing."""
     t = spec.train
-    layers = ["tok_embeddings"] + ([] if _arch(spec.model).tie_word_embeddings else ["output"])
+    untied = not _arch(spec.model).tie_word_embeddings
+    layers = ["tok_embeddings", "output"] if untied else None
     return {
-        "fsdp_cpu_offload": t.fsdp_cpu_offload,
+        "fsdp_cpu_offload": t.fsdp_cpu_offload and resolve_device(t.device) != "cpu",
         "custom_sharded_layers": layers if t.memory_efficient_fsdp_wrap else None,
     }
 
