@@ -228,6 +228,8 @@ def test_torchtune_runs_several_ranks_with_a_batch_they_divide():
     assert select_engine(JobTraits.of(llama3, "dora", True, ranks=4)).name == "torchtune"
     with pytest.raises(Unsupported, match="QLoRA on several devices"):
         select_engine(JobTraits.of(llama3, "qlora", True, ranks=2), "torchtune")
+    nodes = select_engine(JobTraits.of(llama3, "lora", True, ranks=4, nodes=2))
+    assert nodes.name == "huggingface" and "several nodes" in nodes.reason
     requests.check_batch_split(8, 4, "torchtune")
     requests.check_batch_split(6, 4, "huggingface")  # DDP shares out any batch
     with pytest.raises(InvalidRequest, match=r"batch_size \(6\) does not divide .* 4 devices"

@@ -125,7 +125,11 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         lora_spec = requests.lora_spec(sub.lora, targets)
         fits_torchtune = targets is None or targets.torchtune_attn is not None
         traits = JobTraits.of(
-            model, algorithm(lora_spec, sub.dpo), fits_torchtune, self.config.world()
+            model,
+            algorithm(lora_spec, sub.dpo),
+            fits_torchtune,
+            self.config.world(),
+            self.config.nodes(),
         )
         if state is not None:
             engine = requests.resume_engine(state, traits, self.config.engine, where)
