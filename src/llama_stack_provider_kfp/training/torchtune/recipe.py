@@ -1,9 +1,12 @@
-"""torchtune's single-device LoRA recipe, extended where this provider needs more.
+"""torchtune's LoRA recipes, extended where this provider needs more: ProviderRecipe holds
+the additions, ProviderLoRARecipe applies them to the single-device recipe (the distributed
+one is in distributed_recipe.py).
 
 We keep torchtune's training loop (the reference loop, and the throughput ceiling) and change
 only: every row is trained on (no dropped last batch), progress counts the non-padding tokens
-fed to the model, each epoch is validated when there is a validation set, and checkpoints are
-written in this provider's layout (merged + PEFT adapter, Meta or HF).
+fed to the model, the adapter starts from weights drawn from the job's seed alone, each epoch
+is validated when there is a validation set, and checkpoints are written in this provider's
+layout (merged + PEFT adapter, Meta or HF).
 """
 
 from __future__ import annotations
