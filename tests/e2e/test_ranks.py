@@ -1,6 +1,7 @@
 """Several ranks per job through the real server: torchrun starts 2 CPU ranks (gloo) for a
-Hugging Face engine job; they train the same loss curve as one rank at the same global batch,
-and rank 0 alone writes one set of checkpoints, progress and the result."""
+Hugging Face engine job (DDP) and for a torchtune job (its distributed recipe, FSDP); they train
+the same loss curve as one rank at the same global batch, and rank 0 alone writes one set of
+checkpoints, progress and the result."""
 
 from __future__ import annotations
 
@@ -119,3 +120,116 @@ def test_two_ranks_train_the_one_rank_dpo_curve(client, two_ranks, tmp_path):
     one, two = curves
     assert len(two) == 3  # 10 pairs, batch 4: the last batch has 2 (one per rank)
     assert two == pytest.approx(one, rel=LOSS_RTOL)
+
+
+def _torchtune_pair(clients, model: Path, tmp: Path, steps: int, epochs: int, **kw) -> list:
+    """The same torchtune job on one rank and on two: 4 rows per step (no padding)."""
+    runs, training = [], kw.pop("training", {})
+    for c in clients:
+        ds = register_rows(c, tmp, instruct_rows(4 * steps, seed=5), name=new_id("tt-rows"))
+        val = register_rows(c, tmp, instruct_rows(6, seed=6), name=new_id("tt-val"))
+        job = new_id("tt-ranks")
+        tc = training_config(ds, n_epochs=epochs, max_validation_steps=None,
+                             data_config={"validation_dataset_id": val},
+                             **training)  # fmt: skip
+        submit(c, job, str(model), ds, training_config=tc, **kw)
+        status = wait_done(c, job)
+        assert status["status"] == "completed", status["resources_allocated"]
+        assert status["resources_allocated"]["engine"]["name"] == "torchtune"
+        runs.append({"job": job, "client": c, **status})
+    return runs
+
+
+def _max_rel(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) / abs(y) for x, y in zip(a, b, strict=True))
+
+
+def _peft_logits(model: Path, epoch: Path) -> torch.Tensor:
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    base = LlamaForCausalLM.from_pretrained(model, dtype=torch.float32)
+    tuned = PeftModel.from_pretrained(base, epoch / "adapter")
+    with torch.no_grad():
+        return tuned(torch.tensor([[5, 17, 42, 99, 120, 7, 3]])).logits
+
+
+def test_two_ranks_train_the_one_rank_torchtune_curve(client, two_ranks, tiny_models, tmp_path):
+    """torchtune's distributed recipe (FSDP2) on 2 CPU ranks, each with batch_size / 2 rows:
+    8 rows, global batch 4, 2 epochs of 2 steps, validated each epoch."""
+    model = tiny_models / "hf"
+    one, two = runs = _torchtune_pair((client, two_ranks.client()), model, tmp_path, 2, 2)
+
+    worker_log = (two_ranks.jobs_dir / two["job"] / "worker.log").read_text()
+    assert "train: 2 ranks" in worker_log and "rank_main" in worker_log
+    res = two["resources_allocated"]
+    curve_one, curve_two = one["resources_allocated"]["loss_history"], res["loss_history"]
+    assert [s for s, _ in curve_two] == [1, 2, 3, 4]  # every step once: rank 0 only
+    losses_one, losses_two = ([loss for _, loss in c] for c in (curve_one, curve_two))
+    print(
+        "torchtune: max relative loss difference, 2 ranks vs 1:", _max_rel(losses_two, losses_one)
+    )
+    assert losses_two == pytest.approx(losses_one, rel=LOSS_RTOL)
+    assert res["progress"]["step"] == res["progress"]["total_steps"] == 4
+    assert res["progress"]["epoch"] == res["progress"]["total_epochs"] == 2
+    result_one = one["resources_allocated"]["result"]
+    assert res["result"]["samples_seen"] == result_one["samples_seen"] == 16
+
+    checkpoints = job_artifacts(two["client"], two["job"])["checkpoints"]
+    assert [Path(c["path"]).name for c in checkpoints] == ["epoch_1", "epoch_2"]
+    out = Path(checkpoints[-1]["path"]).parent
+    assert sorted(p.name for p in out.iterdir()) == ["epoch_1", "epoch_2"]  # no leftovers
+    val_one, val_two = (
+        [c["training_metrics"]["validation_loss"] for c in run["checkpoints"]] for run in runs
+    )
+    print("torchtune: validation losses, 1 rank / 2 ranks:", val_one, val_two)
+    assert val_two == pytest.approx(val_one, rel=LOSS_RTOL)
+
+    ones = Path(job_artifacts(client, one["job"])["checkpoints"][-1]["path"])
+    got, want = (_peft_logits(model, e) for e in (Path(checkpoints[-1]["path"]), ones))
+    print("torchtune: max logit difference, 2 ranks vs 1:", float((got - want).abs().max()))
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_two_ranks_torchtune_dora_with_sharded_embeddings(client, two_ranks, tmp_path):
+    """An untied model: memory_efficient_fsdp_wrap shards its embeddings and output as FSDP
+    units of their own; DoRA on every projection and the output; the curve is one rank's.
+    (fsdp_cpu_offload does nothing on the CPU; one rank ignores both options.)"""
+    import subprocess
+    import sys
+
+    from harness.server import ROOT
+
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make-tiny-model.py"), "--out",
+         str(tmp_path / "untied"), "--layout", "hf", "--untied", "--seed", "1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    model = tmp_path / "untied" / "hf"
+    algo = {"type": "LoRA", "lora_attn_modules": ["q_proj", "k_proj", "v_proj", "output_proj"],
+            "apply_lora_to_mlp": True, "apply_lora_to_output": True, "rank": 4, "alpha": 8,
+            "use_dora": True}  # fmt: skip
+    efficiency = {"fsdp_cpu_offload": True, "memory_efficient_fsdp_wrap": True}
+    one, two = _torchtune_pair((client, two_ranks.client()), model, tmp_path, 3, 1,
+                               algorithm_config=algo,
+                               training={"efficiency_config": efficiency})  # fmt: skip
+    curves = [[loss for _, loss in r["resources_allocated"]["loss_history"]] for r in (one, two)]
+    print("torchtune DoRA: max relative loss difference, 2 ranks vs 1:", _max_rel(*curves[::-1]))
+    assert len(curves[1]) == 3 and curves[1] == pytest.approx(curves[0], rel=LOSS_RTOL)
+    last = [
+        Path(job_artifacts(r["client"], r["job"])["checkpoints"][-1]["path"]) for r in (one, two)
+    ]
+    assert json.loads((last[1] / "adapter" / "adapter_config.json").read_text())["use_dora"]
+    got, want = _peft_logits(model, last[1]), _peft_logits(model, last[0])
+    print("torchtune DoRA: max logit difference, 2 ranks vs 1:", float((got - want).abs().max()))
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_torchtune_refuses_a_batch_the_ranks_do_not_divide(two_ranks, tiny_models, tmp_path):
+    client = two_ranks.client()
+    ds = register_rows(client, tmp_path, instruct_rows(4))
+    with pytest.raises(APIStatusError) as err:
+        submit(client, new_id("odd"), str(tiny_models / "hf"), ds,
+               training_config=training_config(ds, data_config={"batch_size": 3}))  # fmt: skip
+    assert err.value.status_code == 400
+    assert "batch_size (3) does not divide over the 2 devices" in str(err.value)

@@ -222,6 +222,21 @@ def _traits(model: ModelSpec, algo: str = "lora", fits: bool = True) -> JobTrait
     return JobTraits.of(model, algo, fits)
 
 
+def test_torchtune_runs_several_ranks_with_a_batch_they_divide():
+    llama3 = _model()
+    assert select_engine(JobTraits.of(llama3, "lora", True, ranks=2)).name == "torchtune"
+    assert select_engine(JobTraits.of(llama3, "dora", True, ranks=4)).name == "torchtune"
+    with pytest.raises(Unsupported, match="QLoRA on several devices"):
+        select_engine(JobTraits.of(llama3, "qlora", True, ranks=2), "torchtune")
+    nodes = select_engine(JobTraits.of(llama3, "lora", True, ranks=4, nodes=2))
+    assert nodes.name == "huggingface" and "several nodes" in nodes.reason
+    requests.check_batch_split(8, 4, "torchtune")
+    requests.check_batch_split(6, 4, "huggingface")  # DDP shares out any batch
+    with pytest.raises(InvalidRequest, match=r"batch_size \(6\) does not divide .* 4 devices"
+                       r".*multiple of 4 \(e.g. 4\)"):  # fmt: skip
+        requests.check_batch_split(6, 4, "torchtune")
+
+
 def test_engine_selection_explains_itself():
     llama3 = _model()
     choice = select_engine(_traits(llama3, "dora"))

@@ -125,7 +125,11 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         lora_spec = requests.lora_spec(sub.lora, targets)
         fits_torchtune = targets is None or targets.torchtune_attn is not None
         traits = JobTraits.of(
-            model, algorithm(lora_spec, sub.dpo), fits_torchtune, self.config.world()
+            model,
+            algorithm(lora_spec, sub.dpo),
+            fits_torchtune,
+            self.config.world(),
+            self.config.nodes(),
         )
         if state is not None:
             engine = requests.resume_engine(state, traits, self.config.engine, where)
@@ -133,6 +137,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             engine = select_engine(traits, self.config.engine)
         dc = sub.training.data_config
         assert dc is not None  # check_training refused it missing
+        requests.check_batch_split(dc.batch_size, self.config.world(), engine.name)
         fmt, sample = sub.data_format, self.config.submit_sample_rows
         train = await dataset_source(
             self.datasets_api, self.datasetio_api, dc.dataset_id, fmt, sample

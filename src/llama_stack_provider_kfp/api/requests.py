@@ -106,6 +106,17 @@ def check_training(tc: TrainingConfig, ranks: int = 1) -> None:
         raise InvalidRequest("invalid training_config: " + "; ".join(problems))
 
 
+def check_batch_split(batch_size: int, world: int, engine: str) -> None:
+    """torchtune's distributed recipe takes a per-device batch: the global batch must split
+    evenly over the devices (the huggingface engine shares out any batch)."""
+    if engine == "torchtune" and world > 1 and batch_size % world:
+        raise InvalidRequest(
+            f"data_config.batch_size ({batch_size}) does not divide over the {world} devices "
+            f"each job trains on: the torchtune engine gives every device batch_size / {world} "
+            f"rows; use a multiple of {world} (e.g. {batch_size - batch_size % world or world})"
+        )
+
+
 def lora_targets(lc: LoraFinetuningConfig, model: ModelSpec) -> Targets:
     """Check the LoRA settings and resolve the modules they name on this model."""
     problems = []
@@ -284,6 +295,8 @@ def build_spec(
             nodes=config.nodes(),
             enable_activation_checkpointing=bool(ec and ec.enable_activation_checkpointing),
             enable_activation_offloading=bool(ec and ec.enable_activation_offloading),
+            fsdp_cpu_offload=bool(ec and ec.fsdp_cpu_offload),
+            memory_efficient_fsdp_wrap=bool(ec and ec.memory_efficient_fsdp_wrap),
             checkpoint_every_steps=config.checkpoint_every_steps,
             keep_step_checkpoints=config.keep_step_checkpoints,
         ),

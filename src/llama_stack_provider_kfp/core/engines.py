@@ -23,14 +23,21 @@ class JobTraits:
     tiktoken: bool  # a Llama 3 tiktoken tokenizer.model
     hf_tokenizer: bool  # tokenizer.json / tokenizer_config.json
     torchtune_targets: bool  # the LoRA targets fit torchtune's builders
-    ranks: int = 1  # processes training the job together
+    ranks: int = 1  # processes training the job together, over all its nodes
+    nodes: int = 1  # machines training the job together
 
     @classmethod
     def of(
-        cls, model: ModelSpec, algorithm: str, torchtune_targets: bool, ranks: int = 1
+        cls,
+        model: ModelSpec,
+        algorithm: str,
+        torchtune_targets: bool,
+        ranks: int = 1,
+        nodes: int = 1,
     ) -> JobTraits:
         return cls(
             ranks=ranks,
+            nodes=nodes,
             family=model.family,
             layout=model.layout,
             algorithm=algorithm,
@@ -45,10 +52,15 @@ def _torchtune(t: JobTraits) -> str | None:
         return "it runs Llama-3-architecture models with a tiktoken tokenizer"
     if t.algorithm not in ("lora", "dora", "qlora"):
         return "it trains LoRA, DoRA and QLoRA (NF4) supervised fine-tuning only"
-    if t.ranks > 1:
+    if t.nodes > 1:
         return (
-            "several devices per job train on the huggingface engine (this provider runs "
-            "torchtune's single-device recipe)"
+            "several nodes per job train on the huggingface engine (torchtune's distributed "
+            "recipe runs on the ranks of one machine here)"
+        )
+    if t.ranks > 1 and t.algorithm == "qlora":
+        return (
+            "QLoRA on several devices (NF4 weights sharded by FSDP) is not verified with this "
+            "provider; use one device per job, or LoRA/DoRA"
         )
     if not t.torchtune_targets:
         return (

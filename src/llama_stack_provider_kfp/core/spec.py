@@ -131,6 +131,9 @@ class TrainSpec(_Strict):
     enable_activation_offloading: bool = False
     # Processes training together (one per device), each on its share of every batch.
     ranks: int = 1
+    # torchtune's distributed recipe (FSDP) with several ranks: see training/torchtune/engine.py.
+    fsdp_cpu_offload: bool = False
+    memory_efficient_fsdp_wrap: bool = False
     # A checkpoint with training state every N optimizer steps (besides each epoch's); the
     # newest `keep_step_checkpoints` of them are kept. None: per epoch only.
     checkpoint_every_steps: int | None = None

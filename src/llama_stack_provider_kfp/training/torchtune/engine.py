@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -111,11 +112,15 @@ def build_config(
     train_path: str,
     val_path: str | None,
     scratch: str,
+    world: int = 1,
 ) -> dict[str, Any]:
+    """torchtune's recipe config; with `world` ranks, that of its distributed recipe, where
+    `batch_size` is per rank (the request's is the global batch, a multiple of the ranks)."""
     t, o = spec.train, spec.optim
     optimizer: dict[str, Any] = {"_component_": _OPTIMIZERS[o.type], "lr": o.lr}
     optimizer["weight_decay"] = o.weight_decay
     return {
+        **(_fsdp(spec) if world > 1 else {}),
         "output_dir": scratch,
         "device": resolve_device(t.device),
         "dtype": t.dtype,
@@ -123,7 +128,7 @@ def build_config(
         "epochs": t.epochs,
         "max_steps_per_epoch": t.max_steps_per_epoch,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "batch_size": t.batch_size,
+        "batch_size": t.batch_size // world,
         "shuffle": t.shuffle,
         "resume_from_checkpoint": False,
         "compile": False,
@@ -151,6 +156,23 @@ def build_config(
             "path": str(output_dir / PROGRESS),
         },
         "profiler": {"enabled": False},
+    }
+
+
+def _fsdp(spec: JobSpec) -> dict[str, Any]:
+    """The distributed recipe's sharding options. fsdp_cpu_offload keeps parameters,
+    gradients and optimizer state in CPU memory between uses (less device memory, slower);
+    memory_efficient_fsdp_wrap makes an untied model's embeddings and output projection FSDP
+    units of their own, so these vocab-sized weights are gathered only while used (tied ones
+    stay in the root unit: the output reuses the embedding weight outside the embedding's
+    unit, which FSDP cannot reshard). On the CPU the weights are in CPU memory already, and
+    FSDP's offload pins memory, which needs CUDA: there fsdp_cpu_offload does nothing."""
+    t = spec.train
+    untied = not _arch(spec.model).tie_word_embeddings
+    layers = ["tok_embeddings", "output"] if untied else None
+    return {
+        "fsdp_cpu_offload": t.fsdp_cpu_offload and resolve_device(t.device) != "cpu",
+        "custom_sharded_layers": layers if t.memory_efficient_fsdp_wrap else None,
     }
 
 
@@ -190,7 +212,13 @@ def _run(
 ) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from .recipe import ProviderLoRARecipe
+    # Under torchrun (several ranks): the distributed recipe, in the process group that
+    # training.distributed.current() joined.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        from .distributed_recipe import ProviderLoRARecipeDistributed as Recipe
+    else:
+        from .recipe import ProviderLoRARecipe as Recipe
 
     _check_meta_tying(spec, str(model_dir))
     started = time.perf_counter()
@@ -203,12 +231,15 @@ def _run(
                 train_path,
                 val_path,
                 scratch,
+                world,
             )
         )
-        recipe = ProviderLoRARecipe(cfg=cfg, spec=spec, output=output, model_dir=model_dir)
+        recipe = Recipe(cfg=cfg, spec=spec, output=output, model_dir=model_dir)
         recipe.setup(cfg=cfg)
         recipe.train()
         recipe.cleanup()
+    if not recipe.writes:
+        return {"epochs": recipe.epochs}  # rank 0 reports the job
     logger = recipe._metric_logger
     last = recipe.epochs[-1] if recipe.epochs else {}
     result = {
