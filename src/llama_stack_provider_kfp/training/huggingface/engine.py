@@ -138,6 +138,11 @@ class _Run:
                 "efficiency: activation offloading is a torchtune feature; "
                 "this engine trains without it"
             )
+        if t.fsdp_cpu_offload or t.memory_efficient_fsdp_wrap:
+            print(
+                "efficiency: fsdp_cpu_offload / memory_efficient_fsdp_wrap shard the model on "
+                "the torchtune engine (FSDP); this engine keeps a whole copy on every rank (DDP)"
+            )
         # Full DPO compares with a frozen copy of the base; LoRA DPO with the adapter off.
         self.reference: Any = None
         if spec.dpo is not None and full:
