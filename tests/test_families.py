@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_checks import logits
 
 from harness.demo_data import instruct_rows
 from harness.tiny_families import FAMILIES, make
@@ -63,17 +64,6 @@ def _run(model_dir: Path, work: Path, lora: bool, packed: bool = False) -> dict:
                       str(work / "v.jsonl"))  # fmt: skip
 
 
-def _logits(model_dir: Path, adapter: Path | None = None) -> torch.Tensor:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    if adapter is not None:
-        model = PeftModel.from_pretrained(model, adapter)
-    with torch.no_grad():
-        return model(torch.tensor([[5, 17, 42, 99, 120, 7, 3]])).logits
-
-
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_lora_learns_and_the_adapter_matches_the_merged_weights(family, family_models, tmp_path):
     result = _run(family_models[family], tmp_path, lora=True)
@@ -83,9 +73,9 @@ def test_lora_learns_and_the_adapter_matches_the_merged_weights(family, family_m
     expected = ATTENTION_TARGETS.get(family, {"self_attn.q_proj", "self_attn.v_proj",
                                               "self_attn.o_proj"})  # fmt: skip
     assert set(config["target_modules"]) == expected
-    merged = _logits(epoch / "merged")
-    assert float((merged - _logits(family_models[family])).abs().max()) > 1e-4
-    peft = _logits(family_models[family], epoch / "adapter")
+    merged = logits(epoch / "merged")
+    assert float((merged - logits(family_models[family])).abs().max()) > 1e-4
+    peft = logits(family_models[family], epoch / "adapter")
     assert torch.allclose(peft, merged, atol=LOGIT_ATOL, rtol=0), float((peft - merged).abs().max())
 
 
@@ -95,7 +85,7 @@ def test_full_fine_tuning_writes_loadable_weights(family, family_models, tmp_pat
     assert result["final_loss"] < result["first_loss"]
     merged = tmp_path / "out" / "checkpoints" / "epoch_2" / "merged"
     assert not (merged.parent / "adapter").exists()
-    assert float((_logits(merged) - _logits(family_models[family])).abs().max()) > 1e-2
+    assert float((logits(merged) - logits(family_models[family])).abs().max()) > 1e-2
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hf_cache import make_hf_cache
+from model_checks import logits
 
 from harness.demo_data import instruct_rows
 from harness.tiny_families import make
@@ -23,20 +24,8 @@ pytestmark = pytest.mark.e2e
 LOGIT_ATOL = 1e-4
 
 
-def _logits(model_dir: Path, adapter: Path | None = None) -> torch.Tensor:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    if adapter is not None:
-        model = PeftModel.from_pretrained(model, adapter)
-    ids = torch.tensor([[5, 17, 42, 99, 120, 7, 3]])
-    with torch.no_grad():
-        return model(ids).logits
-
-
 def _differs(base: Path, trained: Path) -> float:
-    return float((_logits(base) - _logits(trained)).abs().max())
+    return float((logits(base) - logits(trained)).abs().max())
 
 
 def test_upstream_sft_request_unchanged(client, hf_home, tmp_path):
@@ -117,9 +106,9 @@ def test_lora_on_fused_projections_without_chat_template(client, tmp_path):
     last = Path(status["checkpoints"][-1]["path"])
     adapter = json.loads((last / "adapter" / "adapter_config.json").read_text())
     assert set(adapter["target_modules"]) == {"attn.c_attn", "attn.c_proj"}
-    merged = _logits(last / "merged")
-    assert float((merged - _logits(base)).abs().max()) > 1e-3
-    assert torch.allclose(_logits(base, last / "adapter"), merged, atol=LOGIT_ATOL, rtol=0)
+    merged = logits(last / "merged")
+    assert float((merged - logits(base)).abs().max()) > 1e-3
+    assert torch.allclose(logits(base, last / "adapter"), merged, atol=LOGIT_ATOL, rtol=0)
 
 
 def test_unknown_module_names_list_the_models_own(client, server, tmp_path):

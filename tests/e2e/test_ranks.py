@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from llama_stack_client import APIStatusError
+from model_checks import logits
 
 from harness.demo_data import instruct_rows
 from harness.server import Server
@@ -72,17 +73,11 @@ def test_two_ranks_train_the_one_rank_curve(client, two_ranks, tmp_path):
     out = Path(checkpoints[-1]["path"]).parent
     assert sorted(p.name for p in out.iterdir()) == ["epoch_1", "epoch_2"]  # no leftovers
     # The distributed outputs load with peft/transformers and match the one-rank weights.
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    def logits(epoch: Path) -> torch.Tensor:
-        base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-        tuned = PeftModel.from_pretrained(base, epoch / "adapter")
-        with torch.no_grad():
-            return tuned(torch.tensor([[5, 17, 42, 99, 120, 7, 3]])).logits
-
     ones = Path(job_artifacts(client, one["job"])["checkpoints"][-1]["path"])
-    assert torch.allclose(logits(ones), logits(Path(checkpoints[-1]["path"])), atol=1e-4)
+    last = Path(checkpoints[-1]["path"])
+    assert torch.allclose(
+        logits(model, ones / "adapter"), logits(model, last / "adapter"), atol=1e-4
+    )
     metrics = json.loads((Path(checkpoints[-1]["path"]) / "metrics.json").read_text())
     assert metrics["global_step"] == 12
 
@@ -144,16 +139,6 @@ def _max_rel(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) / abs(y) for x, y in zip(a, b, strict=True))
 
 
-def _peft_logits(model: Path, epoch: Path) -> torch.Tensor:
-    from peft import PeftModel
-    from transformers import LlamaForCausalLM
-
-    base = LlamaForCausalLM.from_pretrained(model, dtype=torch.float32)
-    tuned = PeftModel.from_pretrained(base, epoch / "adapter")
-    with torch.no_grad():
-        return tuned(torch.tensor([[5, 17, 42, 99, 120, 7, 3]])).logits
-
-
 def test_two_ranks_train_the_one_rank_torchtune_curve(client, two_ranks, tiny_models, tmp_path):
     """torchtune's distributed recipe (FSDP2) on 2 CPU ranks, each with batch_size / 2 rows:
     8 rows, global batch 4, 2 epochs of 2 steps, validated each epoch."""
@@ -186,7 +171,7 @@ def test_two_ranks_train_the_one_rank_torchtune_curve(client, two_ranks, tiny_mo
     assert val_two == pytest.approx(val_one, rel=LOSS_RTOL)
 
     ones = Path(job_artifacts(client, one["job"])["checkpoints"][-1]["path"])
-    got, want = (_peft_logits(model, e) for e in (Path(checkpoints[-1]["path"]), ones))
+    got, want = (logits(model, e / "adapter") for e in (Path(checkpoints[-1]["path"]), ones))
     print("torchtune: max logit difference, 2 ranks vs 1:", float((got - want).abs().max()))
     assert torch.allclose(got, want, atol=1e-4)
 
@@ -220,7 +205,7 @@ def test_two_ranks_torchtune_dora_with_sharded_embeddings(client, two_ranks, tmp
         Path(job_artifacts(r["client"], r["job"])["checkpoints"][-1]["path"]) for r in (one, two)
     ]
     assert json.loads((last[1] / "adapter" / "adapter_config.json").read_text())["use_dora"]
-    got, want = _peft_logits(model, last[1]), _peft_logits(model, last[0])
+    got, want = logits(model, last[1] / "adapter"), logits(model, last[0] / "adapter")
     print("torchtune DoRA: max logit difference, 2 ranks vs 1:", float((got - want).abs().max()))
     assert torch.allclose(got, want, atol=1e-4)
 

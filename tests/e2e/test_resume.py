@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from model_checks import logits
 
 from harness.demo_data import instruct_rows
 from harness.server import Server
@@ -115,17 +116,6 @@ def _history(status: dict) -> list[list[float]]:
     return status["resources_allocated"]["loss_history"]
 
 
-def _logits(model_dir: Path, adapter: Path | None = None) -> torch.Tensor:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    if adapter is not None:
-        model = PeftModel.from_pretrained(model, adapter)
-    with torch.no_grad():
-        return model(torch.tensor([[5, 17, 42, 99, 120, 7, 3]])).logits
-
-
 def test_killed_job_resumes_from_its_periodic_checkpoint(srv, client, base, dataset):
     total = 2 * ROWS
     # 1. Killed with SIGKILL mid-epoch, once a periodic checkpoint exists.
@@ -178,9 +168,9 @@ def test_killed_job_resumes_from_its_periodic_checkpoint(srv, client, base, data
     last = Path(status["checkpoints"][-1]["path"])
     assert last.name == "epoch_2"
     ref_last = Path(reference["checkpoints"][-1]["path"])
-    merged = _logits(last / "merged")
-    assert torch.allclose(_logits(base, last / "adapter"), merged, atol=1e-4, rtol=0)
-    assert torch.allclose(merged, _logits(ref_last / "merged"), atol=1e-4, rtol=0)
+    merged = logits(last / "merged")
+    assert torch.allclose(logits(base, last / "adapter"), merged, atol=1e-4, rtol=0)
+    assert torch.allclose(merged, logits(ref_last / "merged"), atol=1e-4, rtol=0)
     # Only the newest two step checkpoints are kept; epoch checkpoints all are.
     kept = _step_checkpoints(last.parent.parent)
     assert len(kept) == 2 and kept[-1] == total - EVERY  # step 48 is epoch 2's checkpoint

@@ -36,12 +36,13 @@ def _train(
     job_spec: str, model_uri: str, output_uri: str, train_path: str, val_path: str
 ) -> dict[str, Any]:
     spec = JobSpec.model_validate_json(job_spec)
+    has_val = Path(val_path).is_file() and Path(val_path).stat().st_size > 0
+    val = val_path if has_val else None
     with report_errors(output_uri, "train"), tempfile.TemporaryDirectory(prefix="model-") as tmp:
         if spec.train.nodes > 1 and parse(model_uri).scheme == "s3":
             # The nodes download the weights themselves; nothing to fetch here.
             from .trainjob import run_on_nodes
 
-            val = val_path if Path(val_path).is_file() and Path(val_path).stat().st_size else None
             return run_on_nodes(spec, model_uri, output_uri, train_path, val)
         model_dir = fetch_model(model_uri, Path(tmp))
         if model_dir != Path(model_uri):  # downloaded or mounted: learn its files now
@@ -57,8 +58,6 @@ def _train(
                 f"{spec.model.name} ties its output projection to the embeddings; "
                 "set apply_lora_to_output=false"
             )
-        has_val = Path(val_path).is_file() and Path(val_path).stat().st_size > 0
-        val = val_path if has_val else None
         if spec.train.nodes > 1:  # a TrainJob; the weights go to S3 for the nodes
             from .trainjob import run_on_nodes
 
