@@ -50,13 +50,20 @@ class Ranks:
         """Each value summed over the ranks (the values themselves with one rank)."""
         if self.world == 1:
             return list(values)
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
         dist.all_reduce(t)
         return t.tolist()
 
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+
+def _collective_device() -> torch.device:
+    """NCCL reduces only tensors on this rank's GPU; gloo CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def current() -> Ranks:

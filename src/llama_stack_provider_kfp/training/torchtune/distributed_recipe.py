@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torchtune import training
 
+from ..distributed import current
 from .recipe import ProviderRecipe, load_torchtune_recipe
 
 # Loaded from a file at run time: there is no static type to check against.
@@ -70,11 +71,10 @@ class ProviderLoRARecipeDistributed(ProviderRecipe, LoRAFinetuneRecipeDistribute
     def _counted(self, tokens: int, samples: int) -> None:
         # Every rank counts its share; the sums are what the job fed the model. Each rank
         # collates the same number of batches, so this collective lines up.
-        total = torch.tensor([tokens, samples], dtype=torch.int64)
-        dist.all_reduce(total)
+        all_tokens, all_samples = current().sum(tokens, samples)
         if self.writes:
-            self._metric_logger.add_input_tokens(int(total[0]))
-        self.samples_seen += int(total[1])
+            self._metric_logger.add_input_tokens(int(all_tokens))
+        self.samples_seen += int(all_samples)
 
     def _full_state(self) -> dict[str, torch.Tensor]:
         # Collective: every rank gathers its FSDP shards; rank 0 gets the full tensors, new
