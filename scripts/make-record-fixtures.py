@@ -1,0 +1,114 @@
+"""Write the job folders of the release checked out here as test fixtures.
+
+    python scripts/make-record-fixtures.py --out tests/fixtures/records/<release>
+
+Runs a real server on a tiny model and leaves one completed (with a validation split, so its
+checkpoints carry metrics), one failed (a bad row found by prepare-data) and one cancelled
+job. Their folders are copied without weights or the kfp.local pipeline root, so a later
+release's tests can check that it still lists them with their endings, checkpoints and metrics
+(tests/test_record_compat.py). Run it from a checkout of the release whose format changes,
+before changing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from harness.demo_data import DEMO_LORA, instruct_rows  # noqa: E402
+from harness.server import Server  # noqa: E402
+from llama_stack_provider_kfp.client import job_status, register_jsonl  # noqa: E402
+from llama_stack_provider_kfp.core.data_uri import write_jsonl  # noqa: E402
+
+WEIGHTS = {".safetensors", ".pt", ".bin", ".pth", ".model", ".tar", ".gz"}
+
+
+def _config(dataset_id: str, epochs: int, steps: int) -> dict:
+    return {
+        "n_epochs": epochs,
+        "max_steps_per_epoch": steps,
+        "gradient_accumulation_steps": 1,
+        "dtype": "fp32",
+        "data_config": {"dataset_id": dataset_id, "batch_size": 4, "shuffle": True,
+                        "data_format": "instruct"},  # fmt: skip
+        "optimizer_config": {"optimizer_type": "adamw", "lr": 2e-2, "weight_decay": 0.0,
+                             "num_warmup_steps": 2},  # fmt: skip
+    }
+
+
+def _wait(client, job_uuid: str, until: tuple[str, ...], timeout: float = 600) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = job_status(client, job_uuid)
+        if status["status"] in until:
+            return status
+        time.sleep(0.5)
+    raise SystemExit(f"job {job_uuid} did not reach {until}")
+
+
+def _copy(job_dir: Path, dest: Path) -> None:
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        drop = {n for n in names if Path(n).suffix in WEIGHTS or n == "kfp"}
+        return drop | {n for n in names if n.startswith(".") and n.endswith(".tmp")}
+
+    shutil.copytree(job_dir, dest, ignore=ignore)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="record-fixtures-"))
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make-tiny-model.py"), "--out",
+                    str(tmp / "tiny")], check=True, capture_output=True)  # fmt: skip
+    model = str(tmp / "tiny" / "hf")
+    (tmp / "server").mkdir()
+    server = Server(tmp / "server", env={"KFP_VALIDATION_FRACTION": "0.25"}).start()
+    try:
+        client = server.client()
+        good = write_jsonl(instruct_rows(16), tmp / "good.jsonl")
+        register_jsonl(client, "good", str(good))
+        # A bad row past the submit sample: only prepare-data finds it, and the job fails.
+        rows = instruct_rows(300) + [{"chat_completion_input": "not json", "expected_answer": 1}]
+        register_jsonl(client, "bad", str(write_jsonl(rows, tmp / "bad.jsonl")))
+        sft = client.alpha.post_training.supervised_fine_tune
+        common = {"algorithm_config": DEMO_LORA, "hyperparam_search_config": {},
+                  "logger_config": {}}  # fmt: skip
+        sft(job_uuid="completed-job", model=model, training_config=_config("good", 2, 2),
+            **common)  # fmt: skip
+        _wait(client, "completed-job", ("completed", "failed"))
+        sft(job_uuid="failed-job", model=model, training_config=_config("bad", 1, 2), **common)
+        _wait(client, "failed-job", ("completed", "failed"))
+        sft(job_uuid="cancelled-job", model=model, training_config=_config("good", 50, 1000),
+            **common)  # fmt: skip
+        _wait(client, "cancelled-job", ("in_progress",))
+        client.post("/v1alpha/post-training/jobs/cancelled-job/cancel", cast_to=object)
+        _wait(client, "cancelled-job", ("cancelled",))
+        expected = {}
+        for job in ("completed-job", "failed-job", "cancelled-job"):
+            status = job_status(client, job)
+            expected[job] = {
+                "status": status["status"],
+                "checkpoints": [c["identifier"] for c in status.get("checkpoints") or []],
+                "metrics": [c.get("training_metrics") for c in status.get("checkpoints") or []],
+                "error": (status["resources_allocated"].get("error") or {}).get("message"),
+            }
+            _copy(server.jobs_dir / job, args.out / job)
+        (args.out / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+        print(json.dumps(expected, indent=1))
+    finally:
+        server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
