@@ -38,10 +38,18 @@ def _config(dataset_id: str, epochs: int, steps: int) -> dict:
         "max_steps_per_epoch": steps,
         "gradient_accumulation_steps": 1,
         "dtype": "fp32",
-        "data_config": {"dataset_id": dataset_id, "batch_size": 4, "shuffle": True,
-                        "data_format": "instruct"},  # fmt: skip
-        "optimizer_config": {"optimizer_type": "adamw", "lr": 2e-2, "weight_decay": 0.0,
-                             "num_warmup_steps": 2},  # fmt: skip
+        "data_config": {
+            "dataset_id": dataset_id,
+            "batch_size": 4,
+            "shuffle": True,
+            "data_format": "instruct",
+        },
+        "optimizer_config": {
+            "optimizer_type": "adamw",
+            "lr": 2e-2,
+            "weight_decay": 0.0,
+            "num_warmup_steps": 2,
+        },
     }
 
 
@@ -78,7 +86,7 @@ def main() -> None:
         good = write_jsonl(instruct_rows(16), tmp / "good.jsonl")
         register_jsonl(client, "good", str(good))
         # A bad row past the submit sample: only prepare-data finds it, and the job fails.
-        rows = instruct_rows(300) + [{"chat_completion_input": "not json", "expected_answer": 1}]
+        rows = [*instruct_rows(300), {"chat_completion_input": "not json", "expected_answer": 1}]
         register_jsonl(client, "bad", str(write_jsonl(rows, tmp / "bad.jsonl")))
         sft = client.alpha.post_training.supervised_fine_tune
         common = {"algorithm_config": DEMO_LORA, "hyperparam_search_config": {},
