@@ -1,6 +1,6 @@
 """Write the job folders of the release checked out here as test fixtures.
 
-    python scripts/make-record-fixtures.py --out tests/fixtures/records/<release>
+    python scripts/make-record-fixtures.py --out tests/fixtures/records/<release> --prefix <release>
 
 Runs a real server on a tiny model and leaves one completed (with a validation split, so its
 checkpoints carry metrics), one failed (a bad row found by prepare-data) and one cancelled
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness.demo_data import DEMO_LORA, instruct_rows  # noqa: E402
 from harness.server import Server  # noqa: E402
-from llama_stack_provider_kfp.client import job_status, register_jsonl  # noqa: E402
+from llama_stack_provider_kfp.client import cancel_job, job_status, register_jsonl  # noqa: E402
 from llama_stack_provider_kfp.core.data_uri import write_jsonl  # noqa: E402
 
 WEIGHTS = {".safetensors", ".pt", ".bin", ".pth", ".model", ".tar", ".gz"}
@@ -74,6 +74,8 @@ def _copy(job_dir: Path, dest: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
+    # Job ids are global in a work dir: each release's fixtures get ids of their own.
+    ap.add_argument("--prefix", required=True)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="record-fixtures-"))
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make-tiny-model.py"), "--out",
@@ -91,18 +93,20 @@ def main() -> None:
         sft = client.alpha.post_training.supervised_fine_tune
         common = {"algorithm_config": DEMO_LORA, "hyperparam_search_config": {},
                   "logger_config": {}}  # fmt: skip
-        sft(job_uuid="completed-job", model=model, training_config=_config("good", 2, 2),
+        done, failed, cancelled = (f"{args.prefix}-{n}-job" for n in ("completed", "failed",
+                                                                       "cancelled"))  # fmt: skip
+        sft(job_uuid=done, model=model, training_config=_config("good", 2, 2),
             **common)  # fmt: skip
-        _wait(client, "completed-job", ("completed", "failed"))
-        sft(job_uuid="failed-job", model=model, training_config=_config("bad", 1, 2), **common)
-        _wait(client, "failed-job", ("completed", "failed"))
-        sft(job_uuid="cancelled-job", model=model, training_config=_config("good", 50, 1000),
+        _wait(client, done, ("completed", "failed"))
+        sft(job_uuid=failed, model=model, training_config=_config("bad", 1, 2), **common)
+        _wait(client, failed, ("completed", "failed"))
+        sft(job_uuid=cancelled, model=model, training_config=_config("good", 50, 1000),
             **common)  # fmt: skip
-        _wait(client, "cancelled-job", ("in_progress",))
-        client.post("/v1alpha/post-training/jobs/cancelled-job/cancel", cast_to=object)
-        _wait(client, "cancelled-job", ("cancelled",))
+        _wait(client, cancelled, ("in_progress",))
+        cancel_job(client, cancelled)
+        _wait(client, cancelled, ("cancelled",))
         expected = {}
-        for job in ("completed-job", "failed-job", "cancelled-job"):
+        for job in (done, failed, cancelled):
             status = job_status(client, job)
             expected[job] = {
                 "status": status["status"],

@@ -41,3 +41,72 @@ def test_unsafe_ids(bad):
 def test_json_dump_is_plain(tmp_path):
     write_json(tmp_path / "y.json", {"a": [1, 2]})
     assert json.loads((tmp_path / "y.json").read_text()) == {"a": [1, 2]}
+
+
+def _saved(tmp_path, job: str = "job-1"):
+    from fake_backend import record
+
+    store = JobStore(tmp_path)
+    store.reserve(job)
+    store.save(record(job, 0))
+    return store, store.job_dir(job) / "job.json"
+
+
+def test_unreadable_record_is_an_entry_with_its_reason(tmp_path):
+    from llama_stack_provider_kfp.jobs.store import UnreadableRecord
+
+    store, path = _saved(tmp_path)
+    data = read_json(path)
+    del data["spec"]["model"]["path"]  # a field this release cannot do without
+    write_json(path, data)
+    found = store.entry("job-1")
+    assert isinstance(found, UnreadableRecord)
+    assert found.reason.startswith("record unreadable: spec.model.path")
+    assert store.load("job-1") is None
+    assert store.list_ids() == ["job-1"]
+    assert store.entry("nope") is None
+
+
+def test_record_from_a_newer_release_is_read_and_saved_without_losing_fields(tmp_path):
+    store, path = _saved(tmp_path)
+    data = read_json(path)
+    data["format_version"] = 99
+    data["owner"] = {"principal": "alice"}
+    data["spec"]["train"]["max_grad_norm"] = 0.5
+    write_json(path, data)
+    record = store.load("job-1")
+    assert record is not None
+    assert sorted(record.ignored_fields) == ["owner", "spec.train.max_grad_norm"]
+    store.save(record.model_copy(update={"lost": {"message": "x"}}))
+    again = read_json(path)
+    assert again["owner"] == {"principal": "alice"}
+    assert again["spec"]["train"]["max_grad_norm"] == 0.5
+    assert again["lost"] == {"message": "x"} and again["format_version"] == 99
+
+
+def test_record_of_the_release_before_versions_is_migrated(tmp_path):
+    from llama_stack_provider_kfp.jobs.record import RECORD_FORMAT
+
+    store, path = _saved(tmp_path)
+    data = read_json(path)
+    del data["format_version"]
+    write_json(path, data)
+    record = store.load("job-1")
+    assert record is not None and record.ignored_fields == []
+    assert record.format_version == RECORD_FORMAT
+
+
+def test_abandoned_reservations_are_removed_live_ones_kept(tmp_path):
+    store = JobStore(tmp_path)
+    old = store.reserve("died-half-way")
+    (old / "reserved.json").write_text('{"host": "elsewhere", "pid": 1, "create_time": 0}')
+    os.utime(old, (0, 0))
+    mine = store.reserve("in-flight")  # this process reserved it: alive
+    os.utime(mine, (0, 0))
+    young = store.reserve("young")
+    (young / "reserved.json").unlink()
+    _, _ = _saved(tmp_path, "done")
+    os.utime(store.job_dir("done"), (0, 0))
+    assert store.remove_abandoned() == ["died-half-way"]
+    assert sorted(p.name for p in store.root.iterdir()) == ["done", "in-flight", "young"]
+    store.reserve("died-half-way")  # its id is free again

@@ -186,3 +186,22 @@ def test_a_hanging_backend_call_holds_up_no_other_job(tmp_path):
     assert backend.killed == ["b"]  # once: the round skips a job cancelled meanwhile
     sched.tick()
     assert backend.started == ["stuck", "b", "queued"]  # the freed slot is taken, once
+
+
+def test_a_queued_job_from_a_newer_release_is_not_started(tmp_path):
+    from llama_stack_provider_kfp.core.files import read_json, write_json
+
+    backend = FakeBackend()
+    store = JobStore(tmp_path)
+    store.reserve("newer")
+    store.save(record("newer", 0))
+    path = store.job_dir("newer") / "job.json"
+    data = read_json(path)
+    data["spec"]["algorithm"] = "osft"  # a setting this release would silently drop
+    write_json(path, data)
+    sched = JobScheduler(store, backend, 1, start_thread=False)
+    assert backend.started == []
+    lost = store.load("newer").lost
+    assert "newer release" in lost["message"] and "spec.algorithm" in lost["message"]
+    assert read_json(path)["spec"]["algorithm"] == "osft"  # kept for the release that knows it
+    assert sched.active() == set()

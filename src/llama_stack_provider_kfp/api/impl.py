@@ -8,6 +8,7 @@ jobs was decided once, at construction; nothing here depends on it.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 from llama_stack.providers.inline.post_training.torchtune.post_training import (
     TorchtunePostTrainingImpl,
@@ -36,7 +37,7 @@ from ..core.tracking import check_reachable, parse_logger_config
 from ..jobs.backend import JobInputs
 from ..jobs.record import JobRecord, check_job_id, now
 from ..jobs.scheduler import JobScheduler
-from ..jobs.store import JobStore
+from ..jobs.store import JobStore, UnreadableRecord
 from . import requests, responses
 from .datasets import dataset_source
 from .errors import as_http_errors
@@ -175,43 +176,62 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
 
     # ---- tracking -----------------------------------------------------------------------
 
-    def _record(self, job_uuid: str) -> JobRecord:
+    def _entry(self, job_uuid: str) -> JobRecord | UnreadableRecord:
         check_job_id(job_uuid)
-        record = self.store.load(job_uuid)
-        if record is None:
+        found = self.store.entry(job_uuid)
+        if found is None:
             raise JobNotFound(job_uuid)
-        return record
+        return found
+
+    def _record(self, job_uuid: str, doing: str) -> JobRecord:
+        found = self._entry(job_uuid)
+        if isinstance(found, UnreadableRecord):
+            raise InvalidRequest(f"job {job_uuid!r} cannot be {doing}: its {found.reason}")
+        return found
 
     @as_http_errors
     async def get_training_jobs(self) -> ListPostTrainingJobsResponse:
-        records = [r for r in map(self.store.load, self.store.list_ids()) if r is not None]
-        records.sort(key=lambda r: r.scheduled_at)
+        found = [e for e in map(self.store.entry, self.store.list_ids()) if e is not None]
+        found.sort(key=_submitted_at)
         return ListPostTrainingJobsResponse(
-            data=[PostTrainingJob(job_uuid=r.job_uuid) for r in records]
+            data=[PostTrainingJob(job_uuid=e.job_uuid) for e in found]
         )
 
     @as_http_errors
     async def get_training_job_status(
         self, request: GetTrainingJobStatusRequest
     ) -> PostTrainingJobStatusResponse:
-        record = self._record(request.job_uuid)
-        return await asyncio.to_thread(self._status, record)  # may call the cluster and S3
+        found = self._entry(request.job_uuid)
+        return await asyncio.to_thread(self._status, found)  # may call the cluster and S3
 
-    def _status(self, record: JobRecord) -> PostTrainingJobStatusResponse:
-        seen = self.backend.observe(record)
-        return responses.status(
-            record, seen, self.backend.outputs(record), self.store.job_dir(record.job_uuid)
-        )
+    def _status(self, found: JobRecord | UnreadableRecord) -> PostTrainingJobStatusResponse:
+        job_dir = self.store.job_dir(found.job_uuid)
+        if isinstance(found, UnreadableRecord):
+            return responses.unreadable(found, job_dir)
+        seen = self.backend.observe(found)
+        return responses.status(found, seen, self.backend.outputs(found), job_dir)
 
     @as_http_errors
     async def cancel_training_job(self, request: CancelTrainingJobRequest) -> None:
-        record = self._record(request.job_uuid)
+        record = self._record(request.job_uuid, "cancelled")
         await asyncio.to_thread(self.scheduler.cancel, record.job_uuid)
 
     @as_http_errors
     async def get_training_job_artifacts(
         self, request: GetTrainingJobArtifactsRequest
     ) -> PostTrainingJobArtifactsResponse:
-        record = self._record(request.job_uuid)
-        found = await asyncio.to_thread(responses.checkpoints, record, self.backend.outputs(record))
-        return PostTrainingJobArtifactsResponse(job_uuid=record.job_uuid, checkpoints=found)
+        found = self._entry(request.job_uuid)
+        if isinstance(found, UnreadableRecord):
+            outputs = responses.outputs_beside(self.store.job_dir(found.job_uuid))
+            checkpoints = await asyncio.to_thread(
+                responses.checkpoints, found.job_uuid, outputs
+            ) if outputs else []  # fmt: skip
+        else:
+            checkpoints = await asyncio.to_thread(
+                responses.checkpoints, found.job_uuid, self.backend.outputs(found)
+            )
+        return PostTrainingJobArtifactsResponse(job_uuid=found.job_uuid, checkpoints=checkpoints)
+
+
+def _submitted_at(found: JobRecord | UnreadableRecord) -> datetime:
+    return found.written_at if isinstance(found, UnreadableRecord) else found.scheduled_at

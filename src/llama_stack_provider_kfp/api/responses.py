@@ -11,9 +11,11 @@ from llama_stack_api import (
     PostTrainingMetric,
 )
 
+from ..core.locations import parse
 from ..core.outputs import CheckpointInfo, JobOutputs, StatusResources, StepError
 from ..jobs.backend import Observed
 from ..jobs.record import JobRecord, Status
+from ..jobs.store import OUTPUT_DIR, WORKER_LOG, UnreadableRecord
 
 STATUS: dict[Status, JobStatus] = {
     "scheduled": JobStatus.scheduled,
@@ -46,8 +48,30 @@ def checkpoint(job_uuid: str, info: CheckpointInfo) -> Checkpoint:
     )
 
 
-def checkpoints(record: JobRecord, outputs: JobOutputs) -> list[Checkpoint]:
-    return [checkpoint(record.job_uuid, c) for c in outputs.checkpoints()]
+def checkpoints(job_uuid: str, outputs: JobOutputs) -> list[Checkpoint]:
+    return [checkpoint(job_uuid, c) for c in outputs.checkpoints()]
+
+
+def outputs_beside(job_dir: Path) -> JobOutputs | None:
+    """The outputs in a job's own folder (a local job), when its record cannot say where."""
+    out = job_dir / OUTPUT_DIR
+    return JobOutputs(parse(str(out)), log_file=job_dir / WORKER_LOG) if out.is_dir() else None
+
+
+def unreadable(found: UnreadableRecord, job_dir: Path) -> PostTrainingJobStatusResponse:
+    """A job whose record this release cannot read: failed, with the reason; whatever its own
+    folder holds (checkpoints, log) is still shown."""
+    outputs = outputs_beside(job_dir)
+    resources = StatusResources(job_dir=str(job_dir), error=StepError(message=found.reason))
+    if outputs is not None:
+        resources.log_tail = outputs.log_tail() or None
+    return PostTrainingJobStatusResponse(
+        job_uuid=found.job_uuid,
+        status=JobStatus.failed,
+        scheduled_at=found.written_at,
+        resources_allocated=resources.model_dump(mode="json", exclude_none=True),
+        checkpoints=checkpoints(found.job_uuid, outputs) if outputs else [],
+    )
 
 
 def status(
@@ -78,5 +102,5 @@ def status(
             for k, v in resources.model_dump(mode="json", exclude={"error": {"traceback"}}).items()
             if v is not None
         },
-        checkpoints=checkpoints(record, outputs),
+        checkpoints=checkpoints(record.job_uuid, outputs),
     )

@@ -44,6 +44,9 @@ MERGED = "merged"
 ADAPTER = "adapter"
 PARTIAL_SUFFIX = ".partial"
 MAX_LOSS_HISTORY = 500
+# The format of the JSON files above (progress, result, error, metrics). Files without a
+# `format_version` are version 1, with the same fields; readers accept unknown fields.
+OUTPUT_FORMAT = 2
 LOGS = "logs"
 STEPS = ("prepare-data", "train")  # in the order they run
 LOG_TAIL_LINES = 50  # lines of the job's log in every status (resources_allocated.log_tail)
@@ -142,8 +145,12 @@ class JobOutputs:
 
     def read(self, name: str) -> Any | None:
         if self.location.is_local:
-            return files.read_json(self.location.path / name)
-        return storage.read_json(self.location.join(name), self._s3)
+            data = files.read_json(self.location.path / name)
+        else:
+            data = storage.read_json(self.location.join(name), self._s3)
+        if isinstance(data, dict):
+            data.pop("format_version", None)  # every version so far has the same fields
+        return data
 
     def progress(self) -> dict[str, Any] | None:
         return self.read(PROGRESS)
@@ -224,9 +231,14 @@ class JobOutputs:
         return max(resumable, key=lambda c: c.global_step or 0, default=None)
 
 
+def versioned(data: dict[str, Any]) -> dict[str, Any]:
+    """An output file's content with the format version it is written in."""
+    return {"format_version": OUTPUT_FORMAT, **data}
+
+
 def write_error(location: Location, error: StepError, s3: Any = None) -> None:
     """What a failing step leaves for the server (the traceback goes in as an extra)."""
-    data = error.model_dump(mode="json")
+    data = versioned(error.model_dump(mode="json"))
     if location.is_local:
         files.write_json(location.path / ERROR, data)
     else:

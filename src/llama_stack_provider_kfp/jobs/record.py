@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from ..core.errors import InvalidRequest
 from ..core.spec import JobSpec
@@ -21,16 +21,39 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+# The format of job.json and state.json that this release writes (core.versioned). 1: the
+# releases before versions were written; 2: the same fields, versioned and read tolerantly.
+RECORD_FORMAT = 2
+WORKER_STATE_FORMAT = 2
+
+
+class _Stored(BaseModel):
+    # Unknown fields are found (and dropped, with their paths) by core.versioned, not here.
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = 1
+    # Fields a newer release wrote that this one dropped on reading: such a record is shown,
+    # never started, and saved with those fields kept (JobStore.save).
+    _ignored: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def ignored_fields(self) -> list[str]:
+        return self._ignored
+
+
 class RunnerHandle(BaseModel):
     """How a backend finds a started job again. local: the worker's pid and start time
     (guards against a recycled pid); kfp: the run id."""
+
+    model_config = ConfigDict(extra="forbid")
 
     pid: int | None = None
     create_time: float | None = None
     run_id: str | None = None
 
 
-class JobRecord(BaseModel):
+class JobRecord(_Stored):
+    format_version: int = RECORD_FORMAT
     job_uuid: str
     spec: JobSpec
     scheduled_at: datetime
@@ -42,7 +65,8 @@ class JobRecord(BaseModel):
     lost_at: datetime | None = None
 
 
-class WorkerState(BaseModel):
+class WorkerState(_Stored):
+    format_version: int = WORKER_STATE_FORMAT
     status: Status
     started_at: datetime | None = None
     completed_at: datetime | None = None

@@ -25,7 +25,7 @@ import threading
 from ..core.errors import InvalidRequest
 from .backend import Backend, Observed
 from .record import TERMINAL, JobRecord, now
-from .store import JobStore
+from .store import JobStore, UnreadableRecord
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,11 @@ class JobScheduler:
     def reconcile(self) -> None:
         """Re-attach to every unfinished job recorded on disk."""
         with self._round:
+            self.store.remove_abandoned()
             for job_uuid in self.store.list_ids():
-                if self.store.load(job_uuid) is None:
-                    log.warning("job %s: record unreadable, skipped", job_uuid)
+                found = self.store.entry(job_uuid)
+                if isinstance(found, UnreadableRecord):
+                    log.warning("job %s: %s; listed as failed", job_uuid, found.reason)
                     continue
                 with self._lock:
                     self._active.add(job_uuid)
@@ -196,6 +198,13 @@ class JobScheduler:
             record = self.store.load(job_uuid)  # fresh: a cancel may have come in since
             if record is None or record.cancelled_at is not None or self.backend.handle(record):
                 return False
+            if record.ignored_fields:
+                # Started without what it asked for, it would train something else.
+                record.lost, record.lost_at = {"message": _newer_release(record)}, now()
+                self.store.save(record)
+                self._discard(job_uuid)
+                log.warning("job %s: not started: %s", job_uuid, record.lost["message"])
+                return False
             try:
                 record.runner = self.backend.start(record)
             except Exception as e:
@@ -224,3 +233,11 @@ class JobScheduler:
             except Exception as e:
                 log.warning("job %s: clean-up after the end failed: %s", record.job_uuid, e)
         self.backend.forget(record)
+
+
+def _newer_release(record: JobRecord) -> str:
+    return (
+        f"not started: a newer release wrote this job (record format {record.format_version}) "
+        f"with settings this release does not know ({', '.join(record.ignored_fields)}); "
+        "run it with that release, or submit it again"
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.files import write_json
-from ..core.outputs import CHECKPOINTS, METRICS, PARTIAL_SUFFIX, epoch_dir
+from ..core.outputs import CHECKPOINTS, METRICS, PARTIAL_SUFFIX, epoch_dir, versioned
 from .io import Output
 
 
@@ -26,7 +26,7 @@ def checkpoint_writer(output_dir: Path, rel: str, metrics: dict[str, Any]) -> It
     tmp.mkdir(parents=True)
     yield tmp
     created = datetime.now(UTC).isoformat()
-    write_json(tmp / METRICS, {"created_at": created, **metrics})
+    write_json(tmp / METRICS, versioned({"created_at": created, **metrics}))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.files import write_json
-from ..core.outputs import MAX_LOSS_HISTORY, PROGRESS
+from ..core.outputs import MAX_LOSS_HISTORY, PROGRESS, versioned
 from .tracking import Tracker
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ class ProgressLogger:
         )
         write_json(
             self.path,
-            {"progress": progress, "loss_history": self.history, **self.facts},
+            versioned({"progress": progress, "loss_history": self.history, **self.facts}),
             durable=False,
         )
         self.on_write()

@@ -9,7 +9,7 @@ from typing import Any
 from ..core.files import write_json
 from ..core.locations import parse
 from ..core.model_source import inspect_model_dir
-from ..core.outputs import PROGRESS, RESULT
+from ..core.outputs import PROGRESS, RESULT, versioned
 from ..core.spec import JobSpec
 from .engine import get_engine
 from .io import Output, fetch_model, report_errors
@@ -85,7 +85,7 @@ def train(
         result = get_engine(spec.engine.name).train(spec, model_dir, output, train_path, val_path)
         tracker.finish(result, ok=True)
     if main:
-        write_json(output.local / RESULT, result)
+        write_json(output.local / RESULT, versioned(result))
         output.push(PROGRESS)
         output.push(RESULT)
     return result

@@ -267,4 +267,5 @@ def run_on_nodes(
     result = storage.read_json(parse(output_uri).join(RESULT))
     if not isinstance(result, dict):
         raise RuntimeError(f"TrainJob {name} completed, but rank 0 left no {RESULT}")
+    result.pop("format_version", None)  # written again, versioned, by the step
     return result

@@ -112,8 +112,11 @@ class LocalBackend:
                 del self._children[job_uuid]
 
     def outputs(self, record: JobRecord) -> JobOutputs:
-        log_file = self.store.job_dir(record.job_uuid) / WORKER_LOG  # every step's output
-        return JobOutputs(parse(record.spec.output_uri), log_file=log_file)
+        job_dir = self.store.job_dir(record.job_uuid)
+        where = parse(record.spec.output_uri)
+        if where.is_local and not where.path.exists() and (job_dir / OUTPUT_DIR).is_dir():
+            where = parse(str(job_dir / OUTPUT_DIR))  # the work dir was moved since
+        return JobOutputs(where, log_file=job_dir / WORKER_LOG)  # the log: every step's output
 
     def handle(self, record: JobRecord) -> RunnerHandle | None:
         if record.runner is not None:
@@ -155,7 +158,7 @@ class LocalBackend:
             grace_seconds = max(grace_seconds, self.stop_grace_seconds)
         else:
             with contextlib.suppress(OSError):
-                write_cancel(parse(record.spec.output_uri))
+                write_cancel(self.outputs(record).location)
         handle = self.handle(record)
         with self._children_lock:
             child = self._children.get(record.job_uuid)

@@ -17,15 +17,18 @@ from typing import Any
 
 import psutil
 
-from ...core.files import read_json, tail
+from ...core.files import tail
 from ...core.locations import parse
 from ...core.outputs import JobOutputs
-from ...jobs.record import JobRecord, RunnerHandle, WorkerState, now
-from ...jobs.store import JOB_FILE, WORKER_LOG, write_worker_state
+from ...jobs.record import RunnerHandle, WorkerState, now
+from ...jobs.store import JOB_FILE, WORKER_LOG, JobStore, write_worker_state
 
 
 def run(job_dir: Path) -> int:
-    record = JobRecord.model_validate(read_json(job_dir / JOB_FILE))
+    record = JobStore(job_dir.parent.parent).load(job_dir.name)
+    if record is None:
+        print(f"{job_dir / JOB_FILE}: missing or unreadable", file=sys.stderr)
+        return 1
     spec = record.spec
     started = now()
     me = RunnerHandle(pid=os.getpid(), create_time=psutil.Process().create_time())
