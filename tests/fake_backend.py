@@ -100,6 +100,8 @@ class FakeBackend:
         if gate is not None and threading.current_thread().name == "round":
             self.hanging.set()
             gate.wait(10)
+        if self.state.get(record.job_uuid) == "completed":  # a cancel that came too late
+            return Observed("completed")
         if record.cancelled_at is not None:
             return Observed("cancelled")
         if record.lost is not None:

@@ -229,6 +229,13 @@ class KFPPostTrainingConfig(BaseModel):
         description="Fraction of the training rows held out for validation when a request "
         "names no validation_dataset_id.",
     )
+    observation_max_age_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="A status call answers from the scheduler's last observation of the job "
+        "while it is younger than this (remotely: no call to the cluster per status call). "
+        "None: the backend's poll interval (local 0.5 s, remote `remote.poll_seconds`).",
+    )
     max_concurrent_jobs: int = Field(
         default=1,
         ge=1,

@@ -34,7 +34,7 @@ from ..core.errors import InvalidRequest, JobNotFound, Unsupported
 from ..core.resume import check_resume, check_rows
 from ..core.spec import algorithm
 from ..core.tracking import check_reachable, parse_logger_config
-from ..jobs.backend import JobInputs
+from ..jobs.backend import JobInputs, JobPreparer
 from ..jobs.record import JobRecord, check_job_id, now
 from ..jobs.scheduler import JobScheduler
 from ..jobs.store import JobStore, UnreadableRecord
@@ -57,8 +57,14 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         self.datasetio_api = datasetio_api
         self.datasets_api = datasets
         self.store = JobStore(config.work_dir)
-        self.backend = select_backend(config, self.store)
-        self.scheduler = JobScheduler(self.store, self.backend, config.max_concurrent_jobs)
+        backend = select_backend(config, self.store)
+        self.backend: JobPreparer = backend  # the scheduler runs the jobs with the same one
+        self.scheduler = JobScheduler(
+            self.store,
+            backend,
+            config.max_concurrent_jobs,
+            observation_max_age=config.observation_max_age_seconds,
+        )
 
     async def initialize(self) -> None:
         pass
@@ -208,7 +214,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         job_dir = self.store.job_dir(found.job_uuid)
         if isinstance(found, UnreadableRecord):
             return responses.unreadable(found, job_dir)
-        seen = self.backend.observe(found)
+        seen = self.scheduler.observe(found)
         return responses.status(found, seen, self.backend.outputs(found), job_dir)
 
     @as_http_errors

@@ -1,8 +1,11 @@
-"""The seam between the job scheduler and where jobs run.
+"""The seam between the provider and where jobs run, split by caller.
 
 A Backend runs the one pipeline definition somewhere: `backends.local` (a worker process
 running kfp.local on this machine) or `backends.kfp` (a KFP v2 cluster). The provider picks
-one from its config, once; everything above this interface is the same for both.
+one from its config, once; everything above this interface is the same for both. Its two
+callers need disjoint parts of it: the scheduler runs jobs (`JobRunner`: start, observe, kill,
+forget), the front end prepares them and reads their results (`JobPreparer`: check, resolve
+the model, read a training state, stage inputs, read outputs).
 """
 
 from __future__ import annotations
@@ -50,10 +53,36 @@ class StagedInputs:
     output_uri: str
 
 
-class Backend(Protocol):
+class JobRunner(Protocol):
+    """What the scheduler needs to run jobs."""
+
     name: str
     # How often the scheduler re-checks running and queued jobs.
     poll_seconds: float
+
+    def start(self, record: JobRecord) -> RunnerHandle: ...
+
+    def handle(self, record: JobRecord) -> RunnerHandle | None:
+        """The handle of a started job (None while it is queued)."""
+        ...
+
+    def observe(self, record: JobRecord) -> Observed:
+        """Where the job stands. A job that completed stays `completed` even when a cancel
+        was recorded after it ended (the cancel came too late to change anything); a cancel
+        recorded before any other outcome makes it `cancelled`."""
+        ...
+
+    def kill(self, record: JobRecord, grace_seconds: float = 5.0) -> None:
+        """Stop the job; return when nothing of it runs any more."""
+        ...
+
+    def forget(self, record: JobRecord) -> None:
+        """Drop what the backend keeps in memory about a finished job."""
+        ...
+
+
+class JobPreparer(Protocol):
+    """What the front end needs to prepare a job and read its results."""
 
     def check(self) -> None:
         """Raise core.errors.Unavailable/Refused when no job could be started now."""
@@ -74,20 +103,10 @@ class Backend(Protocol):
         """Put a job's inputs where its steps can read them; choose its output location."""
         ...
 
-    def start(self, record: JobRecord) -> RunnerHandle: ...
-
-    def handle(self, record: JobRecord) -> RunnerHandle | None:
-        """The handle of a started job (None while it is queued)."""
+    def outputs(self, record: JobRecord) -> JobOutputs:
+        """Where the job's progress, result, error and checkpoints are read."""
         ...
 
-    def observe(self, record: JobRecord) -> Observed: ...
 
-    def outputs(self, record: JobRecord) -> JobOutputs: ...
-
-    def kill(self, record: JobRecord, grace_seconds: float = 5.0) -> None:
-        """Stop the job; return when nothing of it runs any more."""
-        ...
-
-    def forget(self, record: JobRecord) -> None:
-        """Drop what the backend keeps in memory about a finished job."""
-        ...
+class Backend(JobRunner, JobPreparer, Protocol):
+    """Both parts: what `backends.select_backend` returns."""

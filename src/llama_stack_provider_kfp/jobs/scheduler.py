@@ -23,7 +23,8 @@ import logging
 import threading
 
 from ..core.errors import InvalidRequest
-from .backend import Backend, Observed
+from .backend import JobRunner, Observed
+from .observations import Observations
 from .record import TERMINAL, JobRecord, now
 from .store import JobStore, UnreadableRecord
 
@@ -34,15 +35,22 @@ class JobScheduler:
     def __init__(
         self,
         store: JobStore,
-        backend: Backend,
+        backend: JobRunner,
         max_concurrent: int,
         poll_seconds: float | None = None,
         start_thread: bool = True,
+        observation_max_age: float | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
         self.max_concurrent = max_concurrent
         self.poll_seconds = backend.poll_seconds if poll_seconds is None else poll_seconds
+        # A round refreshes every unfinished job each poll: status calls between rounds
+        # are answered from that observation.
+        self.observations = Observations(
+            backend.observe,
+            self.poll_seconds if observation_max_age is None else observation_max_age,
+        )
         self._lock = threading.Lock()  # _active and _job_locks; never held over a backend call
         self._round = threading.Lock()  # one dispatch round at a time
         self._job_locks: dict[str, threading.Lock] = {}
@@ -81,10 +89,15 @@ class JobScheduler:
 
     # ---- API ----------------------------------------------------------------------------
 
+    def observe(self, record: JobRecord) -> Observed:
+        """What the job's backend reports, shared with the dispatch rounds (bounded age)."""
+        return self.observations.get(record)
+
     def submit(self, record: JobRecord) -> None:
         """Queue a new job and start it if a slot is free. A failure to start *this* job is
         raised (the caller answers the request with it); other jobs' failures are recorded."""
         self.store.save(record)
+        self.observations.invalidate(record.job_uuid)
         with self._lock:
             self._active.add(record.job_uuid)
         with self._round:
@@ -97,11 +110,12 @@ class JobScheduler:
             record = self.store.load(job_uuid)  # the current record: it may have just started
             if record is None:
                 return
-            seen = self.backend.observe(record)
+            seen = self.observations.fresh(record)
             if seen.status in TERMINAL:
                 raise InvalidRequest(f"job {job_uuid!r} has already ended ({seen.status})")
             record.cancelled_at = now()
             self.store.save(record)
+            self.observations.invalidate(job_uuid)
             with self._lock:
                 self._active.discard(job_uuid)  # rounds skip it from now on
         try:
@@ -169,7 +183,7 @@ class JobScheduler:
                     if record is None:
                         self._discard(job_uuid)
                         continue
-                    seen = self.backend.observe(record)
+                    seen = self.observations.fresh(record)
                     if seen.status in TERMINAL:
                         self._settle(record, seen)
                         self._discard(job_uuid)
@@ -202,6 +216,7 @@ class JobScheduler:
                 # Started without what it asked for, it would train something else.
                 record.lost, record.lost_at = {"message": _newer_release(record)}, now()
                 self.store.save(record)
+                self.observations.invalidate(job_uuid)
                 self._discard(job_uuid)
                 log.warning("job %s: not started: %s", job_uuid, record.lost["message"])
                 return False
@@ -213,10 +228,12 @@ class JobScheduler:
                 # Recorded, not retried forever: the job fails with the reason.
                 record.lost, record.lost_at = {"message": f"could not start: {e}"}, now()
                 self.store.save(record)
+                self.observations.invalidate(job_uuid)
                 self._discard(job_uuid)
                 log.warning("job %s: could not start: %s", job_uuid, e)
                 return False
             self.store.save(record)
+            self.observations.invalidate(job_uuid)
         log.info("job %s: started (%s)", job_uuid, record.runner)
         return True
 
@@ -225,6 +242,7 @@ class JobScheduler:
         if seen.lost and record.lost is None:
             record.lost, record.lost_at = seen.error, now()
             self.store.save(record)
+            self.observations.invalidate(record.job_uuid)
             log.warning("job %s: worker vanished; marked failed", record.job_uuid)
         if record.cancelled_at is not None or seen.lost:
             # A cancel interrupted by a server crash, or a killed worker's orphaned tasks.

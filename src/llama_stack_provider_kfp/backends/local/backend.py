@@ -127,6 +127,8 @@ class LocalBackend:
     def observe(self, record: JobRecord) -> Observed:
         state = self.store.worker_state(record.job_uuid)
         started = state.started_at if state else None
+        if state is not None and state.status == "completed":  # a cancel that came too late
+            return Observed("completed", started, state.completed_at)
         if record.cancelled_at is not None:
             return Observed("cancelled", started, record.cancelled_at)
         if state is not None and state.status in TERMINAL:
