@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fake_backend import spec as any_spec
 from google.protobuf import json_format
 from hf_cache import make_hf_cache
 from kfp import compiler
@@ -74,7 +75,8 @@ def _config(endpoint: str = "http://minio.example:9000", ca: str | None = "minio
 
 def _compile(cfg: RemoteConfig, path: Path, spec: JobSpec | None = None) -> tuple[dict, dict]:
     build = ComponentBuild(base_image=cfg.image, install_kfp_package=False)
-    compiler.Compiler().compile(build_pipeline(build, remote_placement(cfg)(spec)), str(path))
+    job = spec or any_spec("compiled")  # the DAG is the same for every job
+    compiler.Compiler().compile(build_pipeline(build, job, remote_placement(cfg)(spec)), str(path))
     pipeline, platform = yaml.safe_load_all(path.read_text())
     return pipeline, platform
 
@@ -314,8 +316,7 @@ def test_steps_run_as_in_a_pod_against_s3(s3, tiny_models, tmp_path):
     _run_as_launcher(
         executors["exec-prepare-data"]["container"],
         {
-            "inputs": {"parameterValues": {k: params[k] for k in
-                                           ("job_spec", "dataset_uri", "validation_uri")}},
+            "inputs": {"parameterValues": params},
             "outputs": {
                 "artifacts": {
                     "train_data": _artifact("train_data", "system.Dataset", art / "train"),
@@ -331,7 +332,7 @@ def test_steps_run_as_in_a_pod_against_s3(s3, tiny_models, tmp_path):
         executors["exec-train"]["container"],
         {
             "inputs": {
-                "parameterValues": {k: params[k] for k in ("job_spec", "model_uri", "output_uri")},
+                "parameterValues": params,
                 "artifacts": {
                     "train_data": _artifact("train_data", "system.Dataset", art / "train"),
                     "validation_data": _artifact("validation_data", "system.Dataset", art / "val"),

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_backend import spec as any_spec
 from s3_server import s3_server
 
 from harness.demo_data import instruct_rows
@@ -127,7 +128,8 @@ def test_train_retries_compile_into_the_train_task(tmp_path):
     cfg = RemoteConfig(url="https://kfp.example", s3_bucket="kfp", train_retries=3)
     path = tmp_path / "p.yaml"
     build = ComponentBuild(base_image=cfg.image, install_kfp_package=False)
-    compiler.Compiler().compile(build_pipeline(build, remote_placement(cfg)(None)), str(path))
+    job = any_spec("retried")
+    compiler.Compiler().compile(build_pipeline(build, job, remote_placement(cfg)(None)), str(path))
     import yaml
 
     pipeline, _ = yaml.safe_load_all(path.read_text())

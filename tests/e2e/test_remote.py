@@ -119,11 +119,13 @@ def test_submit_poll_restart_complete(remote, stub, s3, tmp_path):
     submit(client, job, "tiny", ds, checkpoint_dir=MODEL)
 
     run = stub.run_for(job)
-    params = run["runtime_config"]["parameters"]
-    assert params["model_uri"] == MODEL
+    # The JobSpec is the run's only parameter: every location is in it.
+    assert set(run["runtime_config"]["parameters"]) == {"job_spec"}
+    params = json.loads(run["runtime_config"]["parameters"]["job_spec"])
+    assert params["model"]["path"] == MODEL
     assert params["output_uri"] == f"s3://kfp/llama-stack-post-training/jobs/{job}/output"
     # The dataset was staged to the job's prefix.
-    staged = params["dataset_uri"]
+    staged = params["data"]["uri"]
     assert staged == f"s3://kfp/llama-stack-post-training/jobs/{job}/input/train.jsonl"
     assert len(storage.read_json(parse(staged.replace("train.jsonl", "x"))) or []) == 0
     body = storage.client().get_object(Bucket="kfp", Key=staged[len("s3://kfp/") :])["Body"]
@@ -299,19 +301,23 @@ def test_auth_problems_are_clear_502s(remote, stub, tmp_path, mode, words):
     assert remote.alive()
 
 
+def _model_path(run: dict) -> str:
+    return json.loads(run["runtime_config"]["parameters"]["job_spec"])["model"]["path"]
+
+
 def test_hub_and_pvc_models(remote, stub, tmp_path):
     client = remote.client()
     ds = register_rows(client, tmp_path, instruct_rows(12))
     hub, pvc = new_id("hub"), new_id("pvc")
     submit(client, hub, "acme/tiny-llama", ds)  # config.json read at submit, weights in the pod
-    assert stub.run_for(hub)["runtime_config"]["parameters"]["model_uri"] == "hf://acme/tiny-llama"
+    assert _model_path(stub.run_for(hub)) == "hf://acme/tiny-llama"
     with pytest.raises(APIStatusError) as err:
         submit(client, new_id("nohub"), "acme/not-cached", ds)
     assert err.value.status_code == 400 and "cannot read config.json" in str(err.value)
 
     submit(client, pvc, "llama", ds, checkpoint_dir="pvc://models-pvc/llama-3b")
     run = stub.run_for(pvc)
-    assert run["runtime_config"]["parameters"]["model_uri"] == "pvc://models-pvc/llama-3b"
+    assert _model_path(run) == "pvc://models-pvc/llama-3b"
     k8s = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]
     (mount,) = k8s["executors"]["exec-train"]["pvcMount"]
     assert mount["mountPath"] == "/mnt/models/models-pvc"

@@ -11,32 +11,26 @@ from kfp.dsl import Dataset, Input, Metrics, Output
 
 def prepare_data(
     job_spec: str,
-    dataset_uri: str,
-    validation_uri: str,
     train_data: Output[Dataset],
     validation_data: Output[Dataset],
 ) -> None:
     """Validate every row, convert to chat messages (JSONL), split off validation rows."""
     from llama_stack_provider_kfp.training.steps import prepare_data_step
 
-    stats = prepare_data_step(
-        job_spec, dataset_uri, validation_uri, train_data.path, validation_data.path
-    )
+    stats = prepare_data_step(job_spec, train_data.path, validation_data.path)
     train_data.metadata["rows"] = stats["train_rows"]
     validation_data.metadata["rows"] = stats["validation_rows"]
 
 
 def train(
     job_spec: str,
-    model_uri: str,
-    output_uri: str,
     train_data: Input[Dataset],
     validation_data: Input[Dataset],
     metrics: Output[Metrics],
 ) -> None:
-    """Fine-tune with the job's engine; checkpoints and progress go to output_uri."""
-    from llama_stack_provider_kfp.training.steps import train_step
+    """Fine-tune with the job's engine; checkpoints and progress go to its output location."""
+    from llama_stack_provider_kfp.training.steps import train_job_step
 
-    result = train_step(job_spec, model_uri, output_uri, train_data.path, validation_data.path)
+    result = train_job_step(job_spec, train_data.path, validation_data.path)
     for key, value in result["final_metrics"].items():
         metrics.log_metric(key, value)

@@ -2,7 +2,9 @@
 
 It knows neither which backend executes it nor which engine trains (the train step asks the
 engine seam). How components are packaged (base image, what is installed) is a
-`ComponentBuild` chosen per backend, outside the DAG.
+`ComponentBuild` chosen per backend, outside the DAG. The JobSpec is the pipeline's only
+parameter: the steps read every location (data, weights, output) from it, so a fact is never
+passed twice; between steps, data travels as artifacts.
 """
 # No `from __future__ import annotations` here: KFP reads the pipeline signature's types.
 
@@ -12,13 +14,22 @@ from typing import Any
 
 from kfp import dsl
 
-from ..core.spec import JobSpec
+from ..core.spec import JobSpec, algorithm
 from . import components
 
 # placement(task, step name): resources, Secrets, scheduling for one task (kfp backend).
 Placement = Callable[[Any, str], None]
 
-PIPELINE_NAME = "llama-stack-sft-lora"
+_METHODS = {"lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA", "full": "full-parameter"}
+
+
+def pipeline_name(spec: JobSpec) -> tuple[str, str]:
+    """The pipeline's name and description, from what the job trains (shown in the KFP UI)."""
+    algo = algorithm(spec.lora, spec.dpo)
+    base = algo.removeprefix("dpo-")
+    kind = "DPO" if spec.dpo is not None else "supervised fine-tuning"
+    name = f"llama-stack-{'dpo' if spec.dpo is not None else 'sft'}-{base}"
+    return name, f"{_METHODS[base]} {kind} of {spec.model.name} (llama-stack post-training)"
 
 
 @dataclass(frozen=True)
@@ -34,9 +45,9 @@ class ComponentBuild:
         return cls(install_kfp_package=False)
 
 
-def build_pipeline(build: ComponentBuild, placement: Placement | None = None) -> Any:
-    """The pipeline function. `placement(task, step)` may add resources, Secrets and
-    scheduling to each task (remote mode); it does not change the DAG."""
+def build_pipeline(build: ComponentBuild, spec: JobSpec, placement: Placement | None = None) -> Any:
+    """The pipeline function for `spec`'s job. `placement(task, step)` may add resources,
+    Secrets and scheduling to each task (remote mode); it does not change the DAG."""
     opts = dict(
         base_image=build.base_image,
         packages_to_install=list(build.packages_to_install),
@@ -45,21 +56,13 @@ def build_pipeline(build: ComponentBuild, placement: Placement | None = None) ->
     prepare_op = dsl.component(components.prepare_data, **opts)
     train_op = dsl.component(components.train, **opts)
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="LoRA supervised fine-tuning (llama-stack)")
-    def sft_pipeline(
-        job_spec: str,
-        dataset_uri: str,
-        validation_uri: str,
-        model_uri: str,
-        output_uri: str,
-    ):
-        prep = prepare_op(
-            job_spec=job_spec, dataset_uri=dataset_uri, validation_uri=validation_uri
-        ).set_display_name("prepare-data")
+    name, description = pipeline_name(spec)
+
+    @dsl.pipeline(name=name, description=description)
+    def fine_tune(job_spec: str):
+        prep = prepare_op(job_spec=job_spec).set_display_name("prepare-data")
         train_task = train_op(
             job_spec=job_spec,
-            model_uri=model_uri,
-            output_uri=output_uri,
             train_data=prep.outputs["train_data"],
             validation_data=prep.outputs["validation_data"],
         ).set_display_name("train")
@@ -69,14 +72,8 @@ def build_pipeline(build: ComponentBuild, placement: Placement | None = None) ->
             placement(prep, "prepare-data")
             placement(train_task, "train")
 
-    return sft_pipeline
+    return fine_tune
 
 
 def pipeline_arguments(spec: JobSpec) -> dict[str, str]:
-    return {
-        "job_spec": spec.model_dump_json(),
-        "dataset_uri": spec.data.uri,
-        "validation_uri": spec.data.validation_uri or "",
-        "model_uri": spec.model.path,
-        "output_uri": spec.output_uri,
-    }
+    return {"job_spec": spec.model_dump_json()}

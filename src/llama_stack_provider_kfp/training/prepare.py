@@ -26,13 +26,12 @@ def _write(fh, converted: dict) -> None:
     fh.write(json.dumps(converted, ensure_ascii=False) + "\n")
 
 
-def prepare(
-    job_spec: str, dataset_uri: str, validation_uri: str, train_path: str, validation_path: str
-) -> dict[str, int]:
-    spec = JobSpec.model_validate_json(job_spec)
+def prepare(spec: JobSpec, train_path: str, validation_path: str) -> dict[str, int]:
+    """The job's rows (spec.data) checked, converted and split into the two files."""
     with report_errors(spec.output_uri, "prepare-data"), tempfile.TemporaryDirectory() as tmp:
-        dataset_uri = fetch_data(dataset_uri, Path(tmp))
-        validation_uri = fetch_data(validation_uri, Path(tmp)) if validation_uri else ""
+        dataset_uri = fetch_data(spec.data.uri, Path(tmp))
+        validation = spec.data.validation_uri
+        validation_uri = fetch_data(validation, Path(tmp)) if validation else ""
         return _prepare(spec, dataset_uri, validation_uri, train_path, validation_path)
 
 

@@ -18,11 +18,17 @@ from .step_log import ship_log
 from .tracking import tracking
 
 
-def prepare_data_step(
-    job_spec: str, dataset_uri: str, validation_uri: str, train_path: str, validation_path: str
-) -> dict[str, int]:
-    with ship_log(JobSpec.model_validate_json(job_spec).output_uri, "prepare-data"):
-        return prepare(job_spec, dataset_uri, validation_uri, train_path, validation_path)
+def prepare_data_step(job_spec: str, train_path: str, validation_path: str) -> dict[str, int]:
+    """The prepare-data component: the job's data locations come from its spec."""
+    spec = JobSpec.model_validate_json(job_spec)
+    with ship_log(spec.output_uri, "prepare-data"):
+        return prepare(spec, train_path, validation_path)
+
+
+def train_job_step(job_spec: str, train_path: str, val_path: str) -> dict[str, Any]:
+    """The train component: the weights and the output location come from the job's spec."""
+    spec = JobSpec.model_validate_json(job_spec)
+    return train_step(job_spec, spec.model.path, spec.output_uri, train_path, val_path)
 
 
 def train_step(

@@ -282,7 +282,7 @@ class KFPBackend:
         with tempfile.TemporaryDirectory() as tmp:
             package = Path(tmp) / "pipeline.yaml"
             placement = self.placement(record.spec)
-            compiler.Compiler().compile(build_pipeline(build, placement), str(package))
+            compiler.Compiler().compile(build_pipeline(build, record.spec, placement), str(package))
             try:
                 result = self._call(lambda c: c.create_run_from_pipeline_package(
                     str(package),

@@ -43,7 +43,7 @@ def run(job_dir: Path) -> int:
             pipeline_root=str(job_dir / "kfp"),
             raise_on_error=True,
         )
-        build_pipeline(ComponentBuild.local())(**pipeline_arguments(spec))
+        build_pipeline(ComponentBuild.local(), spec)(**pipeline_arguments(spec))
     except BaseException as e:
         traceback.print_exc()
         sys.stdout.flush()
