@@ -35,7 +35,7 @@ from llama_stack_provider_kfp.training.torchtune.engine import build_config
 mode, spec_json, work = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 spec = JobSpec.model_validate_json(spec_json)
 train, val = str(work / "train.jsonl"), str(work / "val.jsonl")
-prepare(spec_json, spec.data.uri, "", train, val)
+prepare(spec, train, val)
 if mode == "ours":
     result = train_step(spec_json, spec.model.path, spec.output_uri, train, val)
     tps = result["trained_tokens_per_second"]

@@ -44,7 +44,7 @@ from llama_stack_provider_kfp.training.steps import train_step
 spec = JobSpec.model_validate_json(sys.argv[1])
 work = Path(sys.argv[2])
 js = spec.model_dump_json()
-prepare(js, spec.data.uri, "", str(work / "t.jsonl"), str(work / "v.jsonl"))
+prepare(spec, str(work / "t.jsonl"), str(work / "v.jsonl"))
 r = train_step(js, spec.model.path, spec.output_uri, str(work / "t.jsonl"), str(work / "v.jsonl"))
 print(json.dumps({k: r[k] for k in ("trained_tokens_per_second", "tokens_per_second",
                                     "peak_memory_mb", "final_loss", "global_step")}))

@@ -105,7 +105,7 @@ spec = JobSpec.model_validate_json(sys.argv[1])
 work = Path(sys.argv[2])
 t0 = time.perf_counter()
 js = spec.model_dump_json()
-prepare(js, spec.data.uri, "", str(work / "t.jsonl"), str(work / "v.jsonl"))
+prepare(spec, str(work / "t.jsonl"), str(work / "v.jsonl"))
 r = train_step(js, spec.model.path, spec.output_uri, str(work / "t.jsonl"), str(work / "v.jsonl"))
 print("RESULT", json.dumps({"train_seconds": time.perf_counter() - t0,
     "process_seconds": time.perf_counter() - t_start, "steps": r["global_step"],

@@ -41,7 +41,7 @@ for i, spec_json in enumerate(sys.argv[1:]):
     spec = JobSpec.model_validate_json(spec_json)
     work = Path(spec.output_uri).parent
     s = time.perf_counter()
-    prepare(spec_json, spec.data.uri, "", str(work / "t.jsonl"), str(work / "v.jsonl"))
+    prepare(spec, str(work / "t.jsonl"), str(work / "v.jsonl"))
     train_step(spec_json, spec.model.path, spec.output_uri, str(work / "t.jsonl"),
                  str(work / "v.jsonl"))
     print("RUN", time.perf_counter() - s, t1 - t0 if i == 0 else 0.0)

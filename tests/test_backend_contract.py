@@ -134,7 +134,7 @@ def test_a_failed_job_says_why(driver):
     seen = driver.scheduler.observe(loaded)
     assert seen.status == "failed"
     if driver.backend.name != "fake":  # the fake has no step to write error.json
-        assert "boom" in seen.error["message"]
+        assert "boom" in seen.error.message
 
 
 def test_queued_job_waits_and_a_cancel_reads_at_once(driver):

@@ -59,7 +59,7 @@ def _run(model_dir: Path, work: Path, lora: bool, packed: bool = False) -> dict:
         output_format="huggingface", output_uri=str(work / "out"),
     )  # fmt: skip
     js = spec.model_dump_json()
-    prepare(js, str(data), "", str(work / "t.jsonl"), str(work / "v.jsonl"))
+    prepare(spec, str(work / "t.jsonl"), str(work / "v.jsonl"))
     return train_step(js, str(model_dir), str(work / "out"), str(work / "t.jsonl"),
                       str(work / "v.jsonl"))  # fmt: skip
 
@@ -142,7 +142,7 @@ def test_dpo_raises_the_margin(family, family_models, tmp_path):
         output_format="huggingface", output_uri=str(tmp_path / "out"),
     )  # fmt: skip
     js = spec.model_dump_json()
-    prepare(js, str(data), "", str(tmp_path / "t.jsonl"), str(tmp_path / "v.jsonl"))
+    prepare(spec, str(tmp_path / "t.jsonl"), str(tmp_path / "v.jsonl"))
     result = train_step(js, str(family_models[family]), str(tmp_path / "out"),
                         str(tmp_path / "t.jsonl"), str(tmp_path / "v.jsonl"))  # fmt: skip
     first, last = result["epochs"]

@@ -81,7 +81,7 @@ def test_restarted_step_continues_from_its_own_checkpoint(s3, tmp_path):
     output = "s3://kfp/jobs/restart/output"
     spec = _spec(base, data, output)
     train, val = str(tmp_path / "train.jsonl"), str(tmp_path / "val.jsonl")
-    prepare(spec.model_dump_json(), str(data), "", train, val)
+    prepare(spec, train, val)
     args = [spec.model_dump_json(), str(base), output, train, val]
 
     # First run: the pod is killed once a periodic checkpoint is uploaded.

@@ -43,7 +43,7 @@ def _spec(model_dir: Path, out: Path, data: Path, output_format=None, dtype="fp3
 
 def _train(spec: JobSpec, work: Path) -> list:
     js = spec.model_dump_json()
-    prepare(js, spec.data.uri, "", str(work / "train.jsonl"), str(work / "val.jsonl"))
+    prepare(spec, str(work / "train.jsonl"), str(work / "val.jsonl"))
     train_step(js, spec.model.path, spec.output_uri, str(work / "train.jsonl"),
                  str(work / "val.jsonl"))  # fmt: skip
     return json.loads((Path(spec.output_uri) / "progress.json").read_text())["loss_history"]
@@ -132,8 +132,8 @@ def test_train_on_input_decides_what_is_learned(tiny_models, tmp_path):
     from torchtune import config as tt_config
 
     data = write_jsonl(instruct_rows(4), tmp_path / "rows.jsonl")
-    prepare(_spec(tiny_models / "hf", tmp_path, data).model_dump_json(), str(data), "",
-            str(tmp_path / "t.jsonl"), str(tmp_path / "v.jsonl"))  # fmt: skip
+    prepare(_spec(tiny_models / "hf", tmp_path, data), str(tmp_path / "t.jsonl"),
+            str(tmp_path / "v.jsonl"))  # fmt: skip
     labelled = {}
     for flag in (False, True):
         spec = _spec(tiny_models / "hf", tmp_path, data, train_on_input=flag)

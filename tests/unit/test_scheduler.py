@@ -133,7 +133,7 @@ def test_start_failure_fails_the_submit_but_not_the_others(tmp_path):
     backend.finish("running")
     sched.tick()
     lost = sched.store.load("bad-queued").lost
-    assert lost == {"message": "could not start: cannot start bad-queued"}
+    assert lost is not None and lost.message == "could not start: cannot start bad-queued"
     # A failed start does not use up the slot: the next queued job starts in the same round.
     assert backend.started == ["running", "good"]
 
@@ -202,6 +202,6 @@ def test_a_queued_job_from_a_newer_release_is_not_started(tmp_path):
     sched = JobScheduler(store, backend, 1, start_thread=False)
     assert backend.started == []
     lost = store.load("newer").lost
-    assert "newer release" in lost["message"] and "spec.algorithm" in lost["message"]
+    assert "newer release" in lost.message and "spec.algorithm" in lost.message
     assert read_json(path)["spec"]["algorithm"] == "osft"  # kept for the release that knows it
     assert sched.active() == set()

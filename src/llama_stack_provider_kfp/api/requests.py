@@ -21,7 +21,7 @@ from llama_stack_api import (
 from ..config import DPODefaults, KFPPostTrainingConfig
 from ..core.engines import ENGINES, JobTraits
 from ..core.errors import InvalidRequest, Unsupported
-from ..core.lora_targets import Targets, resolve
+from ..core.lora_targets import Targets, resolve, tied_output_problem
 from ..core.resume import TrainingState
 from ..core.spec import (
     DataSpec,
@@ -126,11 +126,9 @@ def lora_targets(lc: LoraFinetuningConfig, model: ModelSpec) -> Targets:
         problems.append(f"alpha must be > 0 (got {lc.alpha})")
     if not (lc.lora_attn_modules or lc.apply_lora_to_mlp or lc.apply_lora_to_output):
         problems.append("no module to adapt: name lora_attn_modules or set apply_lora_to_mlp")
-    if lc.apply_lora_to_output and model.is_tied:
-        problems.append(
-            f"{model.name} ties its output projection to the embeddings; "
-            "set apply_lora_to_output=false"
-        )
+    tied = tied_output_problem(model.name, lc.apply_lora_to_output, model.is_tied)
+    if tied:
+        problems.append(tied)
     if lc.quantize_base and model.arch is not None:
         problems += _nf4_problems(model.arch)
     try:

@@ -87,10 +87,13 @@ def status(
     result = outputs.result()
     if result:
         resources.result = {k: v for k, v in result.items() if k != "epochs"}
-    if seen.error:
-        resources.error = StepError.model_validate({"message": "the job failed", **seen.error})
     if seen.status != "scheduled":
         resources.log_tail = outputs.log_tail() or None
+    if seen.error:
+        # The error's own tail (a step's, or KFP's) wins; else the job's log, read once above.
+        resources.error = seen.error.model_copy(
+            update={"log_tail": seen.error.log_tail or resources.log_tail or []}
+        )
     return PostTrainingJobStatusResponse(
         job_uuid=record.job_uuid,
         status=STATUS[seen.status],

@@ -41,6 +41,14 @@ def _canonical(name: str) -> str:
     return "o_proj" if name == "output_proj" else name
 
 
+def tied_output_problem(model_name: str, to_output: bool, tied: bool) -> str | None:
+    """Why LoRA cannot adapt this output projection (it is the embedding matrix), or None."""
+    if to_output and tied:
+        return f"{model_name} ties its output projection to the embeddings; set " \
+            "apply_lora_to_output=false"  # fmt: skip
+    return None
+
+
 def resolve(
     requested: list[str],
     to_mlp: bool,

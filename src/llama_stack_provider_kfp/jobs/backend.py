@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from ..core.outputs import JobOutputs
+from ..core.outputs import JobOutputs, StepError
 from ..core.resume import TrainingState
 from ..core.spec import ModelSpec
 from .record import JobRecord, RunnerHandle, Status
@@ -29,7 +29,8 @@ class Observed:
     status: Status
     started_at: datetime | None = None
     completed_at: datetime | None = None
-    error: dict | None = None
+    # One model from the step that failed to the status (the status adds the log's tail).
+    error: StepError | None = None
     # Backend facts for the status response (e.g. the KFP run id and state).
     note: dict | None = None
     # True when the backend lost the job (its worker vanished without an outcome).

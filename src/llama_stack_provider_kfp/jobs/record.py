@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from ..core.errors import InvalidRequest
+from ..core.outputs import StepError
 from ..core.spec import JobSpec
 
 # The provider's job states; the front end maps them to llama-stack's JobStatus.
@@ -60,8 +61,9 @@ class JobRecord(_Stored):
     # None while queued; set when the backend has started the job.
     runner: RunnerHandle | None = None
     cancelled_at: datetime | None = None
-    # Set by the server when the job's worker vanished without reporting an outcome.
-    lost: dict | None = None
+    # Set by the server when the job's worker vanished without reporting an outcome, or when
+    # it could not be started.
+    lost: StepError | None = None
     lost_at: datetime | None = None
 
 
@@ -70,7 +72,8 @@ class WorkerState(_Stored):
     status: Status
     started_at: datetime | None = None
     completed_at: datetime | None = None
-    error: dict | None = None
+    # The failed step's own report (error.json), or why the pipeline failed without one.
+    error: StepError | None = None
     # The worker's own handle: lets the server adopt a worker whose start it did not record.
     runner: RunnerHandle | None = None
 

@@ -23,6 +23,7 @@ import logging
 import threading
 
 from ..core.errors import InvalidRequest
+from ..core.outputs import StepError
 from .backend import JobRunner, Observed
 from .observations import Observations
 from .record import TERMINAL, JobRecord, now
@@ -214,11 +215,11 @@ class JobScheduler:
                 return False
             if record.ignored_fields:
                 # Started without what it asked for, it would train something else.
-                record.lost, record.lost_at = {"message": _newer_release(record)}, now()
+                record.lost, record.lost_at = StepError(message=_newer_release(record)), now()
                 self.store.save(record)
                 self.observations.invalidate(job_uuid)
                 self._discard(job_uuid)
-                log.warning("job %s: not started: %s", job_uuid, record.lost["message"])
+                log.warning("job %s: not started: %s", job_uuid, record.lost.message)
                 return False
             try:
                 record.runner = self.backend.start(record)
@@ -226,7 +227,8 @@ class JobScheduler:
                 if job_uuid == raise_for:
                     raise
                 # Recorded, not retried forever: the job fails with the reason.
-                record.lost, record.lost_at = {"message": f"could not start: {e}"}, now()
+                record.lost = StepError(message=f"could not start: {e}")
+                record.lost_at = now()
                 self.store.save(record)
                 self.observations.invalidate(job_uuid)
                 self._discard(job_uuid)

@@ -6,8 +6,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import InvalidRequest
 from ..core.files import write_json
 from ..core.locations import parse
+from ..core.lora_targets import resolve, tied_output_problem
 from ..core.model_source import inspect_model_dir
 from ..core.outputs import PROGRESS, RESULT, versioned
 from ..core.spec import JobSpec
@@ -52,18 +54,7 @@ def _train(
             return run_on_nodes(spec, model_uri, output_uri, train_path, val)
         model_dir = fetch_model(model_uri, Path(tmp))
         if model_dir != Path(model_uri):  # downloaded or mounted: learn its files now
-            found = inspect_model_dir(spec.model.name, model_dir)
-            spec = spec.model_copy(
-                update={
-                    "model": found.model_copy(update={"path": model_uri}),
-                    "output_format": spec.output_format or found.layout,
-                }
-            )
-        if spec.lora is not None and spec.lora.apply_to_output and spec.model.is_tied:
-            raise ValueError(
-                f"{spec.model.name} ties its output projection to the embeddings; "
-                "set apply_lora_to_output=false"
-            )
+            spec = reinspected(spec, model_dir, model_uri)
         if spec.train.nodes > 1:  # a TrainJob; the weights go to S3 for the nodes
             from .trainjob import run_on_nodes
 
@@ -76,6 +67,25 @@ def _train(
                 "output_uri": output_uri, "train_path": train_path, "val_path": val,
             })  # fmt: skip
         return train(spec, model_dir, Output(output_uri), train_path, val, main=True)
+
+
+def reinspected(spec: JobSpec, model_dir: Path, model_uri: str) -> JobSpec:
+    """The spec with what the fetched weights say (files, layout, modules) and, for LoRA, the
+    targets and the tied-output check done again on them: the server could not read these
+    weights at submit (a PVC) or read only their config (the Hub)."""
+    found = inspect_model_dir(spec.model.name, model_dir).model_copy(update={"path": model_uri})
+    update: dict[str, Any] = {"model": found, "output_format": spec.output_format or found.layout}
+    lora = spec.lora
+    if lora is not None:
+        problem = tied_output_problem(found.name, lora.apply_to_output, found.is_tied)
+        if problem:
+            raise InvalidRequest(problem)
+        targets = resolve(lora.requested_modules or lora.attn_modules, lora.apply_to_mlp,
+                          lora.apply_to_output, found.modules, found.is_tied)  # fmt: skip
+        for note in targets.notes:
+            print(f"lora: {note}")
+        update["lora"] = lora.model_copy(update={"target_modules": targets.peft})
+    return spec.model_copy(update=update)
 
 
 def train(

@@ -19,7 +19,7 @@ from ...core import data_uri, storage
 from ...core.errors import Refused, Unsupported
 from ...core.locations import Location, parse
 from ...core.model_source import ModelError, hub_model, inspect_s3_model, pvc_model
-from ...core.outputs import JobOutputs, write_cancel
+from ...core.outputs import JobOutputs, StepError, write_cancel
 from ...core.resume import TrainingState, load_state
 from ...core.spec import ModelSpec
 from ...jobs.backend import DatasetSource, JobInputs, Observed, StagedInputs
@@ -363,8 +363,8 @@ class KFPBackend:
             note["pods"] = [t.as_dict() for t in troubles]
         gave_up = self._pending_too_long(run, state, troubles) if status != "failed" else None
         if gave_up is not None and record.cancelled_at is None:
-            return Observed("failed", getattr(run, "created_at", None), error=gave_up, lost=True,
-                            note=note)  # fmt: skip
+            return Observed("failed", getattr(run, "created_at", None), lost=True, note=note,
+                            error=StepError.model_validate(gave_up))  # fmt: skip
         if record.cancelled_at is not None and status != "completed":
             status = "cancelled"
         error: dict[str, Any] | None = None
@@ -391,7 +391,7 @@ class KFPBackend:
             completed_at=_finished_at(run)
             if status in ("completed", "failed", "cancelled")
             else None,
-            error=error,
+            error=StepError.model_validate(error) if error is not None else None,
             note=note,
         )
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import psutil
 
 from ...core import data_uri
-from ...core.files import read_json, tail
+from ...core.files import read_json
 from ...core.locations import parse
 from ...core.model_source import resolve_model
-from ...core.outputs import JobOutputs, write_cancel
+from ...core.outputs import JobOutputs, StepError, write_cancel
 from ...core.resume import TrainingState, load_state
 from ...core.spec import ModelSpec
 from ...jobs.backend import DatasetSource, JobInputs, Observed, StagedInputs
@@ -141,12 +141,11 @@ class LocalBackend:
             return Observed(state.status if state else "scheduled", started)
         return Observed("failed", started, None, self.lost_reason(record), lost=True)
 
-    def lost_reason(self, record: JobRecord) -> dict:
-        return {
-            "message": "the job's worker process exited without reporting an outcome "
-            "(killed, or out of memory); see log_tail",
-            "log_tail": tail(self.store.job_dir(record.job_uuid) / WORKER_LOG),
-        }
+    def lost_reason(self, record: JobRecord) -> StepError:
+        return StepError(
+            message="the job's worker process exited without reporting an outcome (killed, or "
+            "out of memory); see log_tail"
+        )
 
     def forget(self, record: JobRecord) -> None:
         pass  # workers are reaped by their own waiter thread; nothing else is cached

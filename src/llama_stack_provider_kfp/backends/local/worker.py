@@ -13,15 +13,13 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
 
 import psutil
 
-from ...core.files import tail
 from ...core.locations import parse
-from ...core.outputs import JobOutputs
+from ...core.outputs import JobOutputs, StepError
 from ...jobs.record import RunnerHandle, WorkerState, now
-from ...jobs.store import JOB_FILE, WORKER_LOG, JobStore, write_worker_state
+from ...jobs.store import JOB_FILE, JobStore, write_worker_state
 
 
 def run(job_dir: Path) -> int:
@@ -47,13 +45,9 @@ def run(job_dir: Path) -> int:
     except BaseException as e:
         traceback.print_exc()
         sys.stdout.flush()
+        # The log's tail is not copied here: the status reads it from the log itself.
         step_error = JobOutputs(parse(spec.output_uri)).error()
-        error: dict[str, Any] = (
-            step_error.model_dump(exclude_none=True)
-            if step_error
-            else {"message": f"{type(e).__name__}: {e}"}
-        )
-        error["log_tail"] = tail(job_dir / WORKER_LOG)
+        error = step_error or StepError(message=f"{type(e).__name__}: {e}")
         write_worker_state(
             job_dir,
             WorkerState(

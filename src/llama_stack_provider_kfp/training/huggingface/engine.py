@@ -67,20 +67,25 @@ def _with_lora(model: Any, spec: JobSpec) -> Any:
 
     lora = spec.lora
     assert lora is not None
-    # Resolved again on the loaded model: strict even when the weights were unread at submit.
-    targets = resolve(
-        lora.requested_modules or lora.attn_modules,
-        lora.apply_to_mlp,
-        lora.apply_to_output,
-        _matrix_paths(model),
-        spec.model.is_tied,
-    )
-    for note in targets.notes:
-        print(f"lora: {note}")
+    # Resolved once, against the weights' module paths: at submit, or by the train step when
+    # it fetched the weights (training.steps.reinspected). Only a spec without them (a record
+    # from before targets were resolved, or weights never inspected) resolves on the model.
+    peft_targets = lora.target_modules if spec.model.modules else []
+    if not peft_targets:
+        targets = resolve(
+            lora.requested_modules or lora.attn_modules,
+            lora.apply_to_mlp,
+            lora.apply_to_output,
+            _matrix_paths(model),
+            spec.model.is_tied,
+        )
+        for note in targets.notes:
+            print(f"lora: {note}")
+        peft_targets = targets.peft
     config = LoraConfig(
         r=lora.rank,
         lora_alpha=lora.alpha,  # type: ignore[arg-type]  # PEFT annotates int, takes float
-        target_modules=targets.peft,
+        target_modules=peft_targets,
         lora_dropout=0.0,
         bias="none",
         use_dora=lora.use_dora,
