@@ -1,6 +1,6 @@
 """The provider's implementation of llama-stack's post-training API.
 
-Each method: check and translate the request (api.requests, api.datasets), hand a JobSpec to
+Each method: check and translate the request (api.translate, api.datasets), hand a JobSpec to
 the scheduler, answer from what the backend observes (api.responses). Which backend runs the
 jobs was decided once, at construction; nothing here depends on it.
 """
@@ -38,7 +38,7 @@ from ..jobs.backend import JobInputs, JobPreparer
 from ..jobs.record import JobRecord, check_job_id, now
 from ..jobs.scheduler import JobScheduler
 from ..jobs.store import JobStore, UnreadableRecord
-from . import requests, responses
+from . import responses, translate
 from .datasets import dataset_source
 from .errors import as_http_errors
 
@@ -78,11 +78,11 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
     @as_http_errors
     async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
         self._check_new_job(request.job_uuid)
-        lora = requests.check_algorithm(request.algorithm_config)
-        requests.check_training(request.training_config, self.config.world())
+        lora = translate.check_algorithm(request.algorithm_config)
+        translate.check_training(request.training_config, self.config.world())
         tracking = parse_logger_config(request.logger_config, self.config.mode)
-        name = requests.model_name(request)
-        submission = requests.Submission(
+        name = translate.model_name(request)
+        submission = translate.Submission(
             request.job_uuid, name, request.checkpoint_dir, request.training_config, lora, None,
             tracking=tracking,
         )  # fmt: skip
@@ -91,15 +91,15 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
     @as_http_errors
     async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
         self._check_new_job(request.job_uuid)
-        dpo = requests.check_dpo(request.algorithm_config)
-        requests.check_training(request.training_config, self.config.world())
+        dpo = translate.check_dpo(request.algorithm_config)
+        translate.check_training(request.training_config, self.config.world())
         tracking = parse_logger_config(request.logger_config, self.config.mode)
         dc = request.training_config.data_config
         if dc is not None and dc.packed:
             raise Unsupported("packed=true packs supervised fine-tuning rows only; for DPO send "
                               "packed=false")  # fmt: skip
-        lora = requests.dpo_lora(self.config.dpo)  # the 0.6.1 DPO request has no LoRA fields
-        submission = requests.Submission(
+        lora = translate.dpo_lora(self.config.dpo)  # the 0.6.1 DPO request has no LoRA fields
+        submission = translate.Submission(
             request.job_uuid, request.finetuned_model, None, request.training_config, lora, dpo,
             tracking=tracking,
         )  # fmt: skip
@@ -112,7 +112,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
                 f"job_uuid {job_uuid!r} is already used by another job; choose a new one"
             )
 
-    async def _submit(self, sub: requests.Submission) -> PostTrainingJob:
+    async def _submit(self, sub: translate.Submission) -> PostTrainingJob:
         """Everything that can be checked before anything is created, then the job."""
         # A checkpoint of this provider is resumed: its base weights are the model.
         where = sub.checkpoint_dir or sub.model
@@ -126,10 +126,10 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
                 self.backend.resolve_model,
                 sub.model,
                 sub.checkpoint_dir,
-                requests.descriptor_repo(sub.model),
+                translate.descriptor_repo(sub.model),
             )
-        targets = requests.lora_targets(sub.lora, model) if sub.lora is not None else None
-        lora_spec = requests.lora_spec(sub.lora, targets)
+        targets = translate.lora_targets(sub.lora, model) if sub.lora is not None else None
+        lora_spec = translate.lora_spec(sub.lora, targets)
         fits_torchtune = targets is None or targets.torchtune_attn is not None
         traits = JobTraits.of(
             model,
@@ -139,12 +139,12 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             self.config.nodes(),
         )
         if state is not None:
-            engine = requests.resume_engine(state, traits, self.config.engine, where)
+            engine = translate.resume_engine(state, traits, self.config.engine, where)
         else:
             engine = select_engine(traits, self.config.engine)
         dc = sub.training.data_config
         assert dc is not None  # check_training refused it missing
-        requests.check_batch_split(dc.batch_size, self.config.world(), engine.name)
+        translate.check_batch_split(dc.batch_size, self.config.world(), engine.name)
         fmt, sample = sub.data_format, self.config.submit_sample_rows
         train = await dataset_source(
             self.datasets_api, self.datasetio_api, dc.dataset_id, fmt, sample
@@ -166,7 +166,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             staged = await asyncio.to_thread(
                 self.backend.stage, sub.job_uuid, job_dir, JobInputs(train, validation)
             )
-            spec = requests.build_spec(sub, lora_spec, model, staged, engine, self.config)
+            spec = translate.build_spec(sub, lora_spec, model, staged, engine, self.config)
             if state is not None:
                 spec = spec.model_copy(update={"resume_from": where})
                 check_resume(state, spec, where)

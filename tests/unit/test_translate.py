@@ -17,7 +17,7 @@ from llama_stack_api import (
     TrainingConfig,
 )
 
-from llama_stack_provider_kfp.api import requests
+from llama_stack_provider_kfp.api import translate
 from llama_stack_provider_kfp.api.datasets import check_sample
 from llama_stack_provider_kfp.config import KFPPostTrainingConfig
 from llama_stack_provider_kfp.core.engines import JobTraits, select_engine
@@ -95,40 +95,40 @@ def _model(tied: bool = True, family: str = "llama", modules: list[str] = LLAMA)
 )
 def test_training_config_refusals(over, words):
     with pytest.raises(InvalidRequest) as err:
-        requests.check_training(_tc(**over))
+        translate.check_training(_tc(**over))
     for w in words:
         assert w in str(err.value)
 
 
 def test_all_training_problems_reported_at_once():
     with pytest.raises(InvalidRequest) as err:
-        requests.check_training(_tc(n_epochs=0, data_config={"batch_size": 0}))
+        translate.check_training(_tc(n_epochs=0, data_config={"batch_size": 0}))
     assert "n_epochs" in str(err.value) and "batch_size" in str(err.value)
 
 
 def test_a_good_training_config_passes():
-    requests.check_training(_tc())
-    requests.check_training(_tc(optimizer_config=None))  # optional in the 0.6.1 API
-    requests.check_training(_tc(data_config={"packed": True}))
+    translate.check_training(_tc())
+    translate.check_training(_tc(optimizer_config=None))  # optional in the 0.6.1 API
+    translate.check_training(_tc(data_config={"packed": True}))
 
 
 def test_algorithm_refusals_and_full_fine_tuning_by_default():
-    assert requests.check_algorithm(None) is None  # full-parameter fine-tuning
+    assert translate.check_algorithm(None) is None  # full-parameter fine-tuning
     qat = QATFinetuningConfig(type="QAT", quantizer_name="int8", group_size=32)
     with pytest.raises(Unsupported, match="QAT"):
-        requests.check_algorithm(qat)
-    assert requests.check_algorithm(LoraFinetuningConfig(**LORA)).rank == 8
-    assert requests.check_algorithm(LoraFinetuningConfig(**LORA, quantize_base=True))
+        translate.check_algorithm(qat)
+    assert translate.check_algorithm(LoraFinetuningConfig(**LORA)).rank == 8
+    assert translate.check_algorithm(LoraFinetuningConfig(**LORA, quantize_base=True))
 
 
 def test_qlora_needs_nf4_sized_matrices_and_the_torchtune_engine():
     qlora = LoraFinetuningConfig(**LORA, quantize_base=True)
     with pytest.raises(InvalidRequest, match=r"NF4.*k_proj 32x64.*quantize_base=false"):
-        requests.lora_targets(qlora, _model())  # 64 wide: too small for NF4 blocks
+        translate.lora_targets(qlora, _model())  # 64 wide: too small for NF4 blocks
     wide = _model().model_copy(update={"arch": _model().arch.model_copy(
         update={"embed_dim": 2048, "num_heads": 32, "num_kv_heads": 8,
                 "intermediate_dim": 8192})})  # fmt: skip
-    spec = requests.lora_spec(qlora, requests.lora_targets(qlora, wide))
+    spec = translate.lora_spec(qlora, translate.lora_targets(qlora, wide))
     assert spec is not None and spec.quantize_base
     assert select_engine(JobTraits.of(wide, "qlora", True)).name == "torchtune"
     with pytest.raises(Unsupported, match="bitsandbytes on a CUDA device"):
@@ -147,7 +147,7 @@ def test_qlora_needs_nf4_sized_matrices_and_the_torchtune_engine():
 )
 def test_lora_refusals(over, tied, words):
     with pytest.raises(InvalidRequest) as err:
-        requests.lora_targets(LoraFinetuningConfig(**{**LORA, **over}), _model(tied))
+        translate.lora_targets(LoraFinetuningConfig(**{**LORA, **over}), _model(tied))
     for w in words:
         assert w in str(err.value)
 
@@ -155,12 +155,12 @@ def test_lora_refusals(over, tied, words):
 def test_all_problems_of_a_lora_config_at_once():
     bad = LoraFinetuningConfig(**{**LORA, "lora_attn_modules": ["q_proj", "w9"], "rank": 0})
     with pytest.raises(InvalidRequest) as err:
-        requests.lora_targets(bad, _model())
+        translate.lora_targets(bad, _model())
     assert "w9" in str(err.value) and "rank must be >= 1" in str(err.value)
 
 
 def test_lora_on_an_untied_output_is_fine():
-    targets = requests.lora_targets(
+    targets = translate.lora_targets(
         LoraFinetuningConfig(**{**LORA, "apply_lora_to_output": True}), _model(tied=False)
     )
     assert "lm_head" in targets.peft
@@ -199,9 +199,9 @@ def test_model_name_required():
     req = SupervisedFineTuneRequest(job_uuid="j", training_config=_tc(),
                                     hyperparam_search_config={}, logger_config={})  # fmt: skip
     with pytest.raises(InvalidRequest, match="name the base model"):
-        requests.model_name(req)
+        translate.model_name(req)
     req.checkpoint_dir = "/weights"
-    assert requests.model_name(req) == "/weights"
+    assert translate.model_name(req) == "/weights"
 
 
 @pytest.mark.parametrize(
@@ -230,11 +230,11 @@ def test_torchtune_runs_several_ranks_with_a_batch_they_divide():
         select_engine(JobTraits.of(llama3, "qlora", True, ranks=2), "torchtune")
     nodes = select_engine(JobTraits.of(llama3, "lora", True, ranks=4, nodes=2))
     assert nodes.name == "huggingface" and "several nodes" in nodes.reason
-    requests.check_batch_split(8, 4, "torchtune")
-    requests.check_batch_split(6, 4, "huggingface")  # DDP shares out any batch
+    translate.check_batch_split(8, 4, "torchtune")
+    translate.check_batch_split(6, 4, "huggingface")  # DDP shares out any batch
     with pytest.raises(InvalidRequest, match=r"batch_size \(6\) does not divide .* 4 devices"
                        r".*multiple of 4 \(e.g. 4\)"):  # fmt: skip
-        requests.check_batch_split(6, 4, "torchtune")
+        translate.check_batch_split(6, 4, "torchtune")
 
 
 def test_engine_selection_explains_itself():
@@ -267,10 +267,10 @@ def test_build_spec_carries_every_setting():
     )  # fmt: skip
     lora = LoraFinetuningConfig(**{**LORA, "use_dora": True})
     staged = StagedInputs("/in/train.jsonl", None, "/out")
-    lspec = requests.lora_spec(lora, requests.lora_targets(lora, _model()))
+    lspec = translate.lora_spec(lora, translate.lora_targets(lora, _model()))
     engine = select_engine(_traits(_model(), "dora"))
-    sub = requests.Submission("j-1", "tiny", None, req.training_config, lora, None)
-    spec = requests.build_spec(sub, lspec, _model(), staged, engine, config)
+    sub = translate.Submission("j-1", "tiny", None, req.training_config, lora, None)
+    spec = translate.build_spec(sub, lspec, _model(), staged, engine, config)
     assert spec.engine.name == "torchtune" and spec.data.uri == "/in/train.jsonl"
     assert spec.data.validation_fraction == 0.1 and spec.output_uri == "/out"
     t = spec.train
@@ -290,13 +290,13 @@ def test_omitted_fields_take_documented_defaults():
     tc = TrainingConfig.model_validate({"n_epochs": 1, "max_steps_per_epoch": 1,
         "data_config": {"dataset_id": "ds", "batch_size": 1, "shuffle": False,
                         "data_format": "instruct"}})  # fmt: skip
-    requests.check_training(tc)
+    translate.check_training(tc)
     req = SupervisedFineTuneRequest(job_uuid="j", model="m", training_config=tc,
                                     hyperparam_search_config={}, logger_config={})  # fmt: skip
     staged = StagedInputs("/in", None, "/out")
     engine = select_engine(_traits(_model(), "full"))
-    sub = requests.Submission(req.job_uuid, "m", None, tc, None, None)
-    spec = requests.build_spec(sub, None, _model(), staged, engine, config)
+    sub = translate.Submission(req.job_uuid, "m", None, tc, None, None)
+    spec = translate.build_spec(sub, None, _model(), staged, engine, config)
     assert spec.lora is None and spec.engine.name == "huggingface"
     assert spec.train.dtype == "bf16"  # the API's own default
     o = spec.optim
@@ -307,18 +307,18 @@ def test_omitted_fields_take_documented_defaults():
 def test_dpo_checks_and_default_lora():
     from llama_stack_api import DPOAlignmentConfig
 
-    dpo = requests.check_dpo(DPOAlignmentConfig(beta=0.1, loss_type="ipo"))
+    dpo = translate.check_dpo(DPOAlignmentConfig(beta=0.1, loss_type="ipo"))
     assert (dpo.beta, dpo.loss_type) == (0.1, "ipo")
     with pytest.raises(Unsupported, match=r"kto_pair.*use sigmoid, hinge or ipo"):
-        requests.check_dpo(DPOAlignmentConfig(beta=0.1, loss_type="kto_pair"))
+        translate.check_dpo(DPOAlignmentConfig(beta=0.1, loss_type="kto_pair"))
     with pytest.raises(InvalidRequest, match="beta must be a positive number"):
-        requests.check_dpo(DPOAlignmentConfig(beta=0.0))
+        translate.check_dpo(DPOAlignmentConfig(beta=0.0))
     config = KFPPostTrainingConfig(work_dir=Path("/tmp/w"))
-    lora = requests.dpo_lora(config.dpo)
+    lora = translate.dpo_lora(config.dpo)
     assert lora is not None and lora.lora_attn_modules == ["q_proj", "v_proj", "output_proj"]
-    assert requests.dpo_lora(config.dpo.model_copy(update={"full": True})) is None
+    assert translate.dpo_lora(config.dpo.model_copy(update={"full": True})) is None
     # Preference rows are read as such whatever data_format says (upstream sends dialog).
     tc = _tc(data_config={"data_format": "dialog"})
-    assert requests.Submission("j", "m", None, tc, lora, dpo).data_format == "preference"
+    assert translate.Submission("j", "m", None, tc, lora, dpo).data_format == "preference"
     engine = select_engine(_traits(_model(), "dpo-lora"))
     assert engine.name == "huggingface"
