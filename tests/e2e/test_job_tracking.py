@@ -234,7 +234,10 @@ def test_corrupt_records_do_not_stop_the_server(srv, tiny_models, tmp_path):
     server.restart()
     client = server.client()
     listed = [j.job_uuid for j in client.alpha.post_training.job.list()]
-    assert listed == ["empty-state", good]
+    assert listed == ["empty-state", good, "broken-1"]  # by submission; broken: its file's time
+    st = job_status(client, "broken-1")  # listed as failed with the reason, never skipped
+    assert st["status"] == "failed"
+    assert st["resources_allocated"]["error"]["message"].startswith("record unreadable: ")
     st = job_status(client, good)
     assert st["status"] == "completed" and len(st["checkpoints"]) == 1
     st = job_status(client, "empty-state")
