@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from llama_stack_api import (
     Checkpoint,
@@ -11,6 +13,7 @@ from llama_stack_api import (
     PostTrainingMetric,
 )
 
+from ..core.errors import Unavailable, Upstream
 from ..core.outputs import CheckpointInfo, JobOutputs, StatusResources, StepError
 from ..jobs.backend import Observed
 from ..jobs.record import JobRecord, Status
@@ -50,23 +53,48 @@ def checkpoints(record: JobRecord, outputs: JobOutputs) -> list[Checkpoint]:
     return [checkpoint(record.job_uuid, c) for c in outputs.checkpoints()]
 
 
+class _Reads:
+    """A status answers even when storage denies or fails a read: the reason goes into
+    `warnings` instead (a missing file is no warning: it reads as None). Once the endpoint
+    did not answer, the other reads are skipped rather than each waiting out its timeout."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self.unreachable = False
+
+    def __call__[T](self, read: Callable[[], T], default: T) -> T:
+        if self.unreachable:
+            return default
+        try:
+            return read()
+        except Upstream as e:
+            self.warnings.append(str(e))
+            self.unreachable = isinstance(e, Unavailable)
+            return default
+
+
 def status(
     record: JobRecord, seen: Observed, outputs: JobOutputs, job_dir: Path
 ) -> PostTrainingJobStatusResponse:
+    lenient = _Reads()
+    progress: dict[str, Any] | None = lenient(outputs.progress, None)
     resources = StatusResources.model_validate(
-        {"job_dir": str(job_dir), "engine": record.spec.engine, **(outputs.progress() or {})}
+        {"job_dir": str(job_dir), "engine": record.spec.engine, **(progress or {})}
     )
     if seen.note:
         resources.runner = seen.note
     if record.spec.tracking is not None:
-        resources.tracking = outputs.tracking()
-    result = outputs.result()
+        resources.tracking = lenient(outputs.tracking, None)
+    result = lenient(outputs.result, None)
     if result:
         resources.result = {k: v for k, v in result.items() if k != "epochs"}
     if seen.error:
         resources.error = StepError.model_validate({"message": "the job failed", **seen.error})
     if seen.status != "scheduled":
-        resources.log_tail = outputs.log_tail() or None
+        tail: list[str] = lenient(lambda: outputs.log_tail(), [])
+        resources.log_tail = tail or None
+    found: list[Checkpoint] = lenient(lambda: checkpoints(record, outputs), [])
+    resources.warnings = lenient.warnings or None
     return PostTrainingJobStatusResponse(
         job_uuid=record.job_uuid,
         status=STATUS[seen.status],
@@ -78,5 +106,5 @@ def status(
             for k, v in resources.model_dump(mode="json", exclude={"error": {"traceback"}}).items()
             if v is not None
         },
-        checkpoints=checkpoints(record, outputs),
+        checkpoints=found,
     )
