@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import s3_errors, storage
+from . import hub_errors, s3_errors, storage
 from .errors import InvalidRequest
 from .locations import Location, is_hf_repo_id
 from .lora_targets import module_paths
@@ -291,9 +291,13 @@ def hub_model(name: str, repo: str) -> ModelSpec:
 
         path = hf_hub_download(repo, "config.json")
     except Exception as e:
+        failed = hub_errors.upstream(e, f"reading config.json of {repo!r}")
+        if failed is not None:  # the Hub down or refusing is not the caller's mistake
+            raise failed from None
         raise ModelError(
             f"cannot read config.json of Hugging Face repo {repo!r} ({type(e).__name__}); "
-            "check the id, set HF_TOKEN for gated repos, or upload the weights to S3"
+            "check the id (private repos need HF_TOKEN), use a model in the server's Hugging "
+            "Face cache when it is offline, or upload the weights to S3"
         ) from None
     try:
         config = json.loads(Path(path).read_text())
