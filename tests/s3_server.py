@@ -37,3 +37,48 @@ def s3_server() -> Iterator[dict[str, str]]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def iam_user(endpoint: str, name: str, statements: list[dict] | None = None) -> dict[str, str]:
+    """An IAM user of the moto server with these policy statements (none: no rights at all),
+    as the AWS_* variables of its access key. Create it before `iam_enforced`."""
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")
+    iam.create_user(UserName=name)
+    if statements:
+        user_policy(endpoint, name, statements)
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return {
+        "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+    }
+
+
+def user_policy(endpoint: str, user: str, statements: list[dict], name: str = "p") -> None:
+    """Set the user's inline policy `name` (moto reads it on every request)."""
+    import json
+
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")
+    document = json.dumps({"Version": "2012-10-17", "Statement": statements})
+    iam.put_user_policy(UserName=user, PolicyName=name, PolicyDocument=document)
+
+
+@contextmanager
+def iam_enforced(endpoint: str) -> Iterator[None]:
+    """moto checks every request against IAM (it does not by default) until the block ends.
+    The setting is the moto process's: here, this test process."""
+    import urllib.request
+
+    def reset(count: str) -> None:
+        req = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=count.encode(),
+                                     headers={"Content-Type": "text/plain"})  # fmt: skip
+        urllib.request.urlopen(req).close()
+
+    reset("0")
+    try:
+        yield
+    finally:
+        reset("inf")

@@ -19,7 +19,7 @@ import pytest
 from hf_cache import make_hf_cache
 from kfp_api_stub import KFPStub
 from llama_stack_client import APIStatusError
-from s3_server import s3_server
+from s3_server import iam_enforced, iam_user, s3_server
 
 from harness.demo_data import instruct_rows
 from harness.server import ROOT, Server
@@ -321,6 +321,38 @@ def test_hub_and_pvc_models(remote, stub, tmp_path):
     k8s = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]
     (mount,) = k8s["executors"]["exec-train"]["pvcMount"]
     assert mount["mountPath"] == "/mnt/models/models-pvc"
+
+
+def test_s3_refusing_the_server_is_a_502_and_a_status_still_answers(s3, stub, tmp_path):
+    """moto enforcing IAM for a server whose S3 user may use the job bucket only: a model it
+    may not read is a 502 naming bucket, key and operation, never the caller's 400; a job
+    file it may not read is a warning in a status that still answers."""
+    endpoint = s3["AWS_ENDPOINT_URL"]
+    job_bucket, progress = (
+        ["arn:aws:s3:::kfp", "arn:aws:s3:::kfp/*"],
+        "arn:aws:s3:::kfp/*/progress.json",
+    )
+    keys = iam_user(endpoint, "kfp-only", [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": job_bucket},
+        {"Effect": "Deny", "Action": "s3:GetObject", "Resource": progress},
+    ])  # fmt: skip
+    env = {"KFP_MODE": "remote", "KFP_URL": stub.url, "KFP_NAMESPACE": "team-a",
+           "KFP_TOKEN": TOKEN, "KFP_S3_BUCKET": "kfp", "KFP_S3_ENDPOINT_URL": endpoint,
+           **keys}  # fmt: skip
+    with iam_enforced(endpoint), _own_server(tmp_path, env) as client:
+        ds = register_rows(client, tmp_path, instruct_rows(12))
+        with pytest.raises(APIStatusError) as err:
+            submit(client, new_id("denied"), "tiny", ds, checkpoint_dir=MODEL)
+        assert err.value.status_code == 502
+        for words in ("S3 denied GetObject", "bucket 'models'", "key 'tiny-hf.tar.gz'"):
+            assert words in str(err.value)
+        job = new_id("pvc")
+        submit(client, job, "llama", ds, checkpoint_dir="pvc://models-pvc/llama-3b")
+        stub.set_state(stub.run_for(job)["run_id"], "RUNNING")
+        st = job_status(client, job)
+        assert st["status"] == "in_progress"
+        (warning,) = st["resources_allocated"]["warnings"]
+        assert "S3 denied GetObject" in warning and f"{job}/output/progress.json" in warning
 
 
 def test_model_outside_s3_is_refused(remote, tmp_path, tiny_models):

@@ -3,8 +3,8 @@
     core.errors.InvalidRequest   400  the caller can fix it
     core.errors.Unsupported      501
     core.errors.JobNotFound      404  (llama-stack's ResourceNotFoundError)
-    core.errors.Refused          502  the cluster or storage answered but refused
-    core.errors.Unavailable      503  the cluster or storage cannot be reached
+    core.errors.Refused          502  the cluster or storage answered but refused (403, ...)
+    core.errors.Unavailable      503  the cluster or storage cannot be reached, or a 5xx
     anything else                500  logged with its traceback; never the caller's fault
 
 llama-stack would answer a pydantic ValidationError (a bug while building a JobSpec) with 400,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from llama_stack_api import (
     Checkpoint,
@@ -11,6 +13,7 @@ from llama_stack_api import (
     PostTrainingMetric,
 )
 
+from ..core.errors import Unavailable, Upstream
 from ..core.locations import parse
 from ..core.outputs import CheckpointInfo, JobOutputs, StatusResources, StepError
 from ..jobs.backend import Observed
@@ -74,26 +77,51 @@ def unreadable(found: UnreadableRecord, job_dir: Path) -> PostTrainingJobStatusR
     )
 
 
+class _Reads:
+    """A status answers even when storage denies or fails a read: the reason goes into
+    `warnings` instead (a missing file is no warning: it reads as None). Once the endpoint
+    did not answer, the other reads are skipped rather than each waiting out its timeout."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self.unreachable = False
+
+    def __call__[T](self, read: Callable[[], T], default: T) -> T:
+        if self.unreachable:
+            return default
+        try:
+            return read()
+        except Upstream as e:
+            self.warnings.append(str(e))
+            self.unreachable = isinstance(e, Unavailable)
+            return default
+
+
 def status(
     record: JobRecord, seen: Observed, outputs: JobOutputs, job_dir: Path
 ) -> PostTrainingJobStatusResponse:
+    lenient = _Reads()
+    progress: dict[str, Any] | None = lenient(outputs.progress, None)
     resources = StatusResources.model_validate(
-        {"job_dir": str(job_dir), "engine": record.spec.engine, **(outputs.progress() or {})}
+        {"job_dir": str(job_dir), "engine": record.spec.engine, **(progress or {})}
     )
     if seen.note:
         resources.runner = seen.note
     if record.spec.tracking is not None:
-        resources.tracking = outputs.tracking()
-    result = outputs.result()
+        resources.tracking = lenient(outputs.tracking, None)
+    result = lenient(outputs.result, None)
     if result:
         resources.result = {k: v for k, v in result.items() if k != "epochs"}
     if seen.status != "scheduled":
-        resources.log_tail = outputs.log_tail() or None
+        tail: list[str] = lenient(lambda: outputs.log_tail(), [])
+        resources.log_tail = tail or None
     if seen.error:
         # The error's own tail (a step's, or KFP's) wins; else the job's log, read once above.
         resources.error = seen.error.model_copy(
             update={"log_tail": seen.error.log_tail or resources.log_tail or []}
         )
+    found: list[Checkpoint] = lenient(lambda: checkpoints(record.job_uuid, outputs), [])
+    resources.warnings = lenient.warnings or None
     return PostTrainingJobStatusResponse(
         job_uuid=record.job_uuid,
         status=STATUS[seen.status],
@@ -105,5 +133,5 @@ def status(
             for k, v in resources.model_dump(mode="json", exclude={"error": {"traceback"}}).items()
             if v is not None
         },
-        checkpoints=checkpoints(record.job_uuid, outputs),
+        checkpoints=found,
     )

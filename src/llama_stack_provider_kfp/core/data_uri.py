@@ -17,6 +17,7 @@ from itertools import islice
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
+from . import hub_errors
 from .errors import InvalidRequest
 
 
@@ -98,11 +99,13 @@ def _iter_huggingface(uri: str) -> Iterator[dict]:
     import datasets as hf_datasets
 
     params.setdefault("split", "train")
-    try:
-        ds = hf_datasets.load_dataset(path, streaming=True, **params)
+    try:  # rows stream from the Hub: a failure may come while iterating too
+        yield from hf_datasets.load_dataset(path, streaming=True, **params)
     except Exception as e:
+        failed = hub_errors.upstream(e, f"loading {_redact(uri)}")
+        if failed is not None:  # the Hub down or refusing is not the caller's mistake
+            raise failed from None
         raise DataSourceError(f"cannot load {_redact(uri)}: {e}") from None
-    yield from ds
 
 
 _CREDENTIAL_PARAMS = ("token", "secret", "password", "key", "credential")
@@ -129,7 +132,8 @@ def local_file(uri: str) -> Path | None:
 
 
 def iter_rows(uri: str) -> Iterator[dict]:
-    """Yield the rows at `uri` one by one; any reading problem is a DataSourceError."""
+    """Yield the rows at `uri` one by one; any reading problem is a DataSourceError, the
+    Hub failing or refusing is Unavailable / Refused (neither is an OSError)."""
     try:
         yield from _iter_rows(uri)
     except DataSourceError:

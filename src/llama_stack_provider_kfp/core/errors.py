@@ -23,9 +23,15 @@ class JobNotFound(LookupError):
         self.job_uuid = job_uuid
 
 
-class Unavailable(ConnectionError):
-    """A cluster or storage endpoint cannot be reached: network, DNS, TLS, timeouts (503)."""
+# Neither is an OSError (nor a ValueError): the `except OSError` / `except ValueError` that
+# turn unreadable files into a caller's 400 must not catch a storage or cluster failure.
+class Upstream(Exception):
+    """A service the provider depends on (cluster, object storage, the Hub) failed a call."""
 
 
-class Refused(Unavailable):
-    """A cluster or storage endpoint answered but refused: bad token, no rights, odd reply (502)."""
+class Unavailable(Upstream):
+    """It cannot be reached: network, DNS, TLS, timeouts, 5xx (503)."""
+
+
+class Refused(Upstream):
+    """It answered but refused: bad token, no rights, odd reply (502)."""

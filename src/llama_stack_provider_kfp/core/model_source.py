@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import storage
+from . import hub_errors, s3_errors, storage
 from .errors import InvalidRequest
 from .locations import Location, is_hf_repo_id
 from .lora_targets import module_paths
@@ -236,28 +236,33 @@ def _inspect_hf(name: str, location: str, names: set[str], reader: _Reader) -> M
 
 def inspect_s3_model(name: str, loc: Location, s3: Any = None) -> ModelSpec:
     """A model in S3: a prefix (listed) or a gzip tarball (its config read from the stream;
-    the train step checks the files once extracted)."""
+    the train step checks the files once extracted). Nothing there is the caller's ModelError;
+    a denied or failed S3 call is Refused / Unavailable, never theirs."""
     try:
         if loc.key.endswith((".tar.gz", ".tgz")):
             return _inspect_s3_tarball(name, loc, s3)
         names = set(storage.list_keys(loc, s3))
-        if not names:
-            raise ModelError(f"nothing found under {loc}/")
-        load = lambda n: storage.read_json(loc.join(n), s3)  # noqa: E731
-        reader = _Reader(
-            load,
-            lambda _files: (
-                _index_modules(load("model.safetensors.index.json"))
-                if "model.safetensors.index.json" in names
-                else []
-            ),  # unknown until the step reads the weights
-            lambda n: n == "original/tokenizer.model",  # Llama 3 repos ship tiktoken there
-        )
-        return _inspect(name, str(loc), names, reader)
-    except ModelError:
-        raise
-    except Exception as e:  # botocore errors: no credentials, no bucket, access denied
-        raise ModelError(f"cannot read model at {loc}: {e}") from None
+    except s3_errors.NoSuchBucket:
+        raise ModelError(f"{loc}: bucket {loc.root!r} does not exist") from None
+    if not names:
+        raise ModelError(f"nothing found under {loc}/")
+
+    def load(n: str) -> Any:
+        body = storage.read_bytes(loc.join(n), s3)
+        if body is None:
+            raise ModelError(f"{loc.join(n)} was listed but is gone")
+        return json.loads(body)
+
+    reader = _Reader(
+        load,
+        lambda _files: (
+            _index_modules(load("model.safetensors.index.json"))
+            if "model.safetensors.index.json" in names
+            else []
+        ),  # unknown until the step reads the weights
+        lambda n: n == "original/tokenizer.model",  # Llama 3 repos ship tiktoken there
+    )
+    return _inspect(name, str(loc), names, reader)
 
 
 def _index_modules(index: Any) -> list[str]:
@@ -286,9 +291,13 @@ def hub_model(name: str, repo: str) -> ModelSpec:
 
         path = hf_hub_download(repo, "config.json")
     except Exception as e:
+        failed = hub_errors.upstream(e, f"reading config.json of {repo!r}")
+        if failed is not None:  # the Hub down or refusing is not the caller's mistake
+            raise failed from None
         raise ModelError(
             f"cannot read config.json of Hugging Face repo {repo!r} ({type(e).__name__}); "
-            "check the id, set HF_TOKEN for gated repos, or upload the weights to S3"
+            "check the id (private repos need HF_TOKEN), use a model in the server's Hugging "
+            "Face cache when it is offline, or upload the weights to S3"
         ) from None
     try:
         config = json.loads(Path(path).read_text())
@@ -322,15 +331,22 @@ def _inspect_s3_tarball(name: str, loc: Location, s3: Any = None) -> ModelSpec:
     import tarfile
 
     uri = str(loc)
-    body = (s3 or storage.client()).get_object(Bucket=loc.root, Key=loc.key)["Body"]
-    with contextlib.closing(body), tarfile.open(fileobj=body, mode="r|gz") as tar:
-        for member in tar:  # upload-model.py puts the config first
-            extracted = tar.extractfile(member)
-            if member.name in ("config.json", "params.json") and extracted is not None:
-                config = json.load(extracted)
-                break
-        else:
-            raise ModelError(f"{uri}: no config.json or params.json in the archive")
+    body = storage.stream(loc, s3)
+    if body is None:
+        raise ModelError(f"no object {uri}; upload the weights with scripts/upload-model.py")
+    try:
+        with contextlib.closing(body), tarfile.open(fileobj=body, mode="r|gz") as tar:
+            for member in tar:  # upload-model.py puts the config first
+                extracted = tar.extractfile(member)
+                if member.name in ("config.json", "params.json") and extracted is not None:
+                    config = json.load(extracted)
+                    break
+            else:
+                raise ModelError(f"{uri}: no config.json or params.json in the archive")
+    except ModelError:
+        raise
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:  # S3 failures are none of these
+        raise ModelError(f"{uri} is not a gzip tarball of a model ({e!r})") from None
     if member.name == "config.json":
         return config_only_model(name, uri, config)
     arch = arch_from_meta_params(config)

@@ -114,6 +114,8 @@ class StatusResources(_Open):
     # experiment_id, run_url; TensorBoard: log_dir; W&B: run_id, dir) or the warning that
     # stopped it.
     tracking: dict[str, Any] | None = None
+    # What the status could not read (storage denied or unreachable); a status still answers.
+    warnings: list[str] | None = None
 
 
 class CheckpointInfo(BaseModel):
@@ -132,7 +134,8 @@ class CheckpointInfo(BaseModel):
 
 
 class JobOutputs:
-    """Read a job's outputs wherever they are (local directory or s3:// prefix).
+    """Read a job's outputs wherever they are (local directory or s3:// prefix). A file that
+    is not there reads as None; S3 denying or failing a read raises Refused / Unavailable.
 
     `log_file`: where the job's whole log is when it runs on this machine (the local worker's
     file, which holds every step's output); without it the steps' own logs/ are read.
@@ -193,10 +196,7 @@ class JobOutputs:
                 return {}
             return {p.parent.name: (p.parent / TRAINING_STATE).is_file()
                     for p in d.glob(f"*/{METRICS}")}  # fmt: skip
-        try:
-            keys = set(storage.list_keys(root, self._s3))
-        except Exception as e:
-            raise storage.explain(e, f"listing the checkpoints under {root}") from None
+        keys = set(storage.list_keys(root, self._s3))
         names = {k.split("/")[0] for k in keys if k.endswith(f"/{METRICS}")}
         return {n: f"{n}/{TRAINING_STATE}" in keys for n in names}
 

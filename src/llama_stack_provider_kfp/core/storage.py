@@ -6,22 +6,22 @@ provider-specific names (a Kubernetes Secret mounted as env vars), which KFP's l
 in the same container and reading the standard AWS_* names, does not see. Never from a request,
 a pipeline parameter or a job record. The endpoint is passed to `client()` by whoever owns the
 setting (the kfp backend's config; STEP_ENV in a step's pod), never set process-wide.
+
+Every function raises core.errors.Refused or Unavailable for a failed call (core.s3_errors);
+only "no such key" is absence, and reads say so with None (exists: False; download_file:
+FileNotFoundError).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tarfile
 from pathlib import Path
 from typing import Any
 
-from .errors import Refused, Unavailable
 from .locations import Location
-
-log = logging.getLogger(__name__)
-
+from .s3_errors import boundary, code_of, missing
 
 # The job's S3 settings in a step's pod, by provider-specific names (mapped to boto3 here).
 STEP_ENV = {
@@ -63,33 +63,21 @@ def client(
     )
 
 
-def explain(e: BaseException, doing: str) -> Unavailable:
-    """A boto3 failure as Refused (S3 answered no) or Unavailable (no answer), with the why."""
-    from botocore.exceptions import ClientError, NoCredentialsError
-
-    cause: BaseException | None = e
-    while cause is not None and not isinstance(cause, ClientError | NoCredentialsError):
-        cause = cause.__cause__ or cause.__context__  # boto3's transfers wrap the real error
-    if cause is not None:
-        e = cause
-    if isinstance(e, NoCredentialsError):
-        return Refused(
-            f"no S3 credentials while {doing}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-            "in the server's environment"
-        )
-    if isinstance(e, ClientError):
-        code = e.response.get("Error", {}).get("Code", "?")
-        return Refused(f"S3 refused {doing} ({code}); check the bucket name and the credentials")
-    return Unavailable(f"S3 could not be reached while {doing} ({type(e).__name__}: {e})")
-
-
 def upload_file(path: Path, loc: Location, s3: Any = None) -> None:
-    (s3 or client()).upload_file(str(path), loc.root, loc.key)  # multipart for large files
+    with boundary(loc, "PutObject"):
+        (s3 or client()).upload_file(str(path), loc.root, loc.key)  # multipart for large files
 
 
 def download_file(loc: Location, path: Path, s3: Any = None) -> Path:
+    """The object at `loc` as a local file; FileNotFoundError when there is none."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    (s3 or client()).download_file(loc.root, loc.key, str(path))
+    with boundary(loc, "GetObject"):
+        try:
+            (s3 or client()).download_file(loc.root, loc.key, str(path))
+        except Exception as e:
+            if missing(e):
+                raise FileNotFoundError(f"no object {loc}") from None
+            raise
     return path
 
 
@@ -98,8 +86,9 @@ def list_keys(prefix: Location, s3: Any = None) -> list[str]:
     s3 = s3 or client()
     base = prefix.key.rstrip("/") + "/" if prefix.key else ""
     keys: list[str] = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=prefix.root, Prefix=base):
-        keys += [o["Key"][len(base) :] for o in page.get("Contents", [])]
+    with boundary(prefix, "ListObjectsV2"):
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=prefix.root, Prefix=base):
+            keys += [o["Key"][len(base) :] for o in page.get("Contents", [])]
     return keys
 
 
@@ -119,33 +108,75 @@ def delete_prefix(prefix: Location, s3: Any = None) -> None:
     """Delete every object under `prefix/` (a checkpoint folder)."""
     s3 = s3 or client()
     keys = [prefix.join(k).key for k in list_keys(prefix, s3)]
-    for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
-        batch = [{"Key": k} for k in keys[i : i + 1000]]
-        s3.delete_objects(Bucket=prefix.root, Delete={"Objects": batch, "Quiet": True})
+    with boundary(prefix, "DeleteObjects"):
+        for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            batch = [{"Key": k} for k in keys[i : i + 1000]]
+            s3.delete_objects(Bucket=prefix.root, Delete={"Objects": batch, "Quiet": True})
 
 
 def exists(loc: Location, s3: Any = None) -> bool:
-    from botocore.exceptions import ClientError
-
-    try:
-        (s3 or client()).head_object(Bucket=loc.root, Key=loc.key)
-    except ClientError:
-        return False
+    """False only when S3 says there is no such key; a denied or failed look raises."""
+    with boundary(loc, "HeadObject"):
+        try:
+            (s3 or client()).head_object(Bucket=loc.root, Key=loc.key)
+        except Exception as e:
+            if missing(e):
+                return False
+            raise
     return True
 
 
-def read_json(loc: Location, s3: Any = None) -> Any | None:
-    """The object's JSON, or None when it is missing or unreadable (access denied included:
-    a status call should answer, and the warning is logged)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
+def read_bytes(loc: Location, s3: Any = None, tail: int | None = None) -> bytes | None:
+    """The object's bytes (its last `tail` bytes), or None when there is no such key."""
     s3 = s3 or client()
-    try:
-        body = s3.get_object(Bucket=loc.root, Key=loc.key)["Body"].read()
-    except s3.exceptions.NoSuchKey:
-        return None
-    except (ClientError, BotoCoreError) as e:
-        log.warning("cannot read %s: %s", loc, e)
+    extra = {"Range": f"bytes=-{tail}"} if tail else {}
+    with boundary(loc, "GetObject"):
+        try:
+            got = s3.get_object(Bucket=loc.root, Key=loc.key, **extra)
+        except Exception as e:
+            if missing(e):
+                return None
+            if tail and code_of(e) == "InvalidRange":
+                return b""  # an empty object has no last bytes
+            raise
+        body: bytes = got["Body"].read()
+    if tail and not got.get("ContentRange", "bytes 0-").startswith("bytes 0-"):
+        body = body.partition(b"\n")[2]  # started mid-line: drop the fragment
+    return body
+
+
+class _Stream:
+    """An object's body whose reads raise Refused / Unavailable, like every call here."""
+
+    def __init__(self, body: Any, loc: Location) -> None:
+        self._body, self._loc = body, loc
+
+    def read(self, size: int = -1) -> bytes:
+        with boundary(self._loc, "GetObject"):
+            data: bytes = self._body.read(size if size >= 0 else None)
+            return data
+
+    def close(self) -> None:
+        self._body.close()
+
+
+def stream(loc: Location, s3: Any = None) -> Any:
+    """The object's body to read as a stream (read, close), or None when there is no such
+    key."""
+    with boundary(loc, "GetObject"):
+        try:
+            return _Stream((s3 or client()).get_object(Bucket=loc.root, Key=loc.key)["Body"], loc)
+        except Exception as e:
+            if missing(e):
+                return None
+            raise
+
+
+def read_json(loc: Location, s3: Any = None) -> Any | None:
+    """The object's JSON, or None when it is missing or not JSON (a half-written file);
+    a denied or failed read raises Refused / Unavailable."""
+    body = read_bytes(loc, s3)
+    if body is None:
         return None
     try:
         return json.loads(body)
@@ -154,30 +185,18 @@ def read_json(loc: Location, s3: Any = None) -> Any | None:
 
 
 def read_tail(loc: Location, max_bytes: int, s3: Any = None) -> str | None:
-    """The object's last `max_bytes` as text, or None when it is missing or unreadable."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    s3 = s3 or client()
-    try:
-        got = s3.get_object(Bucket=loc.root, Key=loc.key, Range=f"bytes=-{max_bytes}")
-        text = got["Body"].read().decode("utf-8", errors="replace")
-    except s3.exceptions.NoSuchKey:
-        return None
-    except (ClientError, BotoCoreError) as e:
-        log.warning("cannot read %s: %s", loc, e)
-        return None
-    if not got.get("ContentRange", "bytes 0-").startswith("bytes 0-"):
-        text = text.partition("\n")[2]  # started mid-line: drop the fragment
-    return text
+    """The object's last `max_bytes` as text from a line start, or None when it is missing."""
+    body = read_bytes(loc, s3, tail=max_bytes)
+    return None if body is None else body.decode("utf-8", errors="replace")
 
 
 def write_bytes(loc: Location, body: bytes, s3: Any = None) -> None:
-    (s3 or client()).put_object(Bucket=loc.root, Key=loc.key, Body=body)
+    with boundary(loc, "PutObject"):
+        (s3 or client()).put_object(Bucket=loc.root, Key=loc.key, Body=body)
 
 
 def write_json(loc: Location, data: Any, s3: Any = None) -> None:
-    body = json.dumps(data, default=str).encode()
-    (s3 or client()).put_object(Bucket=loc.root, Key=loc.key, Body=body)
+    write_bytes(loc, json.dumps(data, default=str).encode(), s3)
 
 
 def safe_extract(archive: Path, dest: Path) -> Path:

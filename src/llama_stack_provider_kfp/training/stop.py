@@ -41,7 +41,13 @@ class GracefulStop:
             return
         try:
             cancelled = self.output.exists(CANCEL)
-        except Exception:  # storage unreachable: a checkpoint is the safer guess
+        except Exception as e:
+            # Denied or unreachable: save as for a preemption. A checkpoint nobody needed
+            # costs the grace period; taking it as a cancel would lose every preempted run's
+            # work wherever the step may not list the bucket (S3 then answers 403, not 404,
+            # for the marker that is not there). Said in the log, never silently.
+            print(f"SIGTERM: cannot read the cancel marker ({e}); taking it as a preemption",
+                  flush=True)  # fmt: skip
             cancelled = False
         if cancelled:
             raise SystemExit(128 + signum)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import storage
+from ..core.errors import Upstream
 from ..core.locations import Location, parse
 from ..core.outputs import ERROR, PROGRESS, RESULT
 from ..core.spec import JobSpec
@@ -193,8 +194,14 @@ def _api_error(e: Exception, doing: str) -> RuntimeError:
 
 
 def _progress_line(output: Location, s3: Any, last: Any) -> Any:
-    """Print rank 0's progress when it moved; the step's log (and the status) shows it."""
-    data = storage.read_json(output.join(PROGRESS), s3)
+    """Print rank 0's progress when it moved; the step's log (and the status) shows it.
+    Storage denying or failing the read is printed once and does not stop the following."""
+    try:
+        data = storage.read_json(output.join(PROGRESS), s3)
+    except Upstream as e:
+        if last != str(e):
+            print(f"train: cannot read the progress ({e})", flush=True)
+        return str(e)
     p = (data or {}).get("progress") or {}
     key = (p.get("step"), p.get("epoch"))
     if p and key != last:
@@ -232,7 +239,10 @@ def follow(job: _TrainJob, plan: NodePlan, output: Location) -> None:
             return
         failed = condition(obj, "Failed")
         if failed is not None:
-            node = storage.read_json(output.join(ERROR), s3)
+            try:
+                node = storage.read_json(output.join(ERROR), s3)
+            except Upstream as e:
+                node = {"message": f"(their error.json is unreadable: {e})"}
             why = f"; on the nodes: {node['message']}" if isinstance(node, dict) and node.get(
                 "message") else ""  # fmt: skip
             raise TrainJobFailed(

@@ -16,7 +16,7 @@ from typing import Any
 
 from ...config import RemoteConfig
 from ...core import data_uri, storage
-from ...core.errors import Refused, Unsupported
+from ...core.errors import Refused, Unsupported, Upstream
 from ...core.locations import Location, parse
 from ...core.model_source import ModelError, hub_model, inspect_s3_model, pvc_model
 from ...core.outputs import JobOutputs, StepError, write_cancel
@@ -142,9 +142,9 @@ class KFPBackend:
     def training_state(self, where: str) -> TrainingState | None:
         """A checkpoint of this provider in S3 (the only place remote steps write them)."""
         loc = parse(where)
-        if loc.scheme != "s3":
+        if loc.scheme != "s3" or loc.key.endswith((".tar.gz", ".tgz")):
             return None
-        # read_json answers None for a missing or unreadable object (and logs why).
+        # None for a missing object; S3 denying or failing the read raises (502 / 503).
         return load_state(lambda name: storage.read_json(loc.join(name), self.s3), where)
 
     def _job_prefix(self, job_uuid: str) -> Location:
@@ -178,10 +178,7 @@ class KFPBackend:
             return source  # s3://, or a hub dataset the pod reads itself
         key = Path(name).stem + local.suffix  # keep the suffix: it says how to parse the file
         target = prefix.join("input", key)
-        try:
-            storage.upload_file(local, target, self.s3)
-        except Exception as e:
-            raise storage.explain(e, f"staging the dataset to {target}") from None
+        storage.upload_file(local, target, self.s3)  # Refused / Unavailable name the key
         return str(target)
 
     def outputs(self, record: JobRecord) -> JobOutputs:
@@ -346,7 +343,7 @@ class KFPBackend:
             if raw_state is None and getattr(run, "run_id", None) is None:
                 raise login_page(self.url, "with an empty run")
         except Exception as e:
-            err = e if isinstance(e, Refused) else explain(e, self.url)
+            err = explain(e, self.url)
             self._client = None  # reconnect next time, with the token read again
             last = self._last_state.get(run_id, "RUNNING")
             status = "cancelled" if record.cancelled_at else STATE_MAP.get(last, "in_progress")
@@ -355,7 +352,7 @@ class KFPBackend:
         self._last_state[run_id] = state
         status = STATE_MAP.get(state, "in_progress")
         note: dict[str, Any] = {"run_id": run_id, "state": state}
-        step_error = self.outputs(record).error() if status == "failed" else None
+        step_error = self._step_error(record, note) if status == "failed" else None
         # The pods say why a run waits, or why it failed when the step could not say it.
         looking = state in ("PENDING", "RUNNING") or (status == "failed" and step_error is None)
         troubles = self._pods(run_id, note) if looking else []
@@ -394,6 +391,15 @@ class KFPBackend:
             error=StepError.model_validate(error) if error is not None else None,
             note=note,
         )
+
+    def _step_error(self, record: JobRecord, note: dict[str, Any]) -> StepError | None:
+        """The failed step's error.json; a note when storage denies or fails the read (the
+        job still settles as failed, with KFP's own reason)."""
+        try:
+            return self.outputs(record).error()
+        except Upstream as e:
+            note["storage_warning"] = str(e)
+            return None
 
     def _pods(self, run_id: str, note: dict[str, Any]) -> list[PodTrouble]:
         """The run's pod troubles; none when the Kubernetes API is not reachable from here

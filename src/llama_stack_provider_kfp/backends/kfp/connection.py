@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...config import RemoteConfig
-from ...core.errors import Refused, Unavailable
+from ...core.errors import Refused, Unavailable, Upstream
 
 DSPA_GROUP, DSPA_PLURAL = (
     "datasciencepipelinesapplications.opendatahub.io",
@@ -186,8 +186,10 @@ def login_page(url: str, answered: str) -> Refused:
     )
 
 
-def explain(e: Exception, url: str) -> Unavailable:
+def explain(e: Exception, url: str) -> Upstream:
     """An error talking to KFP, as Refused (it answered no) or Unavailable (no answer)."""
+    if isinstance(e, Upstream):
+        return e  # explained already (discovery, the login page)
     status = getattr(e, "status", None)
     if status in (401, 403):
         return Refused(
@@ -204,4 +206,6 @@ def explain(e: Exception, url: str) -> Unavailable:
         return Unavailable(f"TLS to {url} failed ({text}); set remote.ca_bundle or verify_ssl")
     if status is None:
         return Unavailable(f"KFP endpoint {url} is unreachable ({type(e).__name__}: {text[:200]})")
+    if status >= 500:  # the API server or its route is down or overloaded: no answer to act on
+        return Unavailable(f"KFP at {url} answered HTTP {status}: {text[:300]}")
     return Refused(f"KFP at {url} answered HTTP {status}: {text[:300]}")
