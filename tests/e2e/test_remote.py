@@ -74,6 +74,9 @@ def remote(s3, stub, tmp_path, monkeypatch, tiny_models):
         "KFP_REQUEST_TIMEOUT": "0.5",  # sub-second: the blackholed-route test waits on it
         "KFP_PENDING_TIMEOUT": "60",
         "KFP_MAX_CONCURRENT_JOBS": "8",
+        # Each status call asks the stand-in: these tests set a run's state and read it back
+        # at once (the shared observation is tested in tests/test_backend_contract.py).
+        "KFP_OBSERVATION_MAX_AGE": "0",
         # The Kubernetes API (the same stand-in) for the runs' pods and events.
         "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig", stub.url, "team-a")),
     }

@@ -322,7 +322,7 @@ def test_tracking_failure_mid_run_keeps_training(mlflow, tiny_models, tmp_path, 
     output = Output(str(tmp_path / "out"))
     with tracking(spec, output) as tracker:
         progress = ProgressLogger(str(output.local / PROGRESS))
-        progress.attach(output)
+        progress.attach(output, tracker)
         progress.begin(total_steps=4, steps_per_epoch=4, total_epochs=1)
         progress.log_dict({"loss": 2.0, "lr": 0.1}, 1)
         mlflow.stop()

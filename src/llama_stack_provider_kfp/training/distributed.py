@@ -66,9 +66,10 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def current() -> Ranks:
-    """This process's place among the ranks torchrun started (one rank without torchrun); the
-    process group is joined here: gloo on CPU, NCCL on GPUs."""
+def join_ranks() -> Ranks:
+    """Join the process group of the ranks torchrun started (gloo on CPU, NCCL on GPUs) and
+    say which one this process is; one rank without torchrun. The only reader of torchrun's
+    environment (WORLD_SIZE, RANK, LOCAL_RANK): everything else gets the Ranks it returns."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Ranks()

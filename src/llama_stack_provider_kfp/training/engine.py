@@ -4,11 +4,9 @@ one at submit, without torch); this module finds the implementation the JobSpec 
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from typing import Any, Protocol
 
-from ..core.spec import JobSpec
-from .io import Output
+from .context import TrainingContext
 
 # name -> module with an `ENGINE` object; imported only when a step trains with it.
 IMPLEMENTATIONS = {
@@ -20,10 +18,8 @@ IMPLEMENTATIONS = {
 class Engine(Protocol):
     name: str
 
-    def train(
-        self, spec: JobSpec, model_dir: Path, output: Output, train_path: str, val_path: str | None
-    ) -> dict[str, Any]:
-        """Train; write progress and per-epoch checkpoints through `output` (core.outputs
+    def train(self, ctx: TrainingContext) -> dict[str, Any]:
+        """Train; write progress and per-epoch checkpoints through `ctx.output` (core.outputs
         layout); return the result summary (result.json)."""
         ...
 

@@ -20,7 +20,6 @@ from typing import Any
 from ..core import storage
 from ..core.locations import parse
 from ..core.outputs import METRICS, StepError, write_error
-from .tracking import Tracker
 
 # Weights, configs and every tokenizer form: tokenizer.json / vocab + merges / sentencepiece /
 # tiktoken, and chat templates saved beside them (chat_template.jinja).
@@ -65,8 +64,6 @@ class Output:
         self.local.mkdir(parents=True, exist_ok=True)
         self._last_push: dict[str, float] = {}
         self._s3: Any = storage.client() if self.uploads else None
-        # The job's experiment trackers (logger_config); set by the train step.
-        self.tracker = Tracker()
 
     @property
     def s3(self) -> Any:

@@ -47,11 +47,11 @@ class ProgressLogger:
         self.history = [[int(s), float(v)] for s, v in history]
         self.stride, self.start_step = stride, step
 
-    def attach(self, output: Output) -> None:
+    def attach(self, output: Output, tracker: Tracker) -> None:
         """Publish through the job's output: progress.json uploaded (at most every 5 s when
         remote), metrics to its trackers."""
         self.on_write = lambda: output.push(PROGRESS, 5.0)
-        self.tracker = output.tracker
+        self.tracker = tracker
 
     def begin(self, total_steps: int, steps_per_epoch: int, total_epochs: int, **facts) -> None:
         self.total_steps, self.steps_per_epoch = total_steps, max(steps_per_epoch, 1)

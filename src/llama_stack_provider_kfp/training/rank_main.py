@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..core.files import write_json
 from ..core.spec import JobSpec
-from .distributed import current
+from .distributed import join_ranks
 from .io import Output
 from .steps import train
 
@@ -20,12 +20,12 @@ from .steps import train
 def main(job_file: str) -> None:
     job = json.loads(Path(job_file).read_text())
     exchange = Path(job["exchange"])
-    ranks = current()
+    ranks = join_ranks()
     try:
         spec = JobSpec.model_validate_json(job["spec"])
         output = Output(job["output_uri"])
         result = train(spec, Path(job["model_dir"]), output, job["train_path"], job["val_path"],
-                       main=ranks.main)  # fmt: skip
+                       ranks)  # fmt: skip
         if ranks.main:
             write_json(exchange / "result.json", result)
     except BaseException as e:

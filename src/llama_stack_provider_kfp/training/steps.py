@@ -13,6 +13,8 @@ from ..core.lora_targets import resolve, tied_output_problem
 from ..core.model_source import inspect_model_dir
 from ..core.outputs import PROGRESS, RESULT, versioned
 from ..core.spec import JobSpec
+from .context import TrainingContext
+from .distributed import Ranks
 from .engine import get_engine
 from .io import Output, fetch_model, report_errors
 from .prepare import prepare
@@ -66,7 +68,7 @@ def _train(
                 "spec": spec.model_dump_json(), "model_dir": str(model_dir),
                 "output_uri": output_uri, "train_path": train_path, "val_path": val,
             })  # fmt: skip
-        return train(spec, model_dir, Output(output_uri), train_path, val, main=True)
+        return train(spec, model_dir, Output(output_uri), train_path, val, Ranks())
 
 
 def reinspected(spec: JobSpec, model_dir: Path, model_uri: str) -> JobSpec:
@@ -94,13 +96,15 @@ def train(
     output: Output,
     train_path: str,
     val_path: str | None,
-    main: bool,
+    ranks: Ranks,
 ) -> dict[str, Any]:
-    """Train with the job's engine; the main rank tracks it and writes the result."""
-    with tracking(spec, output) as tracker:
-        result = get_engine(spec.engine.name).train(spec, model_dir, output, train_path, val_path)
+    """Train with the job's engine as one of `ranks`; the main rank tracks it and writes the
+    result."""
+    with tracking(spec, output, ranks.main) as tracker:
+        ctx = TrainingContext(spec, model_dir, output, train_path, val_path, ranks, tracker)
+        result = get_engine(spec.engine.name).train(ctx)
         tracker.finish(result, ok=True)
-    if main:
+    if ranks.main:
         write_json(output.local / RESULT, versioned(result))
         output.push(PROGRESS)
         output.push(RESULT)

@@ -103,10 +103,9 @@ class Tracker:
         self._output: Output | None = None
         self._step = 0
 
-    def start(self, spec: JobSpec, output: Output) -> None:
+    def start(self, spec: JobSpec, output: Output, main: bool = True) -> None:
         t = spec.tracking
-        # Only rank 0 logs once training runs on several ranks (torchrun sets RANK).
-        if t is None or int(os.environ.get("RANK", "0")) != 0:
+        if t is None or not main:  # only the main rank logs when several train
             return
         self._output = output
         params = job_params(spec)
@@ -166,11 +165,12 @@ class Tracker:
 
 
 @contextlib.contextmanager
-def tracking(spec: JobSpec, output: Output) -> Iterator[Tracker]:
-    """The job's Tracker, on `output.tracker` while the step trains; its runs are ended as
-    finished or failed with the step."""
-    tracker = output.tracker = Tracker()
-    tracker.start(spec, output)
+def tracking(spec: JobSpec, output: Output, main: bool = True) -> Iterator[Tracker]:
+    """The job's Tracker while the step trains (the engine gets it in its TrainingContext);
+    its runs are ended as finished or failed with the step. Inert on ranks other than the
+    main one."""
+    tracker = Tracker()
+    tracker.start(spec, output, main)
     try:
         yield tracker
     except BaseException:

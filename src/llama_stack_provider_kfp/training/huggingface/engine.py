@@ -29,9 +29,9 @@ from ...core.lora_targets import module_paths, resolve
 from ...core.outputs import ADAPTER, MERGED, PROGRESS, epoch_dir, step_dir
 from ...core.resume import TrainingState, check_rows
 from ...core.spec import JobSpec, algorithm
-from .. import distributed
 from .. import resume as resuming
 from ..checkpoints import checkpoint_writer, epoch_writer, prune_step_checkpoints
+from ..context import TrainingContext
 from ..device import peak_memory_mb, resolve_device
 from ..io import Output
 from ..progress import ProgressLogger
@@ -97,35 +97,31 @@ def _with_lora(model: Any, spec: JobSpec) -> Any:
 class HuggingFaceEngine:
     name = "huggingface"
 
-    def train(
-        self, spec: JobSpec, model_dir: Path, output: Output, train_path: str, val_path: str | None
-    ) -> dict[str, Any]:
-        with GracefulStop(output) as stop:
+    def train(self, ctx: TrainingContext) -> dict[str, Any]:
+        with GracefulStop(ctx.output) as stop:
             with tempfile.TemporaryDirectory(prefix="resume-") as scratch:
-                found = resuming.find(spec, output, Path(scratch))
-                run = _Run(spec, model_dir, output, train_path, val_path, found, stop)
+                found = resuming.find(ctx.spec, ctx.output, Path(scratch))
+                run = _Run(ctx, found, stop)
             return run.run()
 
 
 class _Run:
     def __init__(
         self,
-        spec: JobSpec,
-        model_dir: Path,
-        output: Output,
-        train_path: str,
-        val_path: str | None,
+        ctx: TrainingContext,
         resume: resuming.Resume | None = None,
         stop: GracefulStop | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
+        spec, model_dir, output = ctx.spec, ctx.model_dir, ctx.output
+        train_path, val_path = ctx.train_path, ctx.val_path
         t = spec.train
         random.seed(t.seed)
         torch.manual_seed(t.seed)
         self.spec, self.model_dir, self.output = spec, model_dir, output
         self.resume, self.stop = resume, stop or GracefulStop(output)
-        self.ranks = distributed.current()
+        self.ranks = ctx.ranks
         self.device = self.ranks.device(resolve_device(t.device))
         self.tokenizer = _load_tokenizer(model_dir)
         # A resumed full fine-tuning continues from its checkpoint's weights; LoRA trains on
@@ -196,7 +192,7 @@ class _Run:
         )
         if self.ranks.main:
             self.progress = ProgressLogger(str(output.local / PROGRESS))
-            self.progress.attach(output)
+            self.progress.attach(output, ctx.tracker)
         else:  # the other ranks publish nothing
             self.progress = ProgressLogger(str(Path(tempfile.mkdtemp()) / PROGRESS))
         self._inputs = 0  # non-padding tokens fed this optimizer step, on this rank

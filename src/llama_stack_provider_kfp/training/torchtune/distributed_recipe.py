@@ -15,13 +15,11 @@ import contextlib
 import gc
 from collections.abc import Iterator
 from typing import Any
-from unittest import mock
 
 import torch
 import torch.distributed as dist
 from torchtune import training
 
-from ..distributed import current
 from .recipe import ProviderRecipe, load_torchtune_recipe
 
 # Loaded from a file at run time: there is no static type to check against.
@@ -39,16 +37,23 @@ def _cpu_support(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
-    with (
-        mock.patch.object(training, "get_memory_stats", lambda *a, **k: {}),
-        mock.patch.object(training, "log_memory_stats", lambda *a, **k: None),
-        mock.patch.object(training, "cleanup_before_training", gc.collect),
-    ):
+    cpu = {
+        "get_memory_stats": lambda *a, **k: {},
+        "log_memory_stats": lambda *a, **k: None,
+        "cleanup_before_training": gc.collect,
+    }
+    saved = {name: getattr(training, name) for name in cpu}
+    try:
+        for name, fn in cpu.items():
+            setattr(training, name, fn)
         yield
+    finally:
+        for name, fn in saved.items():
+            setattr(training, name, fn)
 
 
 class ProviderLoRARecipeDistributed(ProviderRecipe, LoRAFinetuneRecipeDistributed):
-    """Joins the process group the ranks already share (training.distributed.current())."""
+    """Runs in the process group the ranks already joined (training.distributed.join_ranks)."""
 
     def setup(self, cfg: Any) -> None:
         with _cpu_support(self._device):
@@ -71,7 +76,7 @@ class ProviderLoRARecipeDistributed(ProviderRecipe, LoRAFinetuneRecipeDistribute
     def _counted(self, tokens: int, samples: int) -> None:
         # Every rank counts its share; the sums are what the job fed the model. Each rank
         # collates the same number of batches, so this collective lines up.
-        all_tokens, all_samples = current().sum(tokens, samples)
+        all_tokens, all_samples = self.ctx.ranks.sum(tokens, samples)
         if self.writes:
             self._metric_logger.add_input_tokens(int(all_tokens))
         self.samples_seen += int(all_samples)

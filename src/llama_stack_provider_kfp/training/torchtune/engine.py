@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -12,8 +11,8 @@ from typing import Any
 
 from ...core.outputs import PROGRESS
 from ...core.spec import JobSpec, LoraSpec, ModelArch, ModelSpec
+from ..context import TrainingContext
 from ..device import resolve_device
-from ..io import Output
 
 _OPTIMIZERS = {"adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW", "sgd": "torch.optim.SGD"}
 
@@ -201,20 +200,18 @@ def _check_meta_tying(spec: JobSpec, model_dir: str) -> None:
 class TorchtuneEngine:
     name = "torchtune"
 
-    def train(
-        self, spec: JobSpec, model_dir: Path, output: Output, train_path: str, val_path: str | None
-    ) -> dict[str, Any]:
-        return _run(spec, model_dir, output, train_path, val_path)
+    def train(self, ctx: TrainingContext) -> dict[str, Any]:
+        return _run(ctx)
 
 
-def _run(
-    spec: JobSpec, model_dir: Path, output: Output, train_path: str, val_path: str | None
-) -> dict[str, Any]:
+def _run(ctx: TrainingContext) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    # Under torchrun (several ranks): the distributed recipe, in the process group that
-    # training.distributed.current() joined.
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    spec, model_dir, output = ctx.spec, ctx.model_dir, ctx.output
+    train_path, val_path = ctx.train_path, ctx.val_path
+    # Several ranks (under torchrun): the distributed recipe, in the process group the ranks
+    # joined (training.distributed.join_ranks).
+    world = ctx.ranks.world
     if world > 1:
         from .distributed_recipe import ProviderLoRARecipeDistributed as Recipe
     else:
@@ -234,7 +231,7 @@ def _run(
                 world,
             )
         )
-        recipe = Recipe(cfg=cfg, spec=spec, output=output, model_dir=model_dir)
+        recipe = Recipe(cfg=cfg, ctx=ctx)
         recipe.setup(cfg=cfg)
         recipe.train()
         recipe.cleanup()

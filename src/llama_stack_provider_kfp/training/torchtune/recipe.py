@@ -30,9 +30,8 @@ from torchtune.modules.peft import (
 )
 
 from ...core.outputs import epoch_dir
-from ...core.spec import JobSpec
+from ..context import TrainingContext
 from ..device import peak_memory_mb
-from ..io import Output
 from .export import write_epoch
 
 
@@ -141,12 +140,13 @@ class ProviderRecipe:
     total_epochs: int
     global_step: int
 
-    def __init__(self, cfg: DictConfig, spec: JobSpec, output: Output, model_dir: Path) -> None:
+    def __init__(self, cfg: DictConfig, ctx: TrainingContext) -> None:
         super().__init__(cfg)  # type: ignore[call-arg]  # the torchtune recipe's
-        self.spec = spec
-        self.use_dora = bool(spec.lora and spec.lora.use_dora)
-        self.output = output
-        self.model_dir = model_dir
+        self.ctx = ctx
+        self.spec = ctx.spec
+        self.use_dora = bool(ctx.spec.lora and ctx.spec.lora.use_dora)
+        self.output = ctx.output
+        self.model_dir = ctx.model_dir
         self.samples_seen = 0
         self._samples_at_last_epoch = 0
         self._epoch_losses: list[float] = []
@@ -183,7 +183,7 @@ class ProviderRecipe:
         self.train_rows = len(getattr(dataset, "ds", dataset))  # PackedDataset wraps the rows
         self.validation_rows = len(self._val_loader.dataset) if self._val_loader else 0
         if self.writes:
-            self._metric_logger.attach(self.output)
+            self._metric_logger.attach(self.output, self.ctx.tracker)
             self._metric_logger.begin(
                 total_steps=self.total_epochs * self._steps_per_epoch,
                 steps_per_epoch=self._steps_per_epoch,

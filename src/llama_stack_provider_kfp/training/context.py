@@ -1,0 +1,25 @@
+"""What one process of a train step trains with, handed to the engine explicitly: the job,
+where its inputs and outputs are, which rank this process is, and where metrics go. Nothing
+below the train step reads the ranks from the environment (only training.distributed does,
+once) or finds the trackers through a side channel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.spec import JobSpec
+from .distributed import Ranks
+from .io import Output
+from .tracking import Tracker
+
+
+@dataclass(frozen=True)
+class TrainingContext:
+    spec: JobSpec
+    model_dir: Path
+    output: Output
+    train_path: str
+    val_path: str | None
+    ranks: Ranks
+    tracker: Tracker
