@@ -7,11 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
 
 from ..core.spec import JobSpec
-from .distributed import Ranks
-from .io import Output
-from .tracking import Tracker
+
+if TYPE_CHECKING:  # torch: imported by the train step, not by prepare-data
+    from .distributed import Ranks
+    from .io import Output
+    from .tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -23,3 +28,17 @@ class TrainingContext:
     val_path: str | None
     ranks: Ranks
     tracker: Tracker
+
+
+class RankJob(BaseModel):
+    """What each rank trains (the job file torchrun's ranks read; rank_main)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: str  # the JobSpec's JSON
+    model_dir: str
+    output_uri: str
+    train_path: str
+    val_path: str | None
+    # Filled in by launch: where ranks leave the result and their errors.
+    exchange: str = ""

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .context import RankJob
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -78,7 +80,7 @@ def join_ranks() -> Ranks:
     return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def launch(ranks: int, job: dict[str, Any], nodes: int = 1) -> dict[str, Any]:
+def launch(ranks: int, job: RankJob, nodes: int = 1) -> dict[str, Any]:
     """Run training.rank_main on `ranks` local ranks; rank 0's result, or the reason the
     first failing rank gave. With `nodes` > 1 this machine is one node of a TrainJob:
     torchrun reads the node count, this node's rank and the master's address from the PET_*
@@ -86,7 +88,7 @@ def launch(ranks: int, job: dict[str, Any], nodes: int = 1) -> dict[str, Any]:
     no result."""
     with tempfile.TemporaryDirectory(prefix="ranks-") as tmp:
         job_file = Path(tmp) / "job.json"
-        job_file.write_text(json.dumps({**job, "exchange": tmp}))
+        job_file.write_text(job.model_copy(update={"exchange": tmp}).model_dump_json())
         where = ["--standalone"] if nodes == 1 else []
         cmd = [sys.executable, "-m", "torch.distributed.run", *where,
                f"--nproc_per_node={ranks}", "-m", "llama_stack_provider_kfp.training.rank_main",

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..core import storage
 from ..core.locations import parse
 from ..core.spec import JobSpec
+from .context import RankJob
 from .distributed import launch
 from .io import fetch_model, report_errors
 
@@ -33,10 +34,10 @@ def run(job_uri: str, procs_per_node: int) -> None:
         val_path = None
         if job.get("val_uri"):
             val_path = str(storage.download_file(parse(job["val_uri"]), tmp / "validation.jsonl"))
-        launch(procs_per_node, {
-            "spec": job["spec"], "model_dir": str(model_dir), "output_uri": spec.output_uri,
-            "train_path": str(train_path), "val_path": val_path,
-        }, nodes=spec.train.nodes)  # fmt: skip
+        launch(procs_per_node, RankJob(
+            spec=job["spec"], model_dir=str(model_dir), output_uri=spec.output_uri,
+            train_path=str(train_path), val_path=val_path,
+        ), nodes=spec.train.nodes)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

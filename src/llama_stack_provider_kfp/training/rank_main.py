@@ -6,26 +6,25 @@ back to the step that launched the ranks.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from ..core.files import write_json
 from ..core.spec import JobSpec
+from .context import RankJob
 from .distributed import join_ranks
 from .io import Output
 from .steps import train
 
 
 def main(job_file: str) -> None:
-    job = json.loads(Path(job_file).read_text())
-    exchange = Path(job["exchange"])
+    job = RankJob.model_validate_json(Path(job_file).read_text())
+    exchange = Path(job.exchange)
     ranks = join_ranks()
     try:
-        spec = JobSpec.model_validate_json(job["spec"])
-        output = Output(job["output_uri"])
-        result = train(spec, Path(job["model_dir"]), output, job["train_path"], job["val_path"],
-                       ranks)  # fmt: skip
+        spec = JobSpec.model_validate_json(job.spec)
+        output = Output(job.output_uri)
+        result = train(spec, Path(job.model_dir), output, job.train_path, job.val_path, ranks)
         if ranks.main:
             write_json(exchange / "result.json", result)
     except BaseException as e:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import InvalidRequest
 from ..core.files import write_json
@@ -13,8 +13,10 @@ from ..core.lora_targets import resolve, tied_output_problem
 from ..core.model_source import inspect_model_dir
 from ..core.outputs import PROGRESS, RESULT, versioned
 from ..core.spec import JobSpec
-from .context import TrainingContext
-from .distributed import Ranks
+
+if TYPE_CHECKING:
+    from .distributed import Ranks
+from .context import RankJob, TrainingContext
 from .engine import get_engine
 from .io import Output, fetch_model, report_errors
 from .prepare import prepare
@@ -64,10 +66,12 @@ def _train(
         if spec.train.ranks > 1:  # torchrun: every rank runs train() below, rank 0 writes
             from .distributed import launch
 
-            return launch(spec.train.ranks, {
-                "spec": spec.model_dump_json(), "model_dir": str(model_dir),
-                "output_uri": output_uri, "train_path": train_path, "val_path": val,
-            })  # fmt: skip
+            return launch(spec.train.ranks, RankJob(
+                spec=spec.model_dump_json(), model_dir=str(model_dir), output_uri=output_uri,
+                train_path=train_path, val_path=val,
+            ))  # fmt: skip
+        from .distributed import Ranks
+
         return train(spec, model_dir, Output(output_uri), train_path, val, Ranks())
 
 

@@ -35,6 +35,7 @@ from ..context import TrainingContext
 from ..device import peak_memory_mb, resolve_device
 from ..io import Output
 from ..progress import ProgressLogger
+from ..result import summary
 from ..stop import GracefulStop, TrainingStopped
 from . import data, logits, preference
 
@@ -260,27 +261,20 @@ class _Run:
             if self._stopping() and epoch < t.epochs:
                 self._halt(epoch + 1, 0)
         self.progress.close()
-        history = self.progress.history
-        last = self.epochs[-1] if self.epochs else {}
-        return {
-            "epochs": self.epochs,
-            "train_rows": self.train_rows,
-            "validation_rows": len(self.val_set),
-            "samples_seen": self.samples_seen,
-            "global_step": self.global_step,
-            "steps_run": self.global_step - first_step,
+        return summary(
+            epochs=self.epochs,
+            train_rows=self.train_rows,
+            validation_rows=len(self.val_set),
+            samples_seen=self.samples_seen,
+            global_step=self.global_step,
+            device=str(self.device),
+            dtype=t.dtype,
+            peak_memory_mb=peak_memory_mb(self.device),
+            progress=self.progress,
+            train_seconds=time.perf_counter() - started,
+            steps_run=self.global_step - first_step,
             **self._resumed_from(),
-            "device": str(self.device),
-            "dtype": t.dtype,
-            "peak_memory_mb": round(peak_memory_mb(self.device), 1),
-            **self.progress.throughput(),
-            "first_loss": history[0][1] if history else None,
-            "final_loss": history[-1][1] if history else None,
-            "train_seconds": round(time.perf_counter() - started, 2),
-            "final_metrics": {
-                k: float(v) for k, v in last.items() if isinstance(v, int | float) and k != "epoch"
-            },
-        }
+        )
 
     def _resumed_from(self) -> dict[str, Any]:
         if self.resume is None:

@@ -13,6 +13,7 @@ from ...core.outputs import PROGRESS
 from ...core.spec import JobSpec, LoraSpec, ModelArch, ModelSpec
 from ..context import TrainingContext
 from ..device import resolve_device
+from ..result import summary
 
 _OPTIMIZERS = {"adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW", "sgd": "torch.optim.SGD"}
 
@@ -237,26 +238,18 @@ def _run(ctx: TrainingContext) -> dict[str, Any]:
         recipe.cleanup()
     if not recipe.writes:
         return {"epochs": recipe.epochs}  # rank 0 reports the job
-    logger = recipe._metric_logger
-    last = recipe.epochs[-1] if recipe.epochs else {}
-    result = {
-        "epochs": recipe.epochs,
-        "train_rows": recipe.train_rows,
-        "validation_rows": recipe.validation_rows,
-        "samples_seen": recipe.samples_seen,
-        "global_step": recipe.global_step,
-        "device": str(recipe._device),
-        "dtype": spec.train.dtype,
-        "peak_memory_mb": round(recipe.peak_memory_mb(), 1),
-        **logger.throughput(),
-        "first_loss": logger.history[0][1] if logger.history else None,
-        "final_loss": logger.history[-1][1] if logger.history else None,
-        "train_seconds": round(time.perf_counter() - started, 2),
-        "final_metrics": {
-            k: float(v) for k, v in last.items() if isinstance(v, int | float) and k != "epoch"
-        },
-    }
-    return result
+    return summary(
+        epochs=recipe.epochs,
+        train_rows=recipe.train_rows,
+        validation_rows=recipe.validation_rows,
+        samples_seen=recipe.samples_seen,
+        global_step=recipe.global_step,
+        device=str(recipe._device),
+        dtype=spec.train.dtype,
+        peak_memory_mb=recipe.peak_memory_mb(),
+        progress=recipe._metric_logger,
+        train_seconds=time.perf_counter() - started,
+    )
 
 
 ENGINE = TorchtuneEngine()
