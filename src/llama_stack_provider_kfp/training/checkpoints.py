@@ -11,13 +11,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..core import pause_points
 from ..core.files import write_json
 from ..core.outputs import CHECKPOINTS, METRICS, PARTIAL_SUFFIX, epoch_dir
 from .io import Output
 
 
 @contextlib.contextmanager
-def checkpoint_writer(output_dir: Path, rel: str, metrics: dict[str, Any]) -> Iterator[Path]:
+def checkpoint_writer(
+    output_dir: Path, rel: str, metrics: dict[str, Any], job: str
+) -> Iterator[Path]:
     """Yield the folder to write `merged/` (and `adapter/`, the training state) into; finish
     it on exit. `metrics` must name the epoch."""
     final = output_dir / rel
@@ -25,6 +28,7 @@ def checkpoint_writer(output_dir: Path, rel: str, metrics: dict[str, Any]) -> It
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     yield tmp
+    pause_points.reach(f"checkpoint.write:{final.name}", job)  # tests only
     created = datetime.now(UTC).isoformat()
     write_json(tmp / METRICS, {"created_at": created, **metrics})
     shutil.rmtree(final, ignore_errors=True)
@@ -32,8 +36,8 @@ def checkpoint_writer(output_dir: Path, rel: str, metrics: dict[str, Any]) -> It
 
 
 @contextlib.contextmanager
-def epoch_writer(output_dir: Path, epoch: int, metrics: dict[str, Any]) -> Iterator[Path]:
-    with checkpoint_writer(output_dir, epoch_dir(epoch), {"epoch": epoch, **metrics}) as tmp:
+def epoch_writer(output_dir: Path, epoch: int, metrics: dict[str, Any], job: str) -> Iterator[Path]:
+    with checkpoint_writer(output_dir, epoch_dir(epoch), {"epoch": epoch, **metrics}, job) as tmp:
         yield tmp
 
 
