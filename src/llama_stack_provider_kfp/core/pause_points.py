@@ -23,9 +23,9 @@ Points:
   submit.reserved          the server: a submit reserved the job's folder; no record, no staging
   train.step:<N>           the train step's writing rank, after optimizer step N (both engines;
                            progress.json shows step N)
-  checkpoint.write:<name>  the train step's writing rank, while `checkpoints/<name>.partial/`
-                           holds the weights and training state, before metrics.json and the
-                           rename (<name>: epoch_<N> or step_<N>)
+  checkpoint.write:<name>  the train step's writing rank, when `checkpoints/<name>.partial/`
+                           holds everything (metrics.json last) and only its rename is left
+                           (<name>: epoch_<N> or step_<N>)
 """
 
 from __future__ import annotations

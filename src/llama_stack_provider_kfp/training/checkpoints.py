@@ -28,9 +28,9 @@ def checkpoint_writer(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     yield tmp
-    pause_points.reach(f"checkpoint.write:{final.name}", job)  # tests only
     created = datetime.now(UTC).isoformat()
     write_json(tmp / METRICS, {"created_at": created, **metrics})
+    pause_points.reach(f"checkpoint.write:{final.name}", job)  # tests only
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
 
