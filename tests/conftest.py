@@ -9,6 +9,21 @@ from pathlib import Path
 import pytest
 
 from harness.server import ROOT, Server
+from llama_stack_provider_kfp.core.pause_points import Pauses
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """`gpu` tests run only where CUDA is; elsewhere they are skipped, saying why."""
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is False here")
+    for item in gpu:
+        item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -36,10 +51,17 @@ def hf_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, hf_home):
+def pauses(tmp_path_factory) -> Pauses:
+    """Test-only pause points (core.pause_points), armed per job: every server the tests start
+    gets `pauses.env`, and a job stops only where its test armed a point."""
+    return Pauses(tmp_path_factory.mktemp("pauses"))
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, hf_home, pauses):
     # A tracking server that does not answer is refused within half a second.
     env = {**SERVER_SECRETS, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1",
-           "KFP_TRACKING_PROBE_TIMEOUT": "0.5"}  # fmt: skip
+           "KFP_TRACKING_PROBE_TIMEOUT": "0.5", **pauses.env}  # fmt: skip
     srv = Server(tmp_path_factory.mktemp("server"), env=env).start()
     yield srv
     srv.cleanup()

@@ -3,16 +3,17 @@ from the newest complete checkpoint in its own output location instead of step 0
 
 The step runs as in a pod: its output is an S3 prefix on an S3-compatible server on loopback
 (moto: the stand-in for MinIO/ODF/Ceph, through real boto3). The first run is killed with
-SIGKILL once a periodic checkpoint is uploaded; the second run of the very same call resumes.
+SIGKILL at a pause point (core.pause_points) one step after a periodic checkpoint was
+uploaded; the second run of the very same call resumes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,7 @@ def _step_keys(prefix: str) -> list[str]:
     )
 
 
-def test_restarted_step_continues_from_its_own_checkpoint(s3, tmp_path):
+def test_restarted_step_continues_from_its_own_checkpoint(s3, pauses, tmp_path):
     base = make("qwen2", tmp_path / "qwen2")
     data = write_jsonl(instruct_rows(ROWS, seed=2), tmp_path / "rows.jsonl")
     output = "s3://kfp/jobs/restart/output"
@@ -84,19 +85,19 @@ def test_restarted_step_continues_from_its_own_checkpoint(s3, tmp_path):
     prepare(spec, train, val)
     args = [spec.model_dump_json(), str(base), output, train, val]
 
-    # First run: the pod is killed once a periodic checkpoint is uploaded.
+    # First run: the pod is killed one step after its first periodic checkpoint was uploaded.
     code = "import sys; from llama_stack_provider_kfp.training.steps import train_step; " \
            "train_step(*sys.argv[1:])"  # fmt: skip
-    first = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not _step_keys(output) and time.monotonic() < deadline:
-        assert first.poll() is None, "the first run ended before it could be killed"
-        time.sleep(0.02)
+    point = f"train.step:{EVERY + 1}"
+    pauses.arm(spec.job_uuid, point)
+    first = subprocess.Popen([sys.executable, "-c", code, *args], env={**os.environ, **pauses.env},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert pauses.wait(spec.job_uuid, point, going=lambda: first.poll() is None) == first.pid
     first.send_signal(signal.SIGKILL)
     first.wait()
+    assert _step_keys(output) == [f"checkpoints/step_{EVERY}/metrics.json"]
     saved = JobOutputs(parse(output)).newest_resumable()
-    assert saved is not None and saved.step is not None and saved.global_step == saved.step
+    assert saved is not None and saved.step == saved.global_step == EVERY
     assert storage.read_json(parse(f"{output}/result.json")) is None  # it never finished
 
     # Second run: the same call, as a restarted pod or a KFP retry makes it.

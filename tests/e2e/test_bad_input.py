@@ -3,6 +3,7 @@ half-created, the server still up. A problem found later fails the job with its 
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import json
 
@@ -181,9 +182,10 @@ def test_unsafe_job_uuid(client, server, good, job_uuid):
     assert not (server.work_dir / "escape").exists()
 
 
-def test_reused_job_uuid_and_cancel(client, server, good):
+def test_reused_job_uuid_and_cancel(client, server, pauses, good):
     job = new_id("dup")
-    tc = training_config(good["dataset"], n_epochs=50)
+    pauses.arm(job, "train.step:1")  # it cannot finish before the cancel, however fast
+    tc = training_config(good["dataset"], n_epochs=1)
     submit(client, job, good["model"], good["dataset"], training_config=tc)
     record = (server.work_dir / "jobs" / job / "job.json").read_bytes()
     with pytest.raises(APIStatusError) as err:
@@ -198,6 +200,31 @@ def test_reused_job_uuid_and_cancel(client, server, good):
     with pytest.raises(APIStatusError) as err:
         cancel_job(client, job)
     assert err.value.status_code == 400 and "already ended" in str(err.value)
+
+
+def test_a_job_uuid_is_taken_from_its_reservation_on(client, server, pauses, good):
+    """Two submits of one id at once: the second is refused while the first, held right after
+    reserving the id (a pause point), has recorded nothing yet."""
+    job = new_id("race")
+    for point in ("submit.reserved", "train.step:1"):
+        pauses.arm(job, point)
+    tc = training_config(good["dataset"], n_epochs=1)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(submit, client, job, good["model"], good["dataset"],
+                            training_config=tc)  # fmt: skip
+        pauses.wait(job, "submit.reserved", going=lambda: not first.done())
+        with pytest.raises(APIStatusError) as err:
+            submit(client, job, good["model"], good["dataset"], training_config=tc)
+        assert err.value.status_code == 400 and "already used" in str(err.value)
+        assert job not in [j.job_uuid for j in client.alpha.post_training.job.list()]
+        with pytest.raises(APIStatusError) as err:
+            job_status(client, job)
+        assert err.value.status_code == 404
+        pauses.release(job, "submit.reserved")
+        first.result(timeout=60)
+    assert job in [j.job_uuid for j in client.alpha.post_training.job.list()]
+    cancel_job(client, job)
+    assert wait_done(client, job, timeout=60)["status"] == "cancelled"
 
 
 def test_unknown_job_is_404(client):

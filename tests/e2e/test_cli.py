@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 
 import pytest
 import yaml
@@ -34,9 +33,10 @@ def kfp(*args: str, endpoint: str | None, timeout: float = 300, **env: str):
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
+def srv(tmp_path_factory, pauses):
     # Two jobs at once: the cancel test's job must not wait behind another.
-    s = Server(tmp_path_factory.mktemp("cli-server"), env={"KFP_MAX_CONCURRENT_JOBS": "2"})
+    env = {"KFP_MAX_CONCURRENT_JOBS": "2", **pauses.env}
+    s = Server(tmp_path_factory.mktemp("cli-server"), env=env)
     yield s.start()
     s.cleanup()
 
@@ -194,23 +194,21 @@ def test_watch_exits_1_when_the_job_fails(srv, tiny_models, tmp_path):
     assert logs.returncode == 0 and "prepare-data" in logs.stdout
 
 
-def test_watch_exits_2_when_the_job_is_cancelled(srv, tiny_models, tmp_path):
+def test_watch_exits_2_when_the_job_is_cancelled(srv, pauses, tiny_models, tmp_path):
     client = srv.client()
-    ds = register_rows(client, tmp_path, instruct_rows(50))
+    ds = register_rows(client, tmp_path, instruct_rows(8))
     job = new_id("stop")
+    pauses.arm(job, "train.step:1")  # running until cancelled, however fast the machine
     sub = kfp("supervised_fine_tune", "--job-uuid", job, "--model", str(tiny_models / "hf"),
-              "--dataset-id", ds, "--batch-size", "4", "--epochs", "4", "--max-steps-per-epoch",
-              "1000", "--lora-rank", "4", endpoint=srv.base_url)  # fmt: skip
+              "--dataset-id", ds, "--batch-size", "4", "--epochs", "1", "--lora-rank", "4",
+              endpoint=srv.base_url)  # fmt: skip
     assert sub.returncode == 0, sub.stderr
     watcher = subprocess.Popen(
         [CLI, "--endpoint", srv.base_url, "post_training", "watch", "--job-uuid", job,
          "--interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while job_status(client, job)["status"] != "in_progress":
-            assert time.monotonic() < deadline and watcher.poll() is None
-            time.sleep(0.2)
+        pauses.wait(job, "train.step:1", going=lambda: watcher.poll() is None)
         # Still running when --timeout runs out: exit 3, and the job goes on.
         brief = kfp("watch", "--job-uuid", job, "--interval", "0.1", "--timeout", "0.2",
                     endpoint=srv.base_url)  # fmt: skip

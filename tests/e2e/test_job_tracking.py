@@ -23,16 +23,18 @@ from .helpers import new_id, register_rows, submit, training_config, wait_done
 
 pytestmark = pytest.mark.e2e
 
-LONG_EPOCHS = 4  # 50 rows, batch 4: 52 steps, long enough to act on a running job
-STEPS_PER_EPOCH = 13
+# 12 rows, batch 4: 3 steps an epoch. The tests act on running jobs at pause points
+# (core.pause_points), so the jobs need not be long, and mean the same on a fast GPU.
+ROWS, EPOCHS = 12, 2
 
 
 @pytest.fixture
-def srv(tmp_path):
+def srv(tmp_path, pauses):
     servers: list[Server] = []
 
     def make(**env) -> Server:
-        s = Server(tmp_path / f"srv{len(servers)}", env={k: str(v) for k, v in env.items()})
+        env = {**pauses.env, **{k: str(v) for k, v in env.items()}}
+        s = Server(tmp_path / f"srv{len(servers)}", env=env)
         s.root.mkdir()
         servers.append(s)
         return s.start()
@@ -42,34 +44,32 @@ def srv(tmp_path):
         s.cleanup()
 
 
-def _long_job(client, tiny: Path, tmp: Path, epochs: int = LONG_EPOCHS) -> str:
-    ds = register_rows(client, tmp, instruct_rows(50))
+def _running(client, job: str) -> bool:
+    return job_status(client, job)["status"] in ("scheduled", "in_progress")
+
+
+def _paused_job(client, pauses, tiny: Path, tmp: Path, point: str = "train.step:1") -> str:
+    """A job submitted with `point` armed, returned once it is paused there."""
+    ds = register_rows(client, tmp, instruct_rows(ROWS))
     job = new_id("long")
-    submit(client, job, str(tiny / "hf"), ds, training_config=training_config(ds, n_epochs=epochs))
+    pauses.arm(job, point)
+    submit(client, job, str(tiny / "hf"), ds, training_config=training_config(ds, n_epochs=EPOCHS))
+    pauses.wait(job, point, going=lambda: _running(client, job))
     return job
-
-
-def _wait_step(client, job: str, step: int, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = job_status(client, job)
-        progress = (st.get("resources_allocated") or {}).get("progress") or {}
-        if progress.get("step", 0) >= step:
-            return st
-        assert st["status"] in ("scheduled", "in_progress"), st
-        time.sleep(0.2)
-    raise AssertionError(f"{job} did not reach step {step}")
 
 
 def _record(server: Server, job: str) -> dict:
     return json.loads((server.jobs_dir / job / "job.json").read_text())
 
 
-def test_server_kill9_and_restart_reattaches(srv, tiny_models, tmp_path):
+def _step(status: dict) -> int:
+    return status["resources_allocated"]["progress"]["step"]
+
+
+def test_server_kill9_and_restart_reattaches(srv, pauses, tiny_models, tmp_path):
     server = srv()
     client = server.client()
-    job = _long_job(client, tiny_models, tmp_path)
-    before = _wait_step(client, job, 3)["resources_allocated"]["progress"]["step"]
+    job = _paused_job(client, pauses, tiny_models, tmp_path)
     worker = _record(server, job)["runner"]["pid"]
 
     server.kill9()
@@ -78,24 +78,30 @@ def test_server_kill9_and_restart_reattaches(srv, tiny_models, tmp_path):
     client = server.client()
 
     assert job in [j.job_uuid for j in client.alpha.post_training.job.list()]
-    st = _wait_step(client, job, before + 2)
-    assert st["status"] == "in_progress"
+    st = job_status(client, job)
+    assert st["status"] == "in_progress" and _step(st) == 1
+    # The restarted server follows the job's progress.
+    pauses.arm(job, "train.step:3")
+    pauses.release(job, "train.step:1")
+    pauses.wait(job, "train.step:3", going=lambda: _running(client, job))
+    st = job_status(client, job)
+    assert st["status"] == "in_progress" and _step(st) == 3
+    pauses.release(job, "train.step:3")
     st = wait_done(client, job)
     assert st["status"] == "completed", st["resources_allocated"]
-    assert [c["epoch"] for c in st["checkpoints"]] == list(range(1, LONG_EPOCHS + 1))
+    assert [c["epoch"] for c in st["checkpoints"]] == list(range(1, EPOCHS + 1))
 
 
-def _training_job(srv, tiny: Path, tmp: Path, **env) -> tuple[Server, object, str, set[int]]:
-    """A server with one job past its first step, and the pids of that job's processes."""
+def _training_job(srv, pauses, tiny: Path, tmp: Path, point: str = "train.step:1", **env):
+    """A server with one job paused at `point`, and the pids of that job's processes."""
     server = srv(**env)
     client = server.client()
-    job = _long_job(client, tiny, tmp)
-    _wait_step(client, job, 1)
+    job = _paused_job(client, pauses, tiny, tmp, point)
     return server, client, job, job_processes(server, job)
 
 
-def test_worker_kill9_fails_job_with_reason(srv, tiny_models, tmp_path):
-    server, client, job, pids = _training_job(srv, tiny_models, tmp_path)
+def test_worker_kill9_fails_job_with_reason(srv, pauses, tiny_models, tmp_path):
+    server, client, job, pids = _training_job(srv, pauses, tiny_models, tmp_path)
     os.kill(_record(server, job)["runner"]["pid"], signal.SIGKILL)
 
     st = wait_done(client, job, timeout=30)
@@ -115,27 +121,27 @@ def test_worker_kill9_fails_job_with_reason(srv, tiny_models, tmp_path):
     assert again["resources_allocated"]["error"]["message"] == error["message"]
 
 
-def test_cancel_stops_every_process(srv, tiny_models, tmp_path):
-    server, client, job, pids = _training_job(srv, tiny_models, tmp_path)
+def test_cancel_stops_every_process(srv, pauses, tiny_models, tmp_path):
+    # Cancelled while epoch 2 is being written: all in epoch_2.partial/ but its rename.
+    point = "checkpoint.write:epoch_2"
+    server, client, job, pids = _training_job(srv, pauses, tiny_models, tmp_path, point)
     assert len(pids) >= 2  # the worker and at least the running task
-    _wait_step(client, job, STEPS_PER_EPOCH + 1)  # the first epoch's checkpoint is written
-    # An epoch being written when the cancel lands (what the step leaves until its rename).
-    partial = server.jobs_dir / job / "output" / "checkpoints" / "epoch_9.partial"
-    partial.mkdir(parents=True)
-    (partial / "metrics.json").write_text('{"epoch": 9}')
+    partial = server.jobs_dir / job / "output" / "checkpoints" / "epoch_2.partial"
+    assert (partial / "merged").is_dir() and (partial / "metrics.json").is_file()
 
     cancel_job(client, job)
     st = job_status(client, job)
     assert st["status"] == "cancelled"
     assert not any_alive(pids)
-    # Finished epochs stay; nothing half-written is presented as a checkpoint.
-    assert st["checkpoints"] and st["checkpoints"][0]["epoch"] == 1
+    # The finished epoch stays; nothing half-written is presented as a checkpoint.
+    assert [c["epoch"] for c in st["checkpoints"]] == [1]
+    assert partial.is_dir()
     for c in st["checkpoints"]:
         assert not c["path"].endswith(".partial")
         assert (Path(c["path"]) / "merged").is_dir() and (Path(c["path"]) / "adapter").is_dir()
 
 
-def test_queue_limit_order_and_restart(srv, tiny_models, tmp_path):
+def test_queue_limit_order_and_restart(srv, pauses, tiny_models, tmp_path):
     server = srv(KFP_MAX_CONCURRENT_JOBS=2)
     client = server.client()
     ds = register_rows(client, tmp_path, instruct_rows(12))
@@ -143,6 +149,8 @@ def test_queue_limit_order_and_restart(srv, tiny_models, tmp_path):
     # scheduler that started jobs by id would start them backwards.
     jobs = [new_id(f"q{9 - i}") for i in range(6)]
     assert sorted(jobs) == jobs[::-1]
+    for job in jobs[:2]:  # the first two hold their slots until released, however fast
+        pauses.arm(job, "train.step:1")
     for job in jobs:
         submit(client, job, str(tiny_models / "hf"), ds,
                training_config=training_config(ds, n_epochs=1))  # fmt: skip
@@ -153,6 +161,8 @@ def test_queue_limit_order_and_restart(srv, tiny_models, tmp_path):
     server.kill9()
     server.restart()
     client = server.client()
+    for job in jobs[:2]:
+        pauses.release(job, "train.step:1")
     done = [wait_done(client, j) for j in jobs]
     assert [d["status"] for d in done] == ["completed"] * 6
 
@@ -245,16 +255,14 @@ def test_corrupt_records_do_not_stop_the_server(srv, tiny_models, tmp_path):
     assert "exited without reporting an outcome" in st["resources_allocated"]["error"]["message"]
 
 
-def test_shutdown_keeps_or_cancels_jobs(srv, tiny_models, tmp_path):
+def test_shutdown_keeps_or_cancels_jobs(srv, pauses, tiny_models, tmp_path):
     # Default: a graceful stop leaves the job running; it finishes while the server is down,
     # and the restarted server reports its real outcome.
-    server = srv()
-    client = server.client()
-    job = _long_job(client, tiny_models, tmp_path, epochs=2)
-    _wait_step(client, job, 1)
+    server, _, job, _ = _training_job(srv, pauses, tiny_models, tmp_path)
     server.stop()
     worker = _record(server, job)["runner"]["pid"]
     assert psutil.pid_exists(worker)
+    pauses.release(job, "train.step:1")
     state = server.jobs_dir / job / "state.json"
     deadline = time.monotonic() + 300
     while json.loads(state.read_text())["status"] != "completed":
@@ -263,11 +271,11 @@ def test_shutdown_keeps_or_cancels_jobs(srv, tiny_models, tmp_path):
     server.restart()
     st = job_status(server.client(), job)
     assert st["status"] == "completed"
-    assert [c["epoch"] for c in st["checkpoints"]] == [1, 2]
+    assert [c["epoch"] for c in st["checkpoints"]] == list(range(1, EPOCHS + 1))
 
     # cancel_jobs_on_shutdown: the stop cancels it.
     server2, _, job2, pids = _training_job(
-        srv, tiny_models, tmp_path, KFP_CANCEL_JOBS_ON_SHUTDOWN="true"
+        srv, pauses, tiny_models, tmp_path, KFP_CANCEL_JOBS_ON_SHUTDOWN="true"
     )
     server2.stop()
     assert not any_alive(pids)

@@ -2,7 +2,8 @@
 a train step killed with SIGKILL mid-epoch is resumed as a new job from its newest periodic
 checkpoint and ends where an uninterrupted run ends; SIGTERM saves a checkpoint and fails
 the job naming it; a cancel saves nothing; requests that cannot continue a checkpoint are
-refused at submit.
+refused at submit. Each acts on its job where a pause point (core.pause_points) holds it, so
+the job cannot run past that point first on a fast machine.
 
 Tolerance: both runs take the same steps on the same batches in fp32 on the CPU with the
 same seed, so the final losses agree to 1e-5 (they are bitwise equal here; the tolerance
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import psutil
@@ -25,7 +25,7 @@ from model_checks import logits
 from harness.demo_data import instruct_rows
 from harness.server import Server
 from harness.tiny_families import make
-from llama_stack_provider_kfp.client import job_artifacts
+from llama_stack_provider_kfp.client import job_artifacts, job_status
 
 from .helpers import LORA, new_id, register_rows, submit, training_config, wait_done
 
@@ -37,9 +37,9 @@ LOSS_TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
+def srv(tmp_path_factory, pauses):
     env = {"KFP_CHECKPOINT_EVERY_STEPS": str(EVERY), "KFP_KEEP_STEP_CHECKPOINTS": "2",
-           "HF_HUB_OFFLINE": "1"}  # fmt: skip
+           "HF_HUB_OFFLINE": "1", **pauses.env}  # fmt: skip
     server = Server(tmp_path_factory.mktemp("resume-server"), env=env).start()
     yield server
     server.cleanup()
@@ -75,34 +75,15 @@ def _out(srv: Server, job: str) -> Path:
     return srv.jobs_dir / job / "output"
 
 
-def _train_process(srv: Server, job: str, timeout: float = 120) -> psutil.Process:
-    """The python process running the job's train step (kfp.local's task)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = json.loads((srv.jobs_dir / job / "job.json").read_text())
-        pid = (record.get("runner") or {}).get("pid")
-        if pid:
-            for p in psutil.Process(pid).children(recursive=True):
-                try:
-                    cmd = p.cmdline()
-                except psutil.Error:
-                    continue
-                # The python under kfp.local's `sh -ec` wrapper (which carries the same args).
-                flag = "--function_to_execute"
-                if "kfp.dsl.executor_main" in cmd and cmd[cmd.index(flag) + 1] == "train":
-                    return p
-        time.sleep(0.05)
-    raise AssertionError(f"no train step process for {job}")
+def _submit_paused(client, pauses, job: str, base: Path, dataset: str, point: str):
+    """Submit with `point` armed; the job's train step process, once paused there."""
+    pauses.arm(job, point)
+    submit(client, job, str(base), dataset, training_config=_tc(dataset))
 
+    def running() -> bool:
+        return job_status(client, job)["status"] in ("scheduled", "in_progress")
 
-def _wait_for(predicate, timeout: float = 180, every: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(every)
-    raise AssertionError("timed out")
+    return psutil.Process(pauses.wait(job, point, going=running))
 
 
 def _step_checkpoints(out: Path) -> list[int]:
@@ -116,25 +97,21 @@ def _history(status: dict) -> list[list[float]]:
     return status["resources_allocated"]["loss_history"]
 
 
-def test_killed_job_resumes_from_its_periodic_checkpoint(srv, client, base, dataset):
+def test_killed_job_resumes_from_its_periodic_checkpoint(srv, client, pauses, base, dataset):
     total = 2 * ROWS
-    # 1. Killed with SIGKILL mid-epoch, once a periodic checkpoint exists.
+    # 1. Killed with SIGKILL mid-epoch, two steps after its first periodic checkpoint.
     killed = new_id("killed")
-    submit(client, killed, str(base), dataset, training_config=_tc(dataset))
-    proc = _train_process(srv, killed)
-    _wait_for(lambda: _step_checkpoints(_out(srv, killed)))
+    proc = _submit_paused(client, pauses, killed, base, dataset, f"train.step:{EVERY + 2}")
     proc.send_signal(signal.SIGKILL)
     status = wait_done(client, killed)
     assert status["status"] == "failed"
+    killed_history = _history(status)
+    assert [int(s) for s, _ in killed_history] == list(range(1, EVERY + 3))
     ckpts = job_artifacts(client, killed)["checkpoints"]
-    steps = [c for c in ckpts if "/step_" in c["identifier"]]
-    assert steps and not [c for c in ckpts if "/epoch_" in c["identifier"]]  # mid-epoch 1
-    newest = steps[-1]
-    c = int(newest["identifier"].rsplit("_", 1)[1])
-    assert c % EVERY == 0 and c < ROWS and newest["epoch"] == 1
-    assert newest["identifier"] == f"{killed}/step_{c}"
-    assert _step_checkpoints(_out(srv, killed))[-1] == c
-    ran_before_kill = int(_history(status)[-1][0]) if _history(status) else c
+    assert [c["identifier"] for c in ckpts] == [f"{killed}/step_{EVERY}"]  # mid-epoch 1
+    newest, c = ckpts[0], EVERY
+    assert newest["epoch"] == 1
+    assert _step_checkpoints(_out(srv, killed)) == [c]
 
     # 2. Resumed as a new job from that checkpoint; the request is the same.
     resumed = new_id("resumed")
@@ -150,11 +127,8 @@ def test_killed_job_resumes_from_its_periodic_checkpoint(srv, client, base, data
     assert new_steps[0] == c + 1 and new_steps == list(range(c + 1, total + 1))
     assert res["result"]["steps_run"] == total - c
     assert res["progress"]["step"] == total
-    # Steps executed in all: what ran before the kill plus the resumed run.
-    assert ran_before_kill + res["result"]["steps_run"] <= total + EVERY
     # The loss curve continues the killed job's: the same values up to the checkpoint.
-    before = {int(s): loss for s, loss in _history(wait_done(client, killed))}
-    assert all(before[int(s)] == loss for s, loss in history if s <= c and int(s) in before)
+    assert [h for h in history if h[0] <= c] == [h for h in killed_history if h[0] <= c]
 
     # 3. An uninterrupted run of the same request ends with the same loss and weights.
     whole = new_id("whole")
@@ -179,52 +153,49 @@ def test_killed_job_resumes_from_its_periodic_checkpoint(srv, client, base, data
     )
 
 
-def test_sigterm_saves_a_checkpoint_and_names_it(srv, client, base, dataset):
+@pytest.fixture(scope="module")
+def stopped(srv, client, pauses, base, dataset) -> dict:
+    """A job that a SIGTERM (a preemption) stopped after optimizer step 3: its status."""
     job = new_id("sigterm")
-    submit(client, job, str(base), dataset, training_config=_tc(dataset))
-    proc = _train_process(srv, job)
-    progress = _out(srv, job) / "progress.json"
-    _wait_for(lambda: progress.is_file() and json.loads(progress.read_text())["progress"]["step"])
-    proc.send_signal(signal.SIGTERM)
-    status = wait_done(client, job)
+    proc = _submit_paused(client, pauses, job, base, dataset, "train.step:3")
+    proc.send_signal(signal.SIGTERM)  # asks for a checkpoint at the next step boundary
+    pauses.release(job, "train.step:3")
+    return {"job": job, "status": wait_done(client, job)}
+
+
+def test_sigterm_saves_a_checkpoint_and_names_it(srv, base, stopped):
+    job, status = stopped["job"], stopped["status"]
     assert status["status"] == "failed"
     message = status["resources_allocated"]["error"]["message"]
-    assert "stopped by SIGTERM" in message
-    saved = _wait_for(lambda: _step_checkpoints(_out(srv, job)))[-1]
-    path = _out(srv, job) / "checkpoints" / f"step_{saved}"
+    assert "stopped by SIGTERM after optimizer step 3 of" in message
+    assert _step_checkpoints(_out(srv, job)) == [3]
+    path = _out(srv, job) / "checkpoints" / "step_3"
     assert str(path) in message
     state = json.loads((path / "training_state.json").read_text())
-    assert state["global_step"] == saved and state["engine"] == "huggingface"
+    assert state["global_step"] == 3 and state["engine"] == "huggingface"
     assert state["base_model"] == str(base) and state["algorithm"] == "lora"
     assert (path / "training_state.pt").is_file() and (path / "adapter").is_dir()
 
 
-def test_cancel_stops_at_once_and_saves_nothing(srv, client, base, dataset):
+def test_cancel_stops_at_once_and_saves_nothing(srv, client, pauses, base, dataset):
     job = new_id("cancel")
-    submit(client, job, str(base), dataset, training_config=_tc(dataset))
-    proc = _train_process(srv, job)
-    progress = _out(srv, job) / "progress.json"
-    _wait_for(lambda: progress.is_file() and json.loads(progress.read_text())["progress"]["step"])
+    proc = _submit_paused(client, pauses, job, base, dataset, f"train.step:{EVERY + 1}")
     client.post(f"/v1alpha/post-training/jobs/{job}/cancel", cast_to=object)
     assert wait_done(client, job)["status"] == "cancelled"
     assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
     assert (_out(srv, job) / "cancel.json").is_file()
-    # Only periodic checkpoints, none taken at the stop.
-    assert all(s % EVERY == 0 for s in _step_checkpoints(_out(srv, job)))
+    # The periodic checkpoint only, none taken at the stop.
+    assert _step_checkpoints(_out(srv, job)) == [EVERY]
     log = (srv.jobs_dir / job / "worker.log").read_text()
     assert "SIGTERM: saving" not in log
 
 
 def test_requests_that_cannot_continue_a_checkpoint_are_refused(
-    srv, client, base, dataset, tmp_path
+    srv, client, base, dataset, stopped, tmp_path
 ):
     from llama_stack_client import APIStatusError
 
-    # A checkpoint to resume: the SIGTERM test's, or one made here.
-    found = srv.jobs_dir.glob("*/output/checkpoints/step_*/training_state.json")
-    ckpt = next((p.parent for p in found if (p.parent / "metrics.json").is_file()), None)
-    if ckpt is None:
-        pytest.skip("needs a checkpoint from the tests above")
+    ckpt = _out(srv, stopped["job"]) / "checkpoints" / "step_3"  # a resumable checkpoint
     cases = [
         ({"optimizer_config": {"lr": 1e-3}}, LORA, "optimizer lr"),
         ({"data_config": {"batch_size": 2}}, LORA, "batch_size"),

@@ -6,12 +6,14 @@ to all three; one Hugging Face engine job logs to MLflow. Bad logger_configs are
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -305,10 +307,59 @@ def test_mlflow_server_nobody_answers_is_503(client, server, data, tiny_models):
     assert uri in text and "does not answer" in text
 
 
+class Relay:
+    """A loopback TCP relay in front of a server: `stop` makes that server vanish for the
+    relay's clients (connections reset, new ones refused) while it keeps serving others."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = [self.listener]
+        self.lock, self.stopped = threading.Lock(), False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                return
+            with self.lock:
+                self.sockets += [client, upstream]
+                if self.stopped:  # accepted while stopping: drop it too
+                    client.close()
+                    upstream.close()
+                    return
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            for sock in self.sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+
 def test_tracking_failure_mid_run_keeps_training(mlflow, tiny_models, tmp_path, monkeypatch):
-    """The MLflow server goes away after the first step: the tracker is dropped with a warning
-    (step log and tracking.json), the other trackers and the training loop go on. Runs last:
-    it stops this module's MLflow server."""
+    """The MLflow server goes away after the first step (for this job: a relay in front of
+    the module's server is stopped): the tracker is dropped with a warning (step log and
+    tracking.json), the other trackers and the training loop go on."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from llama_stack_provider_kfp.core.outputs import PROGRESS, TRACKING
@@ -317,7 +368,8 @@ def test_tracking_failure_mid_run_keeps_training(mlflow, tiny_models, tmp_path, 
     from llama_stack_provider_kfp.training.tracking import tracking
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    spec = _spec(tiny_models, tmp_path, {"mlflow": {"tracking_uri": mlflow.url},
+    relay = Relay(mlflow.port)
+    spec = _spec(tiny_models, tmp_path, {"mlflow": {"tracking_uri": relay.url},
                                          "tensorboard": {}})  # fmt: skip
     output = Output(str(tmp_path / "out"))
     with tracking(spec, output) as tracker:
@@ -325,7 +377,7 @@ def test_tracking_failure_mid_run_keeps_training(mlflow, tiny_models, tmp_path, 
         progress.attach(output, tracker)
         progress.begin(total_steps=4, steps_per_epoch=4, total_epochs=1)
         progress.log_dict({"loss": 2.0, "lr": 0.1}, 1)
-        mlflow.stop()
+        relay.stop()
         for step in (2, 3, 4):
             progress.log_dict({"loss": 1.0, "lr": 0.1}, step)
         progress.log_epoch(1, {"train_loss": 1.2, "validation_loss": 0.9, "global_step": 4})

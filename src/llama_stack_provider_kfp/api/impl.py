@@ -29,6 +29,7 @@ from llama_stack_api import (
 
 from ..backends import select_backend
 from ..config import KFPPostTrainingConfig
+from ..core import pause_points
 from ..core.engines import JobTraits, select_engine
 from ..core.errors import InvalidRequest, JobNotFound, Unsupported
 from ..core.resume import check_resume, check_rows
@@ -163,6 +164,8 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         )
         job_dir = self.store.reserve(sub.job_uuid)
         try:
+            if pause_points.armed("submit.reserved", sub.job_uuid):  # tests only
+                await asyncio.to_thread(pause_points.reach, "submit.reserved", sub.job_uuid)
             staged = await asyncio.to_thread(
                 self.backend.stage, sub.job_uuid, job_dir, JobInputs(train, validation)
             )

@@ -11,13 +11,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..core import pause_points
 from ..core.files import write_json
 from ..core.outputs import CHECKPOINTS, METRICS, PARTIAL_SUFFIX, epoch_dir, versioned
 from .io import Output
 
 
 @contextlib.contextmanager
-def checkpoint_writer(output_dir: Path, rel: str, metrics: dict[str, Any]) -> Iterator[Path]:
+def checkpoint_writer(
+    output_dir: Path, rel: str, metrics: dict[str, Any], job: str
+) -> Iterator[Path]:
     """Yield the folder to write `merged/` (and `adapter/`, the training state) into; finish
     it on exit. `metrics` must name the epoch."""
     final = output_dir / rel
@@ -27,13 +30,14 @@ def checkpoint_writer(output_dir: Path, rel: str, metrics: dict[str, Any]) -> It
     yield tmp
     created = datetime.now(UTC).isoformat()
     write_json(tmp / METRICS, versioned({"created_at": created, **metrics}))
+    pause_points.reach(f"checkpoint.write:{final.name}", job)  # tests only
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
 
 
 @contextlib.contextmanager
-def epoch_writer(output_dir: Path, epoch: int, metrics: dict[str, Any]) -> Iterator[Path]:
-    with checkpoint_writer(output_dir, epoch_dir(epoch), {"epoch": epoch, **metrics}) as tmp:
+def epoch_writer(output_dir: Path, epoch: int, metrics: dict[str, Any], job: str) -> Iterator[Path]:
+    with checkpoint_writer(output_dir, epoch_dir(epoch), {"epoch": epoch, **metrics}, job) as tmp:
         yield tmp
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core import pause_points
 from ..core.files import write_json
 from ..core.outputs import MAX_LOSS_HISTORY, PROGRESS, versioned
 from .tracking import Tracker
@@ -41,17 +42,19 @@ class ProgressLogger:
         self._written_at = -1e9
         self._pending: dict[str, Any] | None = None
         self.start_step = 0  # > 0 when the job continues a checkpoint
+        self.job: str | None = None  # set on the rank that publishes (attach)
 
     def restore(self, history: list[list[float]], stride: int, step: int) -> None:
         """Continue a resumed job's loss curve where its checkpoint left it."""
         self.history = [[int(s), float(v)] for s, v in history]
         self.stride, self.start_step = stride, step
 
-    def attach(self, output: Output, tracker: Tracker) -> None:
+    def attach(self, output: Output, tracker: Tracker, job: str | None = None) -> None:
         """Publish through the job's output: progress.json uploaded (at most every 5 s when
-        remote), metrics to its trackers."""
+        remote), metrics to its trackers. `job` names the job for its test pause points."""
         self.on_write = lambda: output.push(PROGRESS, 5.0)
         self.tracker = tracker
+        self.job = job
 
     def begin(self, total_steps: int, steps_per_epoch: int, total_epochs: int, **facts) -> None:
         self.total_steps, self.steps_per_epoch = total_steps, max(steps_per_epoch, 1)
@@ -108,6 +111,9 @@ class ProgressLogger:
         )
         if step >= self.total_steps or now - self._written_at >= WRITE_EVERY_SECONDS:
             self._flush()
+        if pause_points.armed(f"train.step:{step}", self.job):  # tests only
+            self._flush()  # a paused job shows the step it stopped after
+            pause_points.reach(f"train.step:{step}", self.job)
 
     def log_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
         """A finished epoch's metrics (its metrics.json) for the trackers."""

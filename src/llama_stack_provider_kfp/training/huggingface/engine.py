@@ -193,7 +193,7 @@ class _Run:
         )
         if self.ranks.main:
             self.progress = ProgressLogger(str(output.local / PROGRESS))
-            self.progress.attach(output, ctx.tracker)
+            self.progress.attach(output, ctx.tracker, spec.job_uuid)
         else:  # the other ranks publish nothing
             self.progress = ProgressLogger(str(Path(tempfile.mkdtemp()) / PROGRESS))
         self._inputs = 0  # non-padding tokens fed this optimizer step, on this rank
@@ -440,7 +440,8 @@ class _Run:
         }
         self.epoch_rewards, self.epoch_losses = [], []
         self.epochs.append({"epoch": epoch, **metrics})
-        with epoch_writer(self.output.local, epoch, {"format": "huggingface", **metrics}) as tmp:
+        fields = {"format": "huggingface", **metrics}
+        with epoch_writer(self.output.local, epoch, fields, self.spec.job_uuid) as tmp:
             self._write_weights(tmp)
             # Continues at the next epoch's start; the generator is already there.
             self._write_state(tmp, epoch + 1, 0, self.generator.get_state())
@@ -463,7 +464,7 @@ class _Run:
         losses = self.epoch_losses
         metrics = {"epoch": epoch, "global_step": self.global_step, "format": "huggingface",
                    "train_loss": sum(losses) / len(losses) if losses else None}  # fmt: skip
-        with checkpoint_writer(self.output.local, rel, metrics) as tmp:
+        with checkpoint_writer(self.output.local, rel, metrics, self.spec.job_uuid) as tmp:
             self._write_weights(tmp)
             self._write_state(tmp, epoch, position, self.epoch_start)
         self.output.push(rel)

@@ -155,11 +155,12 @@ def write_epoch(
     fmt: str,
     dtype: str,
     metrics: dict[str, Any],
+    job: str,
 ) -> Path:
     if model.arch is None:
         raise ValueError(f"{model.path}: the model's architecture is unknown (not inspected)")
     arch = model.arch
-    with epoch_writer(output_dir, epoch, {"format": fmt, **metrics}) as tmp:
+    with epoch_writer(output_dir, epoch, {"format": fmt, **metrics}, job) as tmp:
         _write_merged(tmp / MERGED, merged, model, arch, model_dir, fmt, dtype)
         _write_adapter(tmp / ADAPTER, adapter, adapter_config, arch)
     return output_dir / epoch_dir(epoch)

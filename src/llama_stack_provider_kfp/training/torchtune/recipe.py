@@ -183,7 +183,7 @@ class ProviderRecipe:
         self.train_rows = len(getattr(dataset, "ds", dataset))  # PackedDataset wraps the rows
         self.validation_rows = len(self._val_loader.dataset) if self._val_loader else 0
         if self.writes:
-            self._metric_logger.attach(self.output, self.ctx.tracker)
+            self._metric_logger.attach(self.output, self.ctx.tracker, self.spec.job_uuid)
             self._metric_logger.begin(
                 total_steps=self.total_epochs * self._steps_per_epoch,
                 steps_per_epoch=self._steps_per_epoch,
@@ -300,6 +300,7 @@ class ProviderRecipe:
             self.spec.output_format or self.spec.model.layout or "huggingface",
             self.spec.train.dtype,
             metrics,
+            self.spec.job_uuid,
         )
         self.output.push(epoch_dir(epoch + 1))
         self._metric_logger.log_epoch(epoch + 1, metrics)

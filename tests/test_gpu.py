@@ -1,0 +1,97 @@
+"""CUDA-only paths (`pytest -m gpu` on a machine with a GPU; skipped elsewhere): NCCL
+collectives of training.distributed, the CUDA RNG state a resumable checkpoint carries, and
+torchtune's distributed recipe with fsdp_cpu_offload (which does nothing on the CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.demo_data import instruct_rows
+from llama_stack_provider_kfp.core.data_uri import write_jsonl
+from llama_stack_provider_kfp.training import resume
+
+pytestmark = pytest.mark.gpu
+
+# Run under torchrun, one rank per GPU. With one GPU the group holds one rank, and
+# Ranks(world=2) forces Ranks.sum through its collective (a one-rank Ranks returns its values).
+RANKS = """
+import torch, torch.distributed as dist
+from llama_stack_provider_kfp.training.distributed import Ranks, current
+
+r = current()
+assert r.device("cuda").type == "cuda"
+if r.world == 1:
+    dist.init_process_group("nccl")
+    r = Ranks(0, 2, 0)
+assert dist.get_backend() == "nccl"
+n = dist.get_world_size()
+got = r.sum(dist.get_rank() + 1, 0.5)
+assert got == [n * (n + 1) / 2, 0.5 * n], got
+r.barrier()
+print("summed", n, flush=True)
+"""
+
+
+def test_ranks_sum_over_nccl(tmp_path):
+    gpus = min(torch.cuda.device_count(), 2)
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone",
+         f"--nproc_per_node={gpus}", str(script)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count(f"summed {gpus}") == gpus
+
+
+def test_cuda_rng_state_survives_a_checkpoint(tmp_path):
+    """rng_state() as a checkpoint stores it (torch.save) and a resumed run reads it back
+    (torch.load with weights_only): the same CUDA, CPU and Python draws afterwards."""
+    state = resume.rng_state()
+    assert len(state["cuda"]) == torch.cuda.device_count()
+    torch.save({"rng": state}, tmp_path / "state.pt")
+
+    def draws() -> tuple:
+        return torch.rand(8, device="cuda").cpu(), torch.rand(8), random.random()
+
+    first = draws()
+    resume.set_rng_state(torch.load(tmp_path / "state.pt", weights_only=True)["rng"])
+    again = draws()
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert first[2] == again[2]
+
+
+def test_torchtune_fsdp_cpu_offload_on_two_gpus(tiny_models, tmp_path):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs: NCCL takes one rank per GPU")
+    from test_training import _spec
+
+    from llama_stack_provider_kfp.training.prepare import prepare
+    from llama_stack_provider_kfp.training.steps import train_step
+    from llama_stack_provider_kfp.training.torchtune.engine import build_config
+
+    data = write_jsonl(instruct_rows(16), tmp_path / "rows.jsonl")
+    spec = _spec(tiny_models / "hf", tmp_path / "out", data)
+    train = spec.train.model_copy(update={"device": "cuda", "ranks": 2, "batch_size": 4,
+                                          "fsdp_cpu_offload": True})  # fmt: skip
+    spec = spec.model_copy(update={"train": train})
+    js, work = spec.model_dump_json(), tmp_path
+    prepare(js, spec.data.uri, "", str(work / "train.jsonl"), str(work / "val.jsonl"))
+    cfg = build_config(spec, spec.model.path, tmp_path, str(work / "train.jsonl"), None,
+                       str(tmp_path), world=2)  # fmt: skip
+    assert cfg["fsdp_cpu_offload"] is True  # on the CPU it is turned off
+    result = train_step(js, spec.model.path, spec.output_uri, str(work / "train.jsonl"),
+                        str(work / "val.jsonl"))  # fmt: skip
+    assert result["device"].startswith("cuda")
+    history = json.loads((Path(spec.output_uri) / "progress.json").read_text())["loss_history"]
+    assert len(history) == 2 and all(math.isfinite(loss) for _, loss in history)
+    assert (Path(spec.output_uri) / "checkpoints" / "epoch_1" / "adapter").is_dir()
