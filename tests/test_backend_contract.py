@@ -1,15 +1,18 @@
 """One contract, every backend: the same scenarios through the scheduler give the same answers
-on the in-memory fake, and on the KFP backend against the KFP API stand-in
-(tests/kfp_api_stub.py, with moto's S3 on loopback: no cluster runs here). The local backend
-runs the same scenarios with real workers in tests/e2e/test_local_contract.py.
+on the in-memory fake (a stand-in), on the KFP backend against the KFP API stand-in
+(tests/kfp_api_stub.py, with moto's S3 on loopback: no cluster runs here), and on the local
+backend with real workers running kfp.local and torchtune on a tiny model (marked e2e).
 
 Each backend comes with a driver that makes its job run, finish or fail the way that backend
-learns of it (the fake: by hand; KFP: the run's state in the API).
+learns of it: the fake by hand; KFP through the run's state in the API; local jobs for real,
+held at the test-only pause point after their first optimizer step (core/pause_points.py) so
+that "while it runs" means the same on any hardware, and failed by a bad row.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,10 +23,16 @@ from fake_backend import FakeBackend, record, spec
 from kfp_api_stub import KFPStub
 from s3_server import s3_server
 
+from harness.demo_data import instruct_rows
+from harness.server import kill_job_workers
 from llama_stack_provider_kfp.config import RemoteConfig
 from llama_stack_provider_kfp.core import storage
+from llama_stack_provider_kfp.core.data_uri import write_jsonl
 from llama_stack_provider_kfp.core.errors import InvalidRequest
-from llama_stack_provider_kfp.jobs.record import JobRecord
+from llama_stack_provider_kfp.core.model_source import inspect_model_dir
+from llama_stack_provider_kfp.core.pause_points import ENV, Pauses
+from llama_stack_provider_kfp.core.spec import DataSpec, EngineChoice, JobSpec
+from llama_stack_provider_kfp.jobs.record import TERMINAL, JobRecord
 from llama_stack_provider_kfp.jobs.scheduler import JobScheduler
 from llama_stack_provider_kfp.jobs.store import JobStore
 
@@ -35,19 +44,18 @@ class Driver:
     run: Any  # (record) -> the job is in progress
     end: Any  # (record, "completed" | "failed") -> it ended so
     output: Any = lambda job: f"/nonexistent/{job}"  # (job) -> its output location
+    # (job, spec, fail) -> the spec this backend runs; fail: a job that fails by itself
+    make_spec: Any = lambda job, base, fail: base
+    failure_word: str | None = None  # in the error of a failed job (the fake has none)
 
-    def submit(self, job: str, order: int = 0) -> JobRecord:
-        rec = self.record(job, order)
+    def submit(self, job: str, order: int = 0, fail: bool = False) -> JobRecord:
         self.scheduler.store.reserve(job)
+        base = spec(job).model_copy(update={"output_uri": self.output(job)})
+        rec = record(job, order).model_copy(update={"spec": self.make_spec(job, base, fail)})
         self.scheduler.submit(rec)
         loaded = self.scheduler.store.load(job)
         assert loaded is not None
         return loaded
-
-    def record(self, job: str, order: int) -> JobRecord:
-        rec = record(job, order)
-        out = self.output(job)
-        return rec.model_copy(update={"spec": spec(job).model_copy(update={"output_uri": out})})
 
     def status(self, job: str) -> str:
         rec = self.scheduler.store.load(job)
@@ -91,17 +99,75 @@ def _kfp(tmp_path, s3_env, stub: KFPStub, monkeypatch) -> Driver:
         state(rec, "SUCCEEDED" if how == "completed" else "FAILED")
 
     return Driver(sched, backend, run=lambda rec: state(rec, "RUNNING"), end=end,
-                  output=lambda job: str(backend._job_prefix(job).join("output")))  # fmt: skip
+                  output=lambda job: str(backend._job_prefix(job).join("output")),
+                  failure_word="boom")  # fmt: skip
+
+
+STEP = "train.step:1"
+
+
+def _local(tmp_path, tiny_models, pauses: Pauses, monkeypatch) -> Driver:
+    """Real workers (kfp.local, torchtune) on the tiny model; every job is held after its
+    first optimizer step until `end` releases it."""
+    from llama_stack_provider_kfp.backends.local.backend import LocalBackend
+
+    monkeypatch.setenv(ENV, str(pauses.root))  # the workers inherit it
+    store = JobStore(tmp_path / "work")
+    backend = LocalBackend(store, [], poll_seconds=0.05)
+    sched = JobScheduler(store, backend, 1, start_thread=False)
+    model = inspect_model_dir("tiny", tiny_models / "hf")
+    good = write_jsonl(instruct_rows(8), tmp_path / "good.jsonl")
+    bad = write_jsonl([*instruct_rows(4), {"chat_completion_input": "{", "expected_answer": 1}],
+                      tmp_path / "bad.jsonl")  # fmt: skip
+
+    def make_spec(job: str, base: JobSpec, fail: bool) -> JobSpec:
+        out = store.job_dir(job) / "output"
+        out.mkdir()
+        pauses.arm(job, STEP)
+        return base.model_copy(update={
+            "engine": EngineChoice(name="torchtune", reason="contract test"),
+            "model": model, "output_format": "huggingface", "output_uri": str(out),
+            "data": DataSpec(uri=str(bad if fail else good), data_format="instruct"),
+            "train": base.train.model_copy(update={"max_seq_len": 64, "batch_size": 2,
+                                                   "max_steps_per_epoch": 2}),
+        })  # fmt: skip
+
+    def live(rec: JobRecord) -> bool:
+        fresh = store.load(rec.job_uuid)
+        return fresh is not None and backend.observe(fresh).status not in TERMINAL
+
+    def run(rec: JobRecord) -> None:
+        if rec.spec.data.uri != str(bad):
+            pauses.wait(rec.job_uuid, STEP, going=lambda: live(rec))
+
+    def end(rec: JobRecord, how: str) -> None:
+        pauses.release(rec.job_uuid, STEP)
+        deadline = time.monotonic() + 300
+        while live(rec) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        fresh = store.load(rec.job_uuid)
+        assert fresh is not None and backend.observe(fresh).status == how
+
+    return Driver(sched, backend, run=run, end=end, make_spec=make_spec,
+                  output=lambda job: str(store.job_dir(job) / "output"),
+                  failure_word="do not match data_format")  # fmt: skip
 
 
 def storage_loc(backend, rec: JobRecord, name: str):
     return backend._job_prefix(rec.job_uuid).join("output", name)
 
 
-@pytest.fixture(params=["fake", "kfp"])
+@pytest.fixture(params=["fake", "kfp", pytest.param("local", marks=pytest.mark.e2e)])
 def driver(request, tmp_path, monkeypatch) -> Iterator[Driver]:
     if request.param == "fake":
         yield _fake(tmp_path)
+        return
+    if request.param == "local":
+        pauses = Pauses(tmp_path / "pauses")
+        try:
+            yield _local(tmp_path, request.getfixturevalue("tiny_models"), pauses, monkeypatch)
+        finally:
+            kill_job_workers(tmp_path / "work" / "jobs")  # a job still held at its pause
         return
     s3_env = request.getfixturevalue("s3_env")
     stub = KFPStub()
@@ -126,15 +192,16 @@ def test_a_job_runs_and_completes(driver):
 
 
 def test_a_failed_job_says_why(driver):
-    rec = driver.submit("job-f")
+    rec = driver.submit("job-f", fail=True)
     driver.run(rec)
     driver.end(rec, "failed")
     driver.scheduler.tick()
     loaded = driver.scheduler.store.load("job-f")
     seen = driver.scheduler.observe(loaded)
     assert seen.status == "failed"
-    if driver.backend.name != "fake":  # the fake has no step to write error.json
-        assert "boom" in seen.error.message
+    assert seen.completed_at is not None or driver.backend.name == "fake"
+    if driver.failure_word:  # the fake has no step to write error.json
+        assert driver.failure_word in seen.error.message
 
 
 def test_queued_job_waits_and_a_cancel_reads_at_once(driver):
