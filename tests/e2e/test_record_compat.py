@@ -68,6 +68,9 @@ def test_jobs_of_earlier_releases_keep_their_endings(old_jobs, release):
             assert Path(got["path"]).is_relative_to(old_jobs.jobs_dir / job_uuid)
         error = (status["resources_allocated"].get("error") or {}).get("message")
         assert error == want["error"]
+        if want["status"] == "completed":  # its result.json and progress.json still read
+            assert status["resources_allocated"]["result"]["global_step"] > 0
+            assert status["resources_allocated"]["progress"]["step"] > 0
         artifacts = job_artifacts(client, job_uuid)["checkpoints"]
         assert [c["path"] for c in artifacts] == [c["path"] for c in status["checkpoints"]]
 

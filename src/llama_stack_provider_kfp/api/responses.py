@@ -111,7 +111,7 @@ def status(
         resources.tracking = lenient(outputs.tracking, None)
     result = lenient(outputs.result, None)
     if result:
-        resources.result = {k: v for k, v in result.items() if k != "epochs"}
+        resources.result = result.model_dump(mode="json", exclude={"epochs"})
     if seen.status != "scheduled":
         tail: list[str] = lenient(lambda: outputs.log_tail(), [])
         resources.log_tail = tail or None

@@ -94,6 +94,28 @@ class StepError(_Open):
     traceback: str | None = None
 
 
+class TrainResult(_Open):
+    """result.json: the train step's summary (training.result builds it for every engine).
+    Validated where it is written and where it is read, so a renamed field fails in the step
+    that wrote it, not later in another process."""
+
+    epochs: list[dict[str, Any]] = []
+    train_rows: int
+    validation_rows: int
+    samples_seen: int
+    global_step: int
+    device: str
+    dtype: str
+    peak_memory_mb: float
+    tokens_per_second: float | None = None
+    trained_tokens_per_second: float | None = None
+    first_loss: float | None = None
+    final_loss: float | None = None
+    train_seconds: float
+    # The last epoch's numeric metrics: the KFP run's Metrics artifact.
+    final_metrics: dict[str, float] = {}
+
+
 class StatusResources(_Open):
     """`resources_allocated` of the status response: llama-stack's only free-form field."""
 
@@ -158,8 +180,12 @@ class JobOutputs:
     def progress(self) -> dict[str, Any] | None:
         return self.read(PROGRESS)
 
-    def result(self) -> dict[str, Any] | None:
-        return self.read(RESULT)
+    def result(self) -> TrainResult | None:
+        data = self.read(RESULT)
+        try:
+            return TrainResult.model_validate(data) if isinstance(data, dict) else None
+        except ValidationError:
+            return None  # an older step's summary without a field: shown as absent
 
     def tracking(self) -> dict[str, Any] | None:
         return self.read(TRACKING)

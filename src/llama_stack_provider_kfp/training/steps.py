@@ -11,7 +11,7 @@ from ..core.files import write_json
 from ..core.locations import parse
 from ..core.lora_targets import resolve, tied_output_problem
 from ..core.model_source import inspect_model_dir
-from ..core.outputs import PROGRESS, RESULT, versioned
+from ..core.outputs import PROGRESS, RESULT, TrainResult, versioned
 from ..core.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -109,7 +109,8 @@ def train(
         result = get_engine(spec.engine.name).train(ctx)
         tracker.finish(result, ok=True)
     if ranks.main:
-        write_json(output.local / RESULT, versioned(result))
+        checked = TrainResult.model_validate(result)  # a renamed field fails here, not later
+        write_json(output.local / RESULT, versioned(checked.model_dump(mode="json")))
         output.push(PROGRESS)
         output.push(RESULT)
     return result
