@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 NAMES = (
     "Ada", "Alan", "Grace", "Linus", "Guido", "Barbara", "Ken", "Dennis", "Margaret", "Edsger",
@@ -41,3 +42,32 @@ def instruct_rows(n: int, seed: int = 0) -> list[dict]:
             }
         )
     return rows
+
+
+def training_config(dataset_id: str, **over: Any) -> dict[str, Any]:
+    """A training_config for the toy task (2 epochs, batch 4); `over` replaces keys, and
+    merges into data_config / optimizer_config."""
+    cfg = {
+        "n_epochs": 2,
+        "max_steps_per_epoch": 1000,
+        "gradient_accumulation_steps": 1,
+        "dtype": "fp32",
+        "data_config": {
+            "dataset_id": dataset_id,
+            "batch_size": 4,
+            "shuffle": True,
+            "data_format": "instruct",
+        },
+        "optimizer_config": {
+            "optimizer_type": "adamw",
+            "lr": 2e-2,
+            "weight_decay": 0.0,
+            "num_warmup_steps": 2,
+        },
+    }
+    for key, value in over.items():
+        if key in ("data_config", "optimizer_config"):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg

@@ -24,33 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.demo_data import DEMO_LORA, instruct_rows  # noqa: E402
+from harness.demo_data import DEMO_LORA, instruct_rows, training_config  # noqa: E402
 from harness.server import Server  # noqa: E402
 from llama_stack_provider_kfp.client import cancel_job, job_status, register_jsonl  # noqa: E402
 from llama_stack_provider_kfp.core.data_uri import write_jsonl  # noqa: E402
 
 WEIGHTS = {".safetensors", ".pt", ".bin", ".pth", ".model", ".tar", ".gz"}
-
-
-def _config(dataset_id: str, epochs: int, steps: int) -> dict:
-    return {
-        "n_epochs": epochs,
-        "max_steps_per_epoch": steps,
-        "gradient_accumulation_steps": 1,
-        "dtype": "fp32",
-        "data_config": {
-            "dataset_id": dataset_id,
-            "batch_size": 4,
-            "shuffle": True,
-            "data_format": "instruct",
-        },
-        "optimizer_config": {
-            "optimizer_type": "adamw",
-            "lr": 2e-2,
-            "weight_decay": 0.0,
-            "num_warmup_steps": 2,
-        },
-    }
 
 
 def _wait(client, job_uuid: str, until: tuple[str, ...], timeout: float = 600) -> dict:
@@ -95,12 +74,17 @@ def main() -> None:
                   "logger_config": {}}  # fmt: skip
         done, failed, cancelled = (f"{args.prefix}-{n}-job" for n in ("completed", "failed",
                                                                        "cancelled"))  # fmt: skip
-        sft(job_uuid=done, model=model, training_config=_config("good", 2, 2),
-            **common)  # fmt: skip
+        short = training_config("good", max_steps_per_epoch=2)
+        sft(job_uuid=done, model=model, training_config=short, **common)
         _wait(client, done, ("completed", "failed"))
-        sft(job_uuid=failed, model=model, training_config=_config("bad", 1, 2), **common)
+        sft(
+            job_uuid=failed,
+            model=model,
+            training_config=training_config("bad", n_epochs=1, max_steps_per_epoch=2),
+            **common,
+        )
         _wait(client, failed, ("completed", "failed"))
-        sft(job_uuid=cancelled, model=model, training_config=_config("good", 50, 1000),
+        sft(job_uuid=cancelled, model=model, training_config=training_config("good", n_epochs=50),
             **common)  # fmt: skip
         _wait(client, cancelled, ("in_progress",))
         cancel_job(client, cancelled)

@@ -8,38 +8,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from harness.demo_data import DEMO_LORA
+from harness.demo_data import DEMO_LORA, training_config
 from llama_stack_provider_kfp.client import job_status, register_jsonl
 from llama_stack_provider_kfp.core.data_uri import write_jsonl
 
 LORA = DEMO_LORA
-
-
-def training_config(dataset_id: str, **over: Any) -> dict[str, Any]:
-    cfg = {
-        "n_epochs": 2,
-        "max_steps_per_epoch": 1000,
-        "gradient_accumulation_steps": 1,
-        "dtype": "fp32",
-        "data_config": {
-            "dataset_id": dataset_id,
-            "batch_size": 4,
-            "shuffle": True,
-            "data_format": "instruct",
-        },
-        "optimizer_config": {
-            "optimizer_type": "adamw",
-            "lr": 2e-2,
-            "weight_decay": 0.0,
-            "num_warmup_steps": 2,
-        },
-    }
-    for key, value in over.items():
-        if key in ("data_config", "optimizer_config"):
-            cfg[key] = {**cfg[key], **value}
-        else:
-            cfg[key] = value
-    return cfg
 
 
 def new_id(prefix: str) -> str:
