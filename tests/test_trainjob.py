@@ -42,7 +42,7 @@ from llama_stack_provider_kfp.core.spec import (
     OptimSpec,
     TrainSpec,
 )
-from llama_stack_provider_kfp.core.trainjob import JOB_LABEL, NODE_MAIN, PLAN_ENV, trainjob_name
+from llama_stack_provider_kfp.kube.trainjob import JOB_LABEL, NODE_MAIN, PLAN_ENV, trainjob_name
 
 NAMESPACE = "team-a"
 STEP_POD = "llama-stack-sft-lora-train-pod"

@@ -25,8 +25,9 @@ from ...core.spec import ModelSpec
 from ...jobs.backend import DatasetSource, JobInputs, Observed, StagedInputs
 from ...jobs.record import JobRecord, RunnerHandle, Status
 from ...jobs.store import JobStore
+from ...kube.client import Kube
+from ...kube.trainjob import TrainJobs, check_served
 from .connection import (
-    Kube,
     check_backend_version,
     connection,
     explain,
@@ -242,8 +243,6 @@ class KFPBackend:
         when the cluster has no Kubeflow Trainer v2."""
         self.client()
         if self.cfg.resources.nodes > 1 and not self._trainer_checked:
-            from .trainjobs import check_served
-
             if self._trainer is None:
                 log.warning(
                     "remote.resources.nodes > 1: no Kubernetes API reachable from the "
@@ -462,8 +461,6 @@ class KFPBackend:
     def _delete_trainjobs(self, record: JobRecord) -> None:
         """KFP's terminate stops only the train step's pod: its TrainJob must go too (the
         step deletes it on SIGTERM and owns it; this covers a step killed without either)."""
-        from .trainjobs import delete_for_job
-
         try:
             self.client()  # learns where the Kubernetes API is
         except Exception:
@@ -471,8 +468,10 @@ class KFPBackend:
         if self._trainer is None:
             return  # no Kubernetes API from here: the step's own cleanup has to do
         try:
-            deleted = delete_for_job(self._trainer.api, self.namespace or "default",
-                                     record.job_uuid, request_timeout(self.cfg))  # fmt: skip
+            jobs = TrainJobs(
+                self._trainer.api, self.namespace or "default", request_timeout(self.cfg)
+            )
+            deleted = jobs.delete_for_job(record.job_uuid)
             if deleted:
                 log.info("job %s: deleted TrainJob(s) %s", record.job_uuid, ", ".join(deleted))
         except Exception as e:

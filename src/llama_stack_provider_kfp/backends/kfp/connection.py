@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from ...config import RemoteConfig
 from ...core.errors import Refused, Unavailable, Upstream
+from ...kube.client import Kube, connect
 
 DSPA_GROUP, DSPA_PLURAL = (
     "datasciencepipelinesapplications.opendatahub.io",
@@ -73,56 +73,12 @@ def _token(cfg: RemoteConfig) -> str | None:
 
 
 @dataclass
-class Kube:
-    """A Kubernetes API client and what its configuration says."""
-
-    api: Any  # kubernetes.client.ApiClient
-    namespace: str | None
-    token: str | None
-    in_cluster: bool
-
-
-@dataclass
 class Endpoint:
     url: str
     namespace: str
     token: str | None
     ca_bundle: str | None
     kube: Kube | None  # None: the Kubernetes API is not reachable from here
-
-
-def _in_cluster(cfg: RemoteConfig) -> Kube | None:
-    """The pod's own service account (a server running in the cluster). Its token is
-    short-lived and rotated by the kubelet: the client re-reads the file (try_refresh_token),
-    and every reconnection to KFP reads it again."""
-    sa = cfg.service_account_dir
-    if not os.environ.get("KUBERNETES_SERVICE_HOST") or not (sa / "token").is_file():
-        return None
-    from kubernetes import client as k8s
-    from kubernetes.config.incluster_config import InClusterConfigLoader
-
-    conf = k8s.Configuration()
-    InClusterConfigLoader(
-        token_filename=str(sa / "token"), cert_filename=str(sa / "ca.crt"), try_refresh_token=True
-    ).load_and_set(conf)
-    ns_file = sa / "namespace"
-    namespace = ns_file.read_text().strip() if ns_file.is_file() else None
-    return Kube(k8s.ApiClient(conf), namespace, (sa / "token").read_text().strip(), True)
-
-
-def kube(cfg: RemoteConfig) -> Kube | None:
-    """The current kubeconfig context (as kubectl picks it), else the pod's service account,
-    else None."""
-    try:
-        from kubernetes import config as kubeconfig
-
-        _, active = kubeconfig.list_kube_config_contexts()
-        api = kubeconfig.new_client_from_config()
-    except Exception:
-        return _in_cluster(cfg)
-    bearer = api.configuration.api_key.get("authorization", "")
-    token = bearer.removeprefix("Bearer ").strip() or None
-    return Kube(api, active.get("context", {}).get("namespace"), token, False)
 
 
 def _dspa_url(k: Kube, namespace: str, cfg: RemoteConfig) -> str:
@@ -155,7 +111,7 @@ def connection(cfg: RemoteConfig) -> Endpoint:
     """Where KFP is and how to authenticate, from the config, else from the current kubeconfig
     context or the pod's service account (namespace, token) and, for the URL, the namespace's
     DataSciencePipelinesApplication (OpenShift AI)."""
-    k = kube(cfg)
+    k = connect(cfg.service_account_dir)
     namespace = cfg.namespace or (k.namespace if k else None)
     token = _token(cfg) or (k.token if k else None)
     ca = str(cfg.ca_bundle) if cfg.ca_bundle else None
