@@ -99,7 +99,7 @@ def _kfp(tmp_path, s3_env, stub: KFPStub, monkeypatch) -> Driver:
         state(rec, "SUCCEEDED" if how == "completed" else "FAILED")
 
     return Driver(sched, backend, run=lambda rec: state(rec, "RUNNING"), end=end,
-                  output=lambda job: str(backend._job_prefix(job).join("output")),
+                  output=lambda job: str(backend.staging.job_prefix(job).join("output")),
                   failure_word="boom")  # fmt: skip
 
 
@@ -154,7 +154,7 @@ def _local(tmp_path, tiny_models, pauses: Pauses, monkeypatch) -> Driver:
 
 
 def storage_loc(backend, rec: JobRecord, name: str):
-    return backend._job_prefix(rec.job_uuid).join("output", name)
+    return backend.staging.job_prefix(rec.job_uuid).join("output", name)
 
 
 @pytest.fixture(params=["fake", "kfp", pytest.param("local", marks=pytest.mark.e2e)])
