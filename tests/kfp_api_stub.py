@@ -7,8 +7,10 @@ a run's pods and their events). Every answer is built from the client libraries'
 (`kfp_server_api`, `kubernetes.client`) and serialized by their ApiClients, so its shape is the
 real servers', not ours. The test drives run states and pods by hand. Modes imitate what real
 deployments do: `ok`, `unauthorized` (401), and `login-redirect` (an OAuth proxy answering 302
-to an HTML login page). With `tls=(cert, key)` it serves HTTPS (a pod reaching the cluster's
-services).
+to an HTML login page). Tokens expire as real ones do: only `valid_token` is accepted, with
+the one it replaced beside it while `grace_token` is set (a rotation's overlap), and
+`refuse_next` refuses single calls whatever their token. With `tls=(cert, key)` it serves HTTPS
+(a pod reaching the cluster's services).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def _ago(seconds: float) -> datetime:
 class KFPStub:
     def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.mode = "ok"
+        self._lock = threading.Lock()
         self._experiments: dict[str, kfp_api.V2beta1Experiment] = {}
         self._runs: dict[str, kfp_api.V2beta1Run] = {}
         self._pods: dict[str, list[k8s.V1Pod]] = {}  # namespace -> pods
@@ -55,8 +58,13 @@ class KFPStub:
         # read timeout).
         self.delay = 0.0
         # When set, only this bearer token is accepted (others get 401, as an expired
-        # OpenShift token does).
+        # OpenShift token does), and `grace_token` beside it while set (the one it replaced:
+        # a rotation's overlap, before the old token expires).
         self.valid_token: str | None = None
+        self.grace_token: str | None = None
+        # Answer 401 to this many more KFP API calls, whatever their token.
+        self.refuse_next = 0
+        self.refused = 0  # 401 answers given
         # Seconds in the past new runs are created at (a run stuck PENDING for that long).
         self.age = 0.0
         # Create the run, then answer too late for the client (its answer is lost).
@@ -98,11 +106,9 @@ class KFPStub:
                     time.sleep(stub.delay)
                 if url.path.startswith("/oauth/sign_in"):
                     return self._send(200, b"<html>Log in</html>", {"Content-Type": "text/html"})
-                bearer = self.headers.get("Authorization", "")
                 if stub.mode == "unauthorized" or (
-                    stub.valid_token and url.path.startswith("/apis/v2beta1")
-                    and bearer != f"Bearer {stub.valid_token}"
-                ):  # fmt: skip
+                    url.path.startswith("/apis/v2beta1") and not stub.accepts(self.headers)
+                ):
                     return self._send(401, _rpc_error(16, "Unauthorized"))
                 if stub.mode == "login-redirect":
                     return self._send(302, b"", {"Location": "/oauth/sign_in?rd=" + url.path})
@@ -121,7 +127,7 @@ class KFPStub:
             def do_DELETE(self):
                 self._handle("DELETE")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         scheme = "http"
         if tls is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -132,6 +138,20 @@ class KFPStub:
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
+
+    def accepts(self, headers) -> bool:
+        """Whether KFP takes this request's bearer token."""
+        with self._lock:
+            if self.refuse_next > 0:
+                self.refuse_next -= 1
+            elif self.valid_token is None:
+                return True
+            else:
+                valid = {f"Bearer {t}" for t in (self.valid_token, self.grace_token) if t}
+                if headers.get("Authorization", "") in valid:
+                    return True
+            self.refused += 1
+            return False
 
     # ---- what the tests read ------------------------------------------------------------
 
@@ -382,6 +402,12 @@ class KFPStub:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class _Server(ThreadingHTTPServer):
+    # A real API server's backlog: with the socketserver default (5), concurrent clients
+    # see connections reset, which urllib3 retries with the headers it built first.
+    request_queue_size = 128
 
 
 def _unknown_fields(obj: dict) -> list[str]:

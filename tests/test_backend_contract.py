@@ -11,6 +11,8 @@ that "while it runs" means the same on any hardware, and failed by a bad row.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -47,6 +49,10 @@ class Driver:
     # (job, spec, fail) -> the spec this backend runs; fail: a job that fails by itself
     make_spec: Any = lambda job, base, fail: base
     failure_word: str | None = None  # in the error of a failed job (the fake has none)
+    # () -> a context in which the backend's connection is disturbed (KFP: its token rotates,
+    # KFP refuses single calls, the connection is dropped as after a failure); it yields an
+    # Event set once the disturbances have all happened
+    churn: Any = lambda: contextlib.nullcontext(_done())
 
     def submit(self, job: str, order: int = 0, fail: bool = False) -> JobRecord:
         self.scheduler.store.reserve(job)
@@ -61,6 +67,12 @@ class Driver:
         rec = self.scheduler.store.load(job)
         assert rec is not None
         return self.scheduler.observe(rec).status
+
+
+def _done() -> threading.Event:
+    done = threading.Event()
+    done.set()
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +92,12 @@ def _fake(tmp_path) -> Driver:
 def _kfp(tmp_path, s3_env, stub: KFPStub, monkeypatch) -> Driver:
     from llama_stack_provider_kfp.backends.kfp.backend import KFPBackend
 
-    monkeypatch.setenv("KFP_TOKEN", "contract-token")
+    monkeypatch.delenv("KFP_TOKEN", raising=False)
+    token_file = tmp_path / "token"
+    token_file.write_text("token-0\n")
+    stub.valid_token = "token-0"
     cfg = RemoteConfig(url=stub.url, namespace="team-a", s3_bucket="kfp", inspect_pods=False,
-                       s3_endpoint_url=s3_env["AWS_ENDPOINT_URL"],
+                       s3_endpoint_url=s3_env["AWS_ENDPOINT_URL"], token_file=token_file,
                        request_timeout_seconds=5)  # fmt: skip
     backend = KFPBackend(JobStore(tmp_path), cfg)
     sched = JobScheduler(backend.store, backend, 1, start_thread=False)
@@ -98,9 +113,49 @@ def _kfp(tmp_path, s3_env, stub: KFPStub, monkeypatch) -> Driver:
                                {"message": "step failed: boom", "step": "train"})  # fmt: skip
         state(rec, "SUCCEEDED" if how == "completed" else "FAILED")
 
-    return Driver(sched, backend, run=lambda rec: state(rec, "RUNNING"), end=end,
-                  output=lambda job: str(backend._job_prefix(job).join("output")),
-                  failure_word="boom")  # fmt: skip
+    @contextlib.contextmanager
+    def churn() -> Iterator[threading.Event]:
+        """Three rounds of: a new token in the file, both accepted for a while, then only the
+        new one (threads holding the old one are refused); KFP refuses one call whatever its
+        token; the connection is dropped, as after a failed call (threads connect again,
+        concurrently). A phase lasts far longer than a call, so that no call meets two."""
+        done, stop = threading.Event(), threading.Event()
+        phase = 0.4
+        healthz = sum(r["path"].endswith("/healthz") for r in stub.requests)
+
+        def rotate() -> None:
+            for n in range(1, 4):
+                tmp = token_file.with_suffix(".new")
+                tmp.write_text(f"token-{n}\n")
+                os.replace(tmp, token_file)  # as the kubelet swaps it: never half written
+                stub.grace_token, stub.valid_token = stub.valid_token, f"token-{n}"
+                stop.wait(phase)
+                stub.grace_token = None
+                stop.wait(phase)
+                stub.refuse_next = 1
+                while stub.refuse_next and not stop.wait(0.01):
+                    pass  # until a call met the refusal
+                stop.wait(phase)
+                backend.connection.drop()
+                stop.wait(phase)
+            done.set()
+
+        t = threading.Thread(target=rotate, name="churn")
+        t.start()
+        try:
+            yield done
+        finally:
+            stop.set()
+            t.join()
+        # It reached the backend: every token was used, refusals answered, reconnections made.
+        used = {r["headers"].get("authorization") for r in stub.requests}
+        assert used == {f"Bearer token-{n}" for n in range(4)}
+        assert stub.refused >= 3  # the single refusals, and old tokens after each rotation
+        assert sum(r["path"].endswith("/healthz") for r in stub.requests) >= healthz + 3
+
+    output = lambda job: str(backend.staging.job_prefix(job).join("output"))  # noqa: E731
+    return Driver(sched, backend, run=lambda rec: state(rec, "RUNNING"), end=end, output=output,
+                  failure_word="boom", churn=churn)  # fmt: skip
 
 
 STEP = "train.step:1"
@@ -154,7 +209,7 @@ def _local(tmp_path, tiny_models, pauses: Pauses, monkeypatch) -> Driver:
 
 
 def storage_loc(backend, rec: JobRecord, name: str):
-    return backend._job_prefix(rec.job_uuid).join("output", name)
+    return backend.staging.job_prefix(rec.job_uuid).join("output", name)
 
 
 @pytest.fixture(params=["fake", "kfp", pytest.param("local", marks=pytest.mark.e2e)])
@@ -232,11 +287,20 @@ def test_a_cancel_that_comes_after_the_end_keeps_the_outcome(driver):
 
 
 def test_status_calls_during_dispatch_rounds_all_answer(driver):
-    """200 concurrent status calls while rounds run: each gets a correct answer, and the
-    status calls themselves make at most one observation (before the first round's)."""
-    rec = driver.submit("busy")
+    """200 concurrent status calls, and observations of the backend itself from 24 threads,
+    while rounds run and the backend's connection churns (the driver's `churn`): each gets a
+    correct answer for its own job, and the status calls themselves make at most one
+    observation (before the first round's)."""
+    done = driver.submit("done", 0)
+    driver.run(done)
+    driver.end(done, "completed")
+    driver.scheduler.tick()
+    assert driver.status("done") == "completed"
+    rec = driver.submit("busy", 1)
     driver.run(rec)
     driver.scheduler.tick()
+    records = {job: driver.scheduler.store.load(job) for job in ("done", "busy")}
+    expected = {"done": "completed", "busy": "in_progress"}
     stop = threading.Event()
 
     def rounds() -> None:
@@ -250,16 +314,32 @@ def test_status_calls_during_dispatch_rounds_all_answer(driver):
         calls["rounds" if threading.current_thread().name == "rounds" else "status"] += 1
         return observe(r)
 
+    def direct(i: int, churned: threading.Event) -> list[tuple[str, Any]]:
+        """Observations of both jobs, in turn, until the churn is over (at least one)."""
+        seen = []
+        while not seen or not churned.is_set():
+            job = ("done", "busy")[(i + len(seen)) % 2]
+            seen.append((job, driver.backend.observe(records[job])))
+        return seen
+
     driver.scheduler.observations._observe = counting
     driver.scheduler.observations.max_age = 60.0
     t = threading.Thread(target=rounds, name="rounds")
     t.start()
     try:
-        with ThreadPoolExecutor(32) as pool:
-            answers = list(pool.map(lambda _: driver.status("busy"), range(200)))
+        with driver.churn() as churned, ThreadPoolExecutor(32) as pool:
+            asked = [pool.submit(lambda: driver.status("busy")) for _ in range(200)]
+            observed = [pool.submit(direct, i, churned) for i in range(24)]
+            answers = [f.result() for f in asked]
+            seen = [s for f in observed for s in f.result()]
     finally:
         stop.set()
         t.join()
     assert answers == ["in_progress"] * 200
     assert calls["rounds"] > 0
     assert calls["status"] <= 1  # the rounds' observations answered the status calls
+    for job, obs in seen:
+        assert obs.status == expected[job], (job, obs)
+        note = obs.note or {}
+        assert "warning" not in note, note  # answered by the backend, not from a last state
+        assert note.get("run_id", records[job].runner.run_id) == records[job].runner.run_id

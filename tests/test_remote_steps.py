@@ -41,7 +41,7 @@ from llama_stack_provider_kfp.core.model_source import inspect_s3_model, pvc_mod
 from llama_stack_provider_kfp.core.outputs import JobOutputs
 from llama_stack_provider_kfp.core.spec import DataSpec, JobSpec, LoraSpec, OptimSpec, TrainSpec
 from llama_stack_provider_kfp.core.tracking import CREDENTIAL_ENV
-from llama_stack_provider_kfp.core.trainjob import PLAN_ENV, NodePlan
+from llama_stack_provider_kfp.kube.trainjob import PLAN_ENV, NodePlan
 from llama_stack_provider_kfp.pipeline.definition import (
     ComponentBuild,
     build_pipeline,

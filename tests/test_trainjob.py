@@ -42,7 +42,7 @@ from llama_stack_provider_kfp.core.spec import (
     OptimSpec,
     TrainSpec,
 )
-from llama_stack_provider_kfp.core.trainjob import JOB_LABEL, NODE_MAIN, PLAN_ENV, trainjob_name
+from llama_stack_provider_kfp.kube.trainjob import JOB_LABEL, NODE_MAIN, PLAN_ENV, trainjob_name
 
 NAMESPACE = "team-a"
 STEP_POD = "llama-stack-sft-lora-train-pod"
@@ -237,7 +237,7 @@ def test_two_nodes_train_and_complete(s3, stub, tmp_path):
     outputs = JobOutputs(parse(step.spec.output_uri))
     assert [c.epoch for c in outputs.checkpoints()] == [1]
     result = outputs.result()
-    assert result is not None and result["train_rows"] == 16
+    assert result is not None and result.train_rows == 16
     # Rank 0 alone wrote the progress: every step once.
     assert [s for s, _ in outputs.progress()["loss_history"]] == [1, 2, 3]
     assert stub.deleted_trainjobs == []  # kept: it finished (its pods' logs stay readable)

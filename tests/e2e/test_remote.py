@@ -614,7 +614,7 @@ def test_several_nodes_need_trainer_v2_and_cancel_deletes_the_trainjob(
     naming it and the alternative when absent); cancel terminates the run and deletes the
     job's TrainJob, which KFP's terminate (it stops only the step's pod) would leave running."""
     from harness.tiny_families import make
-    from llama_stack_provider_kfp.core.trainjob import NodePlan, manifest
+    from llama_stack_provider_kfp.kube.trainjob import NodePlan, manifest
 
     qwen = make("qwen2", tmp_path / "qwen2")
     subprocess.run([sys.executable, str(ROOT / "scripts" / "upload-model.py"), str(qwen),

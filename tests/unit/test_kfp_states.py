@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from kfp_server_api.models.v2beta1_runtime_state import V2beta1RuntimeState
 
-from llama_stack_provider_kfp.backends.kfp.backend import STATE_MAP, TERMINAL_STATES
+from llama_stack_provider_kfp.backends.kfp.observation import STATE_MAP, TERMINAL_STATES
 from llama_stack_provider_kfp.jobs.record import TERMINAL
 
 

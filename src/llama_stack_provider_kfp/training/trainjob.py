@@ -1,11 +1,12 @@
 """The train step of a job on several nodes: stage its inputs, hand training to a Kubeflow
 Trainer v2 TrainJob, follow it to the end, and never leave it running behind a cancelled step.
 
-The step runs in a KFP pod and talks to the Kubernetes API with the pipeline's service account
-(in-cluster; a kubeconfig elsewhere). It needs create/get/list/watch/delete on `trainjobs`
-(trainer.kubeflow.org) and get on pods. Cancelling is covered three ways: the TrainJob is
-owned by this step's pod (deleted with it), a SIGTERM (KFP terminating the run) deletes it
-here, and the provider's kill() deletes the TrainJobs labelled with the job's id.
+The step runs in a KFP pod and talks to the Kubernetes API (`kube`) with the pipeline's service
+account (a kubeconfig context where one is set, as kubectl does). It needs
+create/get/list/watch/delete on `trainjobs` (trainer.kubeflow.org) and get on pods. Cancelling
+is covered three ways: the TrainJob is owned by this step's pod (deleted with it), a SIGTERM
+(KFP terminating the run) deletes it here, and the provider's kill() deletes the TrainJobs
+labelled with the job's id.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,18 +23,9 @@ from ..core.errors import Upstream
 from ..core.locations import Location, parse
 from ..core.outputs import ERROR, PROGRESS, RESULT
 from ..core.spec import JobSpec
-from ..core.trainjob import (
-    GROUP,
-    PLAN_ENV,
-    PLURAL,
-    VERSION,
-    NodePlan,
-    condition,
-    manifest,
-    trainjob_name,
-)
+from ..kube.client import connect
+from ..kube.trainjob import PLAN_ENV, NodePlan, TrainJobs, condition, manifest, trainjob_name
 
-SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 REQUEST_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds of every Kubernetes API call
 
 
@@ -46,20 +37,6 @@ def plan_from_env() -> NodePlan:
             "several nodes run only in remote mode (remote.resources.nodes)"
         )
     return NodePlan.model_validate_json(raw)
-
-
-def _kube() -> tuple[Any, str]:
-    """A Kubernetes API client and the namespace to work in: the pod's service account in the
-    cluster, else the current kubeconfig context."""
-    from kubernetes import client, config
-
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and (SERVICE_ACCOUNT / "token").is_file():
-        config.load_incluster_config()
-        namespace = (SERVICE_ACCOUNT / "namespace").read_text().strip()
-        return client.ApiClient(), namespace
-    _, active = config.list_kube_config_contexts()
-    namespace = active.get("context", {}).get("namespace") or "default"
-    return config.new_client_from_config(), namespace
 
 
 def _staging(output_uri: str) -> Location:
@@ -100,23 +77,18 @@ def stage(
     return str(job_uri)
 
 
-def _owner(api: Any, namespace: str) -> dict[str, Any] | None:
+def _owner(jobs: TrainJobs) -> dict[str, Any] | None:
     """This step's pod (HOSTNAME is its name), to own the TrainJob; None when it cannot be
     read (the SIGTERM handler and the provider's kill() still delete the TrainJob)."""
-    from kubernetes import client
-
     name = os.environ.get("HOSTNAME")
     if not name:
         return None
     try:
-        pod = client.CoreV1Api(api).read_namespaced_pod(
-            name, namespace, _request_timeout=REQUEST_TIMEOUT
-        )
+        return jobs.pod_owner(name)
     except Exception as e:
         print(f"train: cannot read this pod {name} ({getattr(e, 'status', '') or e}); the "
               "TrainJob gets no ownerReference (grant get on pods)", flush=True)  # fmt: skip
         return None
-    return {"name": name, "uid": pod.metadata.uid}
 
 
 class TrainJobFailed(RuntimeError):
@@ -143,56 +115,6 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-class _TrainJob:
-    def __init__(self, api: Any, namespace: str, name: str) -> None:
-        from kubernetes import client
-
-        self.objects = client.CustomObjectsApi(api)
-        self.namespace, self.name = namespace, name
-
-    def create(self, body: dict[str, Any]) -> None:
-        try:
-            self.objects.create_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, body, _request_timeout=REQUEST_TIMEOUT
-            )
-        except Exception as e:
-            if getattr(e, "status", None) == 409:  # a retried step: follow the one there
-                print(f"train: TrainJob {self.name} exists already; following it", flush=True)
-                return
-            raise _api_error(e, f"creating TrainJob {self.namespace}/{self.name}") from None
-
-    def get(self) -> dict[str, Any]:
-        return self.objects.get_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, self.name, _request_timeout=REQUEST_TIMEOUT
-        )
-
-    def delete(self) -> None:
-        try:
-            self.objects.delete_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, self.name,
-                propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT,
-            )  # fmt: skip
-            print(f"train: deleted TrainJob {self.namespace}/{self.name}", flush=True)
-        except Exception as e:
-            if getattr(e, "status", None) != 404:
-                print(f"train: could not delete TrainJob {self.name}: {e}", flush=True)
-
-
-def _api_error(e: Exception, doing: str) -> RuntimeError:
-    status = getattr(e, "status", None)
-    if status == 404:
-        return RuntimeError(
-            f"{doing}: the cluster does not serve {GROUP}/{VERSION} TrainJobs (HTTP 404); "
-            "install Kubeflow Trainer v2, or train on one node"
-        )
-    if status in (401, 403):
-        return RuntimeError(
-            f"{doing}: forbidden (HTTP {status}); the pipeline's service account needs "
-            "create/get/list/watch/delete on trainjobs.trainer.kubeflow.org and get on pods"
-        )
-    return RuntimeError(f"{doing}: {getattr(e, 'reason', None) or e}")
-
-
 def _progress_line(output: Location, s3: Any, last: Any) -> Any:
     """Print rank 0's progress when it moved; the step's log (and the status) shows it.
     Storage denying or failing the read is printed once and does not stop the following."""
@@ -213,26 +135,23 @@ def _progress_line(output: Location, s3: Any, last: Any) -> Any:
     return last
 
 
-def follow(job: _TrainJob, plan: NodePlan, output: Location) -> None:
+def _delete(jobs: TrainJobs, name: str) -> None:
+    try:
+        if jobs.delete(name):
+            print(f"train: deleted TrainJob {jobs.namespace}/{name}", flush=True)
+    except Exception as e:
+        print(f"train: could not delete TrainJob {name}: {e}", flush=True)
+
+
+def follow(jobs: TrainJobs, name: str, plan: NodePlan, output: Location) -> None:
     """Until the TrainJob's Complete condition; its Failed condition (reason and message, with
     the nodes' own error when they left one) fails the step."""
     s3 = storage.client()
-    answered, shown = time.monotonic(), None
-    while True:
-        try:
-            obj = job.get()
-            answered = time.monotonic()
-        except Exception as e:
-            if getattr(e, "status", None) == 404:
-                raise RuntimeError(
-                    f"TrainJob {job.namespace}/{job.name} was deleted before it finished"
-                ) from None
-            if time.monotonic() - answered > plan.api_grace_seconds:
-                raise _api_error(e, f"following TrainJob {job.name} (no answer for "
-                                    f"{plan.api_grace_seconds:.0f} s)") from None  # fmt: skip
-            print(f"train: cannot read TrainJob {job.name} ({type(e).__name__}); retrying",
+    shown = None
+    for obj in jobs.polls(name, plan.poll_seconds, plan.api_grace_seconds):
+        if isinstance(obj, Exception):
+            print(f"train: cannot read TrainJob {name} ({type(obj).__name__}); retrying",
                   flush=True)  # fmt: skip
-            time.sleep(plan.poll_seconds)
             continue
         if condition(obj, "Complete") is not None:
             _progress_line(output, s3, shown)
@@ -246,11 +165,10 @@ def follow(job: _TrainJob, plan: NodePlan, output: Location) -> None:
             why = f"; on the nodes: {node['message']}" if isinstance(node, dict) and node.get(
                 "message") else ""  # fmt: skip
             raise TrainJobFailed(
-                f"TrainJob {job.namespace}/{job.name} failed ({failed.get('reason') or 'Failed'})"
+                f"TrainJob {jobs.namespace}/{name} failed ({failed.get('reason') or 'Failed'})"
                 f": {failed.get('message') or 'no message'}{why}"
             )
         shown = _progress_line(output, s3, shown)
-        time.sleep(plan.poll_seconds)
 
 
 def run_on_nodes(
@@ -259,20 +177,26 @@ def run_on_nodes(
     """Stage, create the TrainJob, follow it; rank 0's result.json once it completed."""
     plan = plan_from_env()
     job_uri = stage(spec, model, output_uri, train_path, val_path)
-    api, namespace = _kube()
+    kube = connect()
+    if kube is None:
+        raise RuntimeError(
+            "several nodes: no Kubernetes API reachable from the train step (neither the pod's "
+            "service account nor a kubeconfig)"
+        )
+    jobs = TrainJobs(kube.api, kube.namespace or "default", REQUEST_TIMEOUT)
     name = trainjob_name(spec.job_uuid)
-    body = manifest(plan, job_uuid=spec.job_uuid, namespace=namespace, job_uri=job_uri,
-                    owner=_owner(api, namespace))  # fmt: skip
-    job = _TrainJob(api, namespace, name)
+    body = manifest(plan, job_uuid=spec.job_uuid, namespace=jobs.namespace, job_uri=job_uri,
+                    owner=_owner(jobs))  # fmt: skip
     with _sigterm_raises():
-        job.create(body)
-        print(f"train: TrainJob {namespace}/{name}: {plan.nodes} nodes x "
+        if not jobs.create(body):
+            print(f"train: TrainJob {name} exists already; following it", flush=True)
+        print(f"train: TrainJob {jobs.namespace}/{name}: {plan.nodes} nodes x "
               f"{plan.procs_per_node} ranks, runtime {plan.runtime}", flush=True)  # fmt: skip
         try:
-            follow(job, plan, parse(output_uri))
+            follow(jobs, name, plan, parse(output_uri))
         except BaseException as e:
             if not isinstance(e, TrainJobFailed):
-                job.delete()  # cancelled, or lost track of it: it must not train on
+                _delete(jobs, name)  # cancelled, or lost track of it: it must not train on
             raise
     result = storage.read_json(parse(output_uri).join(RESULT))
     if not isinstance(result, dict):

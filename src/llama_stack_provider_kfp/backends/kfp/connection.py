@@ -1,25 +1,37 @@
-"""How the kfp backend reaches a cluster: endpoint, namespace and token.
+"""The server's connection to KFP: one kfp.Client, its token, and reconnecting, shared by the
+scheduler's thread and the request threads.
 
-From the provider config, else from the current kubeconfig context (namespace, the bearer
-token `oc login` leaves) and, for the URL, the namespace's DataSciencePipelinesApplication
-(OpenShift AI).
+A `Session` is an immutable snapshot of one connection (client, URL, namespace, the Kubernetes
+API found beside it). `Connection` holds the current one under a lock, connects when there is
+none, and drops a session after a failure, so the next call connects again. Connecting runs
+outside the lock: threads that find no session each connect (each bounded by the request
+timeout) and the first to finish is kept, instead of queueing behind one that hangs.
+
+The token goes through kfp's public credentials hook (`kfp.Client(credentials=...)`, a
+`TokenCredentialsBase` that kfp asks before every request). When KFP refuses it, it is read
+again (token_env, token_file, the kubeconfig or the service account's token) and the call is
+retried once on the same client: a rotated or expired token costs one retry, not a reconnection.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from kfp.client.token_credentials_base import TokenCredentialsBase
 
 from ...config import RemoteConfig
 from ...core.errors import Refused, Unavailable, Upstream
+from ...kube.client import Kube
+from .discovery import find_endpoint, request_timeout
+from .kfp_client import healthz, set_timeout
 
-DSPA_GROUP, DSPA_PLURAL = (
-    "datasciencepipelinesapplications.opendatahub.io",
-    ("datasciencepipelinesapplications"),
-)
-# data-science-pipelines-operator serves v1 since 2.8.0 and only v1 since 2.17.0.
-DSPA_VERSIONS = ("v1", "v1alpha1")
+T = TypeVar("T")
+
 # SDK 2.17's IR needs a 2.5+ API server: 2.2-2.3 reject its resource fields, the 2.4 driver
 # kfp-kubernetes' secretNameParameter.
 MIN_BACKEND = (2, 5)
@@ -41,30 +53,7 @@ def check_backend_version(tag: str | None, url: str) -> None:
         )
 
 
-def _list_dspas(custom_objects, namespace: str, timeout: tuple[float, float]) -> list[dict]:
-    """The namespace's DSPAs through the newest API version the cluster serves."""
-    last: Exception | None = None
-    for version in DSPA_VERSIONS:
-        try:
-            found = custom_objects.list_namespaced_custom_object(
-                DSPA_GROUP, version, namespace, DSPA_PLURAL, _request_timeout=timeout
-            )
-            return list(found.get("items", []))
-        except Exception as e:  # 404: this version is not served; try the next one
-            last = e
-            if getattr(e, "status", None) != 404:
-                break
-    raise last if last is not None else RuntimeError("no DSPA API version")
-
-
-def request_timeout(cfg: RemoteConfig) -> tuple[float, float]:
-    """(connect, read) seconds for every KFP and Kubernetes call."""
-    read = cfg.request_timeout_seconds
-    return min(5.0, read), read
-
-
-def _token(cfg: RemoteConfig) -> str | None:
-    """Read at every (re)connection, so a rotated token file is picked up."""
+def _configured_token(cfg: RemoteConfig) -> str | None:
     if os.environ.get(cfg.token_env):
         return os.environ[cfg.token_env]
     if cfg.token_file and cfg.token_file.is_file():
@@ -72,109 +61,121 @@ def _token(cfg: RemoteConfig) -> str | None:
     return None
 
 
-@dataclass
-class Kube:
-    """A Kubernetes API client and what its configuration says."""
+class BearerToken(TokenCredentialsBase):
+    """The token kfp sends with every request; `reread()` reads it again from where it came
+    from (a value found no more keeps the last one)."""
 
-    api: Any  # kubernetes.client.ApiClient
-    namespace: str | None
-    token: str | None
-    in_cluster: bool
+    def __init__(self, cfg: RemoteConfig, kube: Kube | None) -> None:
+        self._cfg, self._kube = cfg, kube
+        self._lock = threading.Lock()
+        self._token = _configured_token(cfg) or (kube.token if kube else None)
+
+    @property
+    def found(self) -> bool:
+        return self._token is not None
+
+    def refresh_api_key_hook(self, config: Any) -> None:
+        config.api_key["authorization"] = self._token
+
+    def reread(self) -> None:
+        with self._lock:
+            kube = self._kube.read_token() if self._kube else None
+            self._token = _configured_token(self._cfg) or kube or self._token
 
 
-@dataclass
-class Endpoint:
+@dataclass(frozen=True)
+class Session:
+    client: Any  # kfp.Client
     url: str
     namespace: str
-    token: str | None
-    ca_bundle: str | None
     kube: Kube | None  # None: the Kubernetes API is not reachable from here
+    token: BearerToken | None  # None: no token was found; requests go without one
 
 
-def _in_cluster(cfg: RemoteConfig) -> Kube | None:
-    """The pod's own service account (a server running in the cluster). Its token is
-    short-lived and rotated by the kubelet: the client re-reads the file (try_refresh_token),
-    and every reconnection to KFP reads it again."""
-    sa = cfg.service_account_dir
-    if not os.environ.get("KUBERNETES_SERVICE_HOST") or not (sa / "token").is_file():
-        return None
-    from kubernetes import client as k8s
-    from kubernetes.config.incluster_config import InClusterConfigLoader
+class Connection:
+    def __init__(self, cfg: RemoteConfig) -> None:
+        self.cfg = cfg
+        self._lock = threading.Lock()  # guards the two fields; never held over a call
+        self._session: Session | None = None
+        self._url = cfg.url or "(discovered)"
 
-    conf = k8s.Configuration()
-    InClusterConfigLoader(
-        token_filename=str(sa / "token"), cert_filename=str(sa / "ca.crt"), try_refresh_token=True
-    ).load_and_set(conf)
-    ns_file = sa / "namespace"
-    namespace = ns_file.read_text().strip() if ns_file.is_file() else None
-    return Kube(k8s.ApiClient(conf), namespace, (sa / "token").read_text().strip(), True)
+    @property
+    def url(self) -> str:
+        """The KFP URL as last known (for messages)."""
+        with self._lock:
+            return self._url
 
+    def session(self) -> Session:
+        """The current session, connecting first when there is none."""
+        with self._lock:
+            if self._session is not None:
+                return self._session
+        fresh = self._connect()
+        with self._lock:
+            if self._session is None:
+                self._session = fresh
+            return self._session
 
-def kube(cfg: RemoteConfig) -> Kube | None:
-    """The current kubeconfig context (as kubectl picks it), else the pod's service account,
-    else None."""
-    try:
-        from kubernetes import config as kubeconfig
+    def drop(self, session: Session | None = None) -> None:
+        """Forget `session` (the current one when None) if it is still the current one; a
+        thread that failed on an old session never drops the one another thread built."""
+        with self._lock:
+            if session is None or self._session is session:
+                self._session = None
 
-        _, active = kubeconfig.list_kube_config_contexts()
-        api = kubeconfig.new_client_from_config()
-    except Exception:
-        return _in_cluster(cfg)
-    bearer = api.configuration.api_key.get("authorization", "")
-    token = bearer.removeprefix("Bearer ").strip() or None
-    return Kube(api, active.get("context", {}).get("namespace"), token, False)
+    def call(self, fn: Callable[[Session], T]) -> T:
+        """fn(session), once more when KFP refused the token: read again, or, with none to
+        read, on a new connection."""
+        session = self.session()
+        try:
+            return fn(session)
+        except Exception as e:
+            if getattr(e, "status", None) not in (401, 403):
+                raise
+        if session.token is not None:
+            session.token.reread()
+        else:
+            self.drop(session)
+        return fn(self.session())
 
+    def failed(self, e: Exception, reconnect: bool = False) -> Upstream:
+        """The error to raise for a failed KFP call. A refusal (an expired or revoked token,
+        a login page), or any failure when `reconnect`, drops the session: the next call
+        connects again and reads the token again."""
+        err = explain(e, self.url)
+        if reconnect or isinstance(err, Refused):
+            self.drop()
+        return err
 
-def _dspa_url(k: Kube, namespace: str, cfg: RemoteConfig) -> str:
-    """The KFP API of the namespace's pipeline server: its route (externalUrl) from outside,
-    its service (url) from inside the cluster, where the route may not even resolve."""
-    from kubernetes import client as k8s
+    def _connect(self) -> Session:
+        import kfp
 
-    try:
-        items = _list_dspas(k8s.CustomObjectsApi(k.api), namespace, request_timeout(cfg))
-    except Exception as e:
-        raise Refused(
-            f"cannot list DataSciencePipelinesApplications in namespace {namespace!r} "
-            f"({getattr(e, 'status', '')} {getattr(e, 'reason', e)}); set remote.url"
-        ) from None
-    keys = ("url", "externalUrl") if k.in_cluster else ("externalUrl",)
-    for item in items:
-        if (item.get("spec") or {}).get("dspVersion") != "v2":
-            continue
-        server = ((item.get("status") or {}).get("components") or {}).get("apiServer") or {}
-        for key in keys:
-            if server.get(key):
-                return str(server[key])
-    raise Refused(
-        f"no ready DataSciencePipelinesApplication with dspVersion v2 in namespace "
-        f"{namespace!r}; create a pipeline server there or set remote.url"
-    )
-
-
-def connection(cfg: RemoteConfig) -> Endpoint:
-    """Where KFP is and how to authenticate, from the config, else from the current kubeconfig
-    context or the pod's service account (namespace, token) and, for the URL, the namespace's
-    DataSciencePipelinesApplication (OpenShift AI)."""
-    k = kube(cfg)
-    namespace = cfg.namespace or (k.namespace if k else None)
-    token = _token(cfg) or (k.token if k else None)
-    ca = str(cfg.ca_bundle) if cfg.ca_bundle else None
-    url = cfg.url
-    if not url or not namespace:
-        if k is None:
-            raise Unavailable(
-                "remote.url/namespace are not set and neither a kubeconfig context nor a "
-                "service account is usable; set remote.url and remote.namespace, or log in "
-                "(`oc login`)"
+        found = find_endpoint(self.cfg)
+        with self._lock:
+            self._url = found.url
+        token = BearerToken(self.cfg, found.kube)
+        try:
+            # namespace= skips kfp's own healthz retry loop; check it ourselves.
+            client = kfp.Client(
+                host=found.url,
+                namespace=found.namespace,
+                credentials=token if token.found else None,
+                ssl_ca_cert=found.ca_bundle,
+                verify_ssl=self.cfg.verify_ssl,
             )
-        namespace = namespace or "default"
-    if not url:
-        assert k is not None
-        url = _dspa_url(k, namespace, cfg)
-        service_ca = cfg.service_account_dir / "service-ca.crt"
-        if k.in_cluster and ca is None and url.startswith("https") and service_ca.is_file():
-            ca = str(service_ca)  # the pipeline server's service cert: OpenShift's service CA
-    return Endpoint(url, namespace, token, ca, k)
+            set_timeout(client, request_timeout(self.cfg))
+            raw = healthz(client)
+        except Exception as e:
+            raise explain(e, found.url) from None
+        try:
+            health = json.loads(raw or b"{}")
+        except ValueError:
+            raise login_page(found.url, "its health check with a page, not JSON") from None
+        # kfp_server_api's model drops tag_name: read it from the raw answer.
+        check_backend_version(health.get("tag_name") if isinstance(health, dict) else None,
+                              found.url)  # fmt: skip
+        return Session(client, found.url, found.namespace, found.kube,
+                       token if token.found else None)  # fmt: skip
 
 
 def login_page(url: str, answered: str) -> Refused:

@@ -11,7 +11,7 @@ from ...core.locations import parse
 from ...core.spec import JobSpec
 from ...core.storage import STEP_ENV
 from ...core.tracking import CREDENTIAL_ENV
-from ...core.trainjob import PLAN_ENV, NodePlan
+from ...kube.trainjob import PLAN_ENV, NodePlan
 
 # Secret key -> env name in the step. Not the AWS_* names: KFP's launcher runs in the same
 # container and would send the pipeline root's artifact traffic with them.
