@@ -30,6 +30,19 @@ class TrainingContext:
     tracker: Tracker
 
 
+class NodeJob(BaseModel):
+    """What each node of a TrainJob trains (the job file the train step stages to S3 for
+    training.node_main)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: str  # the JobSpec's JSON
+    model_uri: str
+    output_uri: str
+    train_uri: str
+    val_uri: str | None
+
+
 class RankJob(BaseModel):
     """What each rank trains (the job file torchrun's ranks read; rank_main)."""
 

@@ -17,25 +17,26 @@ from pathlib import Path
 from ..core import storage
 from ..core.locations import parse
 from ..core.spec import JobSpec
-from .context import RankJob
+from .context import NodeJob, RankJob
 from .distributed import launch
 from .io import fetch_model, report_errors
 
 
 def run(job_uri: str, procs_per_node: int) -> None:
-    job = storage.read_json(parse(job_uri))
-    if not isinstance(job, dict):
+    data = storage.read_json(parse(job_uri))
+    if not isinstance(data, dict):
         raise SystemExit(f"node: cannot read the job file {job_uri}")
-    spec = JobSpec.model_validate_json(job["spec"])
+    job = NodeJob.model_validate(data)
+    spec = JobSpec.model_validate_json(job.spec)
     with report_errors(spec.output_uri, "train"), tempfile.TemporaryDirectory(prefix="node-") as d:
         tmp = Path(d)
-        model_dir = fetch_model(job["model_uri"], tmp)
-        train_path = storage.download_file(parse(job["train_uri"]), tmp / "train.jsonl")
+        model_dir = fetch_model(job.model_uri, tmp)
+        train_path = storage.download_file(parse(job.train_uri), tmp / "train.jsonl")
         val_path = None
-        if job.get("val_uri"):
-            val_path = str(storage.download_file(parse(job["val_uri"]), tmp / "validation.jsonl"))
+        if job.val_uri:
+            val_path = str(storage.download_file(parse(job.val_uri), tmp / "validation.jsonl"))
         launch(procs_per_node, RankJob(
-            spec=job["spec"], model_dir=str(model_dir), output_uri=spec.output_uri,
+            spec=job.spec, model_dir=str(model_dir), output_uri=spec.output_uri,
             train_path=str(train_path), val_path=val_path,
         ), nodes=spec.train.nodes)  # fmt: skip
 

@@ -25,6 +25,7 @@ from ..core.outputs import ERROR, PROGRESS, RESULT
 from ..core.spec import JobSpec
 from ..kube.client import connect
 from ..kube.trainjob import PLAN_ENV, NodePlan, TrainJobs, condition, manifest, trainjob_name
+from .context import NodeJob
 
 REQUEST_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds of every Kubernetes API call
 
@@ -70,10 +71,9 @@ def stage(
     else:
         model_uri = model
     job_uri = to.join("job.json")
-    storage.write_json(job_uri, {
-        "spec": spec.model_dump_json(), "model_uri": model_uri, "output_uri": output_uri,
-        "train_uri": str(train_uri), "val_uri": str(val_uri) if val_uri else None,
-    }, s3)  # fmt: skip
+    job = NodeJob(spec=spec.model_dump_json(), model_uri=model_uri, output_uri=output_uri,
+                  train_uri=str(train_uri), val_uri=str(val_uri) if val_uri else None)  # fmt: skip
+    storage.write_json(job_uri, job.model_dump(mode="json"), s3)
     return str(job_uri)
 
 
