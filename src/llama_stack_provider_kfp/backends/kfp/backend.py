@@ -97,6 +97,7 @@ class KFPBackend:
         self.cfg = cfg
         self.save_on_cancel = save_on_cancel
         self.poll_seconds = cfg.poll_seconds  # each check is a call to the KFP API
+        self.observation_max_age = cfg.poll_seconds
         self.placement = remote_placement(cfg)
         self.root = Location("s3", cfg.s3_bucket, cfg.s3_prefix.strip("/"))
         self._client: Any = None
