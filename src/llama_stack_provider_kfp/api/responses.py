@@ -111,7 +111,8 @@ def status(
         resources.tracking = lenient(outputs.tracking, None)
     result = lenient(outputs.result, None)
     if result:
-        resources.result = {k: v for k, v in result.items() if k != "epochs"}
+        # Its phases are the progress's (the same, shown once).
+        resources.result = {k: v for k, v in result.items() if k not in ("epochs", "phases")}
     if seen.status != "scheduled":
         tail: list[str] = lenient(lambda: outputs.log_tail(), [])
         resources.log_tail = tail or None

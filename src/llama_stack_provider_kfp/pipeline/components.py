@@ -20,6 +20,8 @@ def prepare_data(
     stats = prepare_data_step(job_spec, train_data.path, validation_data.path)
     train_data.metadata["rows"] = stats["train_rows"]
     validation_data.metadata["rows"] = stats["validation_rows"]
+    # Where the step's seconds went (core.phases): the train step shows them beside its own.
+    train_data.metadata["phases"] = stats["phases"]
 
 
 def train(
@@ -31,6 +33,8 @@ def train(
     """Fine-tune with the job's engine; checkpoints and progress go to its output location."""
     from llama_stack_provider_kfp.training.steps import train_job_step
 
-    result = train_job_step(job_spec, train_data.path, validation_data.path)
+    result = train_job_step(
+        job_spec, train_data.path, validation_data.path, train_data.metadata.get("phases")
+    )
     for key, value in result["final_metrics"].items():
         metrics.log_metric(key, value)

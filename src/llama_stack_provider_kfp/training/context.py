@@ -1,7 +1,7 @@
 """What one process of a train step trains with, handed to the engine explicitly: the job,
-where its inputs and outputs are, which rank this process is, and where metrics go. Nothing
-below the train step reads the ranks from the environment (only training.distributed does,
-once) or finds the trackers through a side channel."""
+where its inputs and outputs are, which rank this process is, where metrics and phase timings
+go. Nothing below the train step reads the ranks from the environment (only
+training.distributed does, once) or finds the trackers through a side channel."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from ..core.phases import Phases
 from ..core.spec import JobSpec
 
 if TYPE_CHECKING:  # torch: imported by the train step, not by prepare-data
@@ -28,6 +29,10 @@ class TrainingContext:
     val_path: str | None
     ranks: Ranks
     tracker: Tracker
+    # Where this process's seconds go (core.phases): the engine marks imports_done and
+    # model_loaded, the progress logger first_step and training_done, the engine
+    # exports_done and the export seconds of every epoch.
+    phases: Phases
 
 
 class RankJob(BaseModel):

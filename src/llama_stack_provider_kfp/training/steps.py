@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import InvalidRequest
-from ..core.files import write_json
+from ..core.files import read_json, write_json
 from ..core.locations import parse
 from ..core.lora_targets import resolve, tied_output_problem
 from ..core.model_source import inspect_model_dir
 from ..core.outputs import PROGRESS, RESULT, versioned
+from ..core.phases import Phases
 from ..core.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -24,28 +25,50 @@ from .step_log import ship_log
 from .tracking import tracking
 
 
-def prepare_data_step(job_spec: str, train_path: str, validation_path: str) -> dict[str, int]:
-    """The prepare-data component: the job's data locations come from its spec."""
+def prepare_data_step(job_spec: str, train_path: str, validation_path: str) -> dict[str, Any]:
+    """The prepare-data component: the job's data locations come from its spec. Returns the
+    row counts and the step's phases (core.phases), which travel to the train step with the
+    prepared rows (the artifact's metadata)."""
+    phases = Phases("prepare-data")
+    phases.mark("step_entered")
     spec = JobSpec.model_validate_json(job_spec)
     with ship_log(spec.output_uri, "prepare-data"):
-        return prepare(spec, train_path, validation_path)
+        counts = prepare(spec, train_path, validation_path)
+    phases.mark("done")
+    return {**counts, "phases": phases.as_dict()}
 
 
-def train_job_step(job_spec: str, train_path: str, val_path: str) -> dict[str, Any]:
-    """The train component: the weights and the output location come from the job's spec."""
+def train_job_step(
+    job_spec: str, train_path: str, val_path: str, prepared_phases: dict | None = None
+) -> dict[str, Any]:
+    """The train component: the weights and the output location come from the job's spec;
+    `prepared_phases`: prepare-data's, shown beside this step's own."""
+    phases = Phases("train")
+    phases.mark("step_entered")
+    phases.merge(prepared_phases)
     spec = JobSpec.model_validate_json(job_spec)
-    return train_step(job_spec, spec.model.path, spec.output_uri, train_path, val_path)
+    return train_step(job_spec, spec.model.path, spec.output_uri, train_path, val_path, phases)
 
 
 def train_step(
-    job_spec: str, model_uri: str, output_uri: str, train_path: str, val_path: str
+    job_spec: str,
+    model_uri: str,
+    output_uri: str,
+    train_path: str,
+    val_path: str,
+    phases: Phases | None = None,
 ) -> dict[str, Any]:
     with ship_log(output_uri, "train"):
-        return _train(job_spec, model_uri, output_uri, train_path, val_path)
+        return _train(job_spec, model_uri, output_uri, train_path, val_path, phases)
 
 
 def _train(
-    job_spec: str, model_uri: str, output_uri: str, train_path: str, val_path: str
+    job_spec: str,
+    model_uri: str,
+    output_uri: str,
+    train_path: str,
+    val_path: str,
+    phases: Phases | None,
 ) -> dict[str, Any]:
     spec = JobSpec.model_validate_json(job_spec)
     has_val = Path(val_path).is_file() and Path(val_path).stat().st_size > 0
@@ -72,7 +95,7 @@ def _train(
             ))  # fmt: skip
         from .distributed import Ranks
 
-        return train(spec, model_dir, Output(output_uri), train_path, val, Ranks())
+        return train(spec, model_dir, Output(output_uri), train_path, val, Ranks(), phases)
 
 
 def reinspected(spec: JobSpec, model_dir: Path, model_uri: str) -> JobSpec:
@@ -101,14 +124,21 @@ def train(
     train_path: str,
     val_path: str | None,
     ranks: Ranks,
+    phases: Phases | None = None,
 ) -> dict[str, Any]:
     """Train with the job's engine as one of `ranks`; the main rank tracks it and writes the
-    result."""
+    result. `phases` records where this process's seconds go (a rank: its own, unprinted)."""
+    phases = phases or Phases("train", echo=ranks.main)
     with tracking(spec, output, ranks.main) as tracker:
-        ctx = TrainingContext(spec, model_dir, output, train_path, val_path, ranks, tracker)
+        ctx = TrainingContext(spec, model_dir, output, train_path, val_path, ranks, tracker, phases)
         result = get_engine(spec.engine.name).train(ctx)
         tracker.finish(result, ok=True)
     if ranks.main:
+        phases.mark("done")
+        result = {**result, "phases": phases.as_dict()}
+        progress = read_json(output.local / PROGRESS)
+        if isinstance(progress, dict):  # the last progress with every phase of the step
+            write_json(output.local / PROGRESS, {**progress, "phases": result["phases"]}, False)
         write_json(output.local / RESULT, versioned(result))
         output.push(PROGRESS)
         output.push(RESULT)
