@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +28,38 @@ from .io import Output, fetch_model, report_errors
 from .prepare import prepare
 from .step_log import ship_log
 from .tracking import tracking
+
+
+def skip_teardown_on_success() -> Callable[[], None]:
+    """In a step process that KFP's executor runs (`_KFP_RUNTIME=true`), end the process
+    without Python's teardown once everything else is done: unloading torch and the modules
+    training imported takes 1.3 s here (0.7 s for torch alone), after the step's outputs are
+    written and before the pipeline can go on.
+
+    Call it at the start of a component body and call what it returns when the step has
+    succeeded. The process then ends after the exit handlers of every library the step
+    imported (they registered later, so they run first), after the executor wrote its output
+    file and after Python joined non-daemon threads. A step that did not succeed (an
+    exception, sys.exit) never calls it and exits as usual, with its traceback and status;
+    neither does a failure after it (Python's handler set sys.last_exc). Elsewhere (tests,
+    scripts calling the steps) nothing changes."""
+    succeeded = False
+
+    def _exit() -> None:
+        if not succeeded or getattr(sys, "last_exc", None) or getattr(sys, "last_value", None):
+            return
+        logging.shutdown()  # registered before us: it would not run otherwise
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    def success() -> None:
+        nonlocal succeeded
+        succeeded = True
+
+    if os.environ.get("_KFP_RUNTIME") == "true":
+        atexit.register(_exit)
+    return success
 
 
 def prepare_data_step(job_spec: str, train_path: str, validation_path: str) -> dict[str, Any]:
