@@ -84,7 +84,9 @@ def train_job_step(
     phases.mark("step_entered")
     phases.merge(prepared_phases)
     spec = JobSpec.model_validate_json(job_spec)
-    return train_step(job_spec, spec.model.path, spec.output_uri, train_path, val_path, phases)
+    return train_step(
+        job_spec, spec.model.path, spec.output_uri, train_path, val_path, phases, True
+    )
 
 
 def train_step(
@@ -94,9 +96,14 @@ def train_step(
     train_path: str,
     val_path: str,
     phases: Phases | None = None,
+    one_job_process: bool = False,
 ) -> dict[str, Any]:
+    """`one_job_process`: this process ends with this job (a pipeline step), see
+    TrainingContext.imports_done."""
     with ship_log(output_uri, "train"):
-        return _train(job_spec, model_uri, output_uri, train_path, val_path, phases)
+        return _train(
+            job_spec, model_uri, output_uri, train_path, val_path, phases, one_job_process
+        )
 
 
 def _train(
@@ -106,6 +113,7 @@ def _train(
     train_path: str,
     val_path: str,
     phases: Phases | None,
+    one_job_process: bool,
 ) -> dict[str, Any]:
     spec = JobSpec.model_validate_json(job_spec)
     has_val = Path(val_path).is_file() and Path(val_path).stat().st_size > 0
@@ -132,7 +140,9 @@ def _train(
             ))  # fmt: skip
         from .distributed import Ranks
 
-        return train(spec, model_dir, Output(output_uri), train_path, val, Ranks(), phases)
+        return train(
+            spec, model_dir, Output(output_uri), train_path, val, Ranks(), phases, one_job_process
+        )
 
 
 def reinspected(spec: JobSpec, model_dir: Path, model_uri: str) -> JobSpec:
@@ -162,12 +172,16 @@ def train(
     val_path: str | None,
     ranks: Ranks,
     phases: Phases | None = None,
+    one_job_process: bool = False,
 ) -> dict[str, Any]:
     """Train with the job's engine as one of `ranks`; the main rank tracks it and writes the
-    result. `phases` records where this process's seconds go (a rank: its own, unprinted)."""
+    result. `phases` records where this process's seconds go (a rank: its own, unprinted);
+    `one_job_process`: see TrainingContext.imports_done."""
     phases = phases or Phases("train", echo=ranks.main)
     with tracking(spec, output, ranks.main) as tracker:
-        ctx = TrainingContext(spec, model_dir, output, train_path, val_path, ranks, tracker, phases)
+        ctx = TrainingContext(
+            spec, model_dir, output, train_path, val_path, ranks, tracker, phases, one_job_process
+        )
         result = get_engine(spec.engine.name).train(ctx)
         tracker.finish(result, ok=True)
     if ranks.main:

@@ -115,7 +115,7 @@ class _Run:
     ) -> None:
         from transformers import AutoModelForCausalLM
 
-        ctx.phases.mark("imports_done")
+        ctx.imports_done()
         self.phases = ctx.phases
         spec, model_dir, output = ctx.spec, ctx.model_dir, ctx.output
         train_path, val_path = ctx.train_path, ctx.val_path

@@ -217,7 +217,7 @@ def _run(ctx: TrainingContext) -> dict[str, Any]:
         from .distributed_recipe import ProviderLoRARecipeDistributed as Recipe
     else:
         from .recipe import ProviderLoRARecipe as Recipe
-    ctx.phases.mark("imports_done")
+    ctx.imports_done()
 
     _check_meta_tying(spec, str(model_dir))
     started = time.perf_counter()
