@@ -49,6 +49,16 @@ def main() -> None:
             rows.append((f"overhead, {name} job: ratio server/direct-warm, fixed cost",
                          f"{v['ratio_server_over_direct_warm']}x, "
                          f"{v['fixed_cost_seconds']:.2f} s"))  # fmt: skip
+            before = (o.get("baseline") or {}).get("sizes", {}).get(name)
+            if before:  # --baseline: another checkout measured alternately in the same run
+                rows.append((f"overhead, {name} job, before ({o['baseline']['checkout'][:7]}): "
+                             "server+KFP / direct warm; fixed cost",
+                             f"{fmt(before['server'])} / {fmt(before['direct_warm'])}; "
+                             f"{before['fixed_cost_seconds']:.2f} s"))  # fmt: skip
+            if "timeline" in v:
+                rows.append((f"overhead, {name} job: the server run's time line (medians)",
+                             "; ".join(f"{seg} {t['median']:.2f} s"
+                                       for seg, t in v["timeline"].items())))  # fmt: skip
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
         kinds = ["server", "direct_warm", "direct_cold"]
         for i, kind in enumerate(kinds):
