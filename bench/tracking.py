@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Job-tracking figures: status-call latency while 2 jobs train, and cancel-to-last-process.
 
-    python bench/tracking.py [--calls 400] [--out bench/results]
+    python bench/tracking.py [--calls 400] [--out DIR]
 
 Starts a real `llama stack run` (max_concurrent_jobs=2) on loopback, submits two LoRA jobs on
 a tiny model, and once both train:
   - times `--calls` status calls (alternating jobs, back to back, bounded), reports p50/p99;
   - cancels each job and times (a) the cancel call and (b) from sending it until no process
     of the job (worker + kfp.local tasks, found by pid beforehand) is left.
-Writes <out>/tracking.json and prints a Markdown table.
+Writes <out>/tracking.json (default: $BENCH_RESULTS, else bench/results/, as every benchmark
+here: `bash bench/run.sh --quick` sets it to bench/results/quick/) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 import psutil
+from common import RESULTS
 
 from harness.demo_data import DEMO_LORA, instruct_rows
 from harness.server import ROOT, Server, any_alive, job_processes
@@ -44,7 +46,7 @@ def _pct(values: list[float], q: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--calls", type=int, default=400)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
 

@@ -50,6 +50,7 @@ def record(job_uuid: str, order: int) -> JobRecord:
 class FakeBackend:
     name = "fake"
     poll_seconds = 0.01
+    observation_max_age = 0.01
 
     def __init__(self) -> None:
         self.state: dict[str, str] = {}  # job -> in_progress | completed | failed

@@ -277,11 +277,18 @@ def _artifact(name: str, schema: str, uri: Path) -> dict:
 def _run_as_launcher(container: dict, executor_input: dict, env: dict, cwd: Path) -> None:
     args = [a.replace("{{$}}", json.dumps(executor_input)) for a in container["args"]]
     pod_env = {e["name"]: e["value"] for e in container.get("env", [])}
+    # The code under test, wherever this test imports it from (a checkout on PYTHONPATH).
+    here = {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}
     subprocess.run(
         container["command"] + args,
         check=True,
         cwd=cwd,
-        env={**env, **pod_env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        env={
+            **env,
+            **pod_env,
+            **here,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        },
     )
 
 

@@ -234,7 +234,7 @@ class KFPPostTrainingConfig(BaseModel):
         ge=0,
         description="A status call answers from the scheduler's last observation of the job "
         "while it is younger than this (remotely: no call to the cluster per status call). "
-        "None: the backend's poll interval (local 0.5 s, remote `remote.poll_seconds`).",
+        "None: the backend's own (local 0.1 s: file reads; remote `remote.poll_seconds`).",
     )
     max_concurrent_jobs: int = Field(
         default=1,

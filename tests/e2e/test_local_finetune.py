@@ -83,6 +83,7 @@ def _check_run(status: dict, rows: int, epochs: int) -> dict:
     assert len(history) == res["progress"]["total_steps"]
     tail = sum(history[-3:]) / 3
     assert tail < 0.6 * history[0], history
+    _check_phases(res)
     assert [c["epoch"] for c in status["checkpoints"]] == list(range(1, epochs + 1))
     for c in status["checkpoints"]:
         d = Path(c["path"])
@@ -91,6 +92,39 @@ def _check_run(status: dict, rows: int, epochs: int) -> dict:
         assert (d / "adapter" / "adapter_config.json").is_file()
         assert (d / "adapter" / "adapter_model.safetensors").is_file()
     return result
+
+
+TRAIN_PHASES = ["step_entered", "imports_done", "model_loaded", "first_step", "training_done",
+                "exports_done", "done"]  # fmt: skip
+
+
+def _check_phases(res: dict) -> None:
+    """Every process of the job reports its phases (seconds from its own start), in the order
+    they happen, the processes one after the other; the job's log has one line per phase.
+    Nothing here is about how long they take."""
+    phases = res["phases"]
+    assert "phases" not in res["result"]  # shown once, at the top
+    worker, prep, train = phases["worker"], phases["prepare-data"], phases["train"]
+    assert [k for k in worker if k != "started_at"] == ["pipeline_started", "pipeline_done"]
+    assert [k for k in prep if k != "started_at"] == ["step_entered", "done"]
+    marks = [k for k in train if k not in ("started_at", "export_seconds")]
+    assert marks == TRAIN_PHASES
+    assert [train[k] for k in marks] == sorted(train[k] for k in marks)
+    assert 0 < train["export_seconds"] <= train["exports_done"]
+    tick = 0.02  # started_at and the marks are rounded to 10 ms
+
+    def at(process: dict, mark: str) -> float:
+        return process["started_at"] + process[mark]
+
+    assert worker["started_at"] <= prep["started_at"] <= at(prep, "done") + tick
+    assert at(worker, "pipeline_started") <= prep["started_at"] + tick
+    assert at(prep, "done") <= train["started_at"] + tick
+    assert at(train, "done") <= at(worker, "pipeline_done") + tick
+    log = (Path(res["job_dir"]) / "worker.log").read_text()
+    for name, process in phases.items():
+        for mark in process:
+            if mark not in ("started_at", "export_seconds"):
+                assert f"phase: {name} {mark} at " in log, (name, mark)
 
 
 def test_finetune_hf_layout(client, server, tiny_models, tmp_path):

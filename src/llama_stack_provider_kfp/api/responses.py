@@ -111,7 +111,9 @@ def status(
         resources.tracking = lenient(outputs.tracking, None)
     result = lenient(outputs.result, None)
     if result:
-        resources.result = result.model_dump(mode="json", exclude={"epochs"})
+        # Its phases are the progress's (the same, shown once).
+        dumped = result.model_dump(mode="json").items()
+        resources.result = {k: v for k, v in dumped if k not in ("epochs", "phases")}
     if seen.status != "scheduled":
         tail: list[str] = lenient(lambda: outputs.log_tail(), [])
         resources.log_tail = tail or None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from ..config import KFPPostTrainingConfig
-from ..jobs.backend import Backend
-from ..jobs.store import JobStore
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the local worker imports this package: it needs no config
+    from ..config import KFPPostTrainingConfig
+    from ..jobs.backend import Backend
+    from ..jobs.store import JobStore
 
 
 def select_backend(config: KFPPostTrainingConfig, store: JobStore) -> Backend:

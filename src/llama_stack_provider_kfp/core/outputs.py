@@ -3,8 +3,9 @@
 The train and prepare-data steps write here; the server reads here. Layout under a job's
 output location (a local directory or an s3:// prefix):
 
-    progress.json                 Progress + loss_history + facts (device, dtype, rows)
-    result.json                   the train step's summary
+    progress.json                 Progress + loss_history + facts (device, dtype, rows) +
+                                  phases (core.phases)
+    result.json                   the train step's summary (+ phases)
     error.json                    why a step failed (StepError)
     tracking.json                 where the train step logs (MLflow run id, ...; logger_config)
     logs/<step>.log               the step's recent output, uploaded by steps that run remotely
@@ -138,6 +139,9 @@ class StatusResources(_Open):
     tracking: dict[str, Any] | None = None
     # What the status could not read (storage denied or unreachable); a status still answers.
     warnings: list[str] | None = None
+    # Per process (worker, prepare-data, train): seconds from its start to each phase it
+    # reached (core.phases), and its start as Unix time (started_at).
+    phases: dict[str, dict[str, float]] | None = None
 
 
 class CheckpointInfo(BaseModel):

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlparse
 
-import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import InvalidRequest, Unavailable
@@ -212,6 +211,8 @@ def check_reachable(spec: TrackingSpec | None, timeout: float) -> None:
         os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
     )
     url = f"{uri.rstrip('/')}/health"
+    import httpx  # at submit only; the job's processes import this module too
+
     try:
         answer = httpx.get(url, timeout=timeout, verify=verify, follow_redirects=False)
     except httpx.HTTPError as e:

@@ -60,6 +60,9 @@ class JobRunner(Protocol):
     name: str
     # How often the scheduler re-checks running and queued jobs.
     poll_seconds: float
+    # How old an observation a status call may answer from (observe() costs what it costs:
+    # file reads locally, calls to the cluster remotely).
+    observation_max_age: float
 
     def start(self, record: JobRecord) -> RunnerHandle: ...
 

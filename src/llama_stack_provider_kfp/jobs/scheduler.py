@@ -50,7 +50,7 @@ class JobScheduler:
         # are answered from that observation.
         self.observations = Observations(
             backend.observe,
-            self.poll_seconds if observation_max_age is None else observation_max_age,
+            backend.observation_max_age if observation_max_age is None else observation_max_age,
         )
         self._lock = threading.Lock()  # _active and _job_locks; never held over a backend call
         self._round = threading.Lock()  # one dispatch round at a time

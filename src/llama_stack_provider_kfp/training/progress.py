@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..core import pause_points
 from ..core.files import write_json
 from ..core.outputs import MAX_LOSS_HISTORY, PROGRESS, versioned
+from ..core.phases import Phases
 from .tracking import Tracker
 
 if TYPE_CHECKING:
@@ -43,18 +44,24 @@ class ProgressLogger:
         self._pending: dict[str, Any] | None = None
         self.start_step = 0  # > 0 when the job continues a checkpoint
         self.job: str | None = None  # set on the rank that publishes (attach)
+        self.phases: Phases | None = None  # published with the progress (attach)
 
     def restore(self, history: list[list[float]], stride: int, step: int) -> None:
         """Continue a resumed job's loss curve where its checkpoint left it."""
         self.history = [[int(s), float(v)] for s, v in history]
         self.stride, self.start_step = stride, step
 
-    def attach(self, output: Output, tracker: Tracker, job: str | None = None) -> None:
+    def attach(
+        self, output: Output, tracker: Tracker, job: str | None = None, phases: Phases | None = None
+    ) -> None:
         """Publish through the job's output: progress.json uploaded (at most every 5 s when
-        remote), metrics to its trackers. `job` names the job for its test pause points."""
+        remote), metrics to its trackers. `job` names the job for its test pause points;
+        `phases` (core.phases) go into progress.json, first_step and training_done marked
+        here."""
         self.on_write = lambda: output.push(PROGRESS, 5.0)
         self.tracker = tracker
         self.job = job
+        self.phases = phases
 
     def begin(self, total_steps: int, steps_per_epoch: int, total_epochs: int, **facts) -> None:
         self.total_steps, self.steps_per_epoch = total_steps, max(steps_per_epoch, 1)
@@ -75,6 +82,10 @@ class ProgressLogger:
         self.log_dict({name: data}, step)
 
     def log_dict(self, payload: dict[str, Any], step: int) -> None:
+        if self.phases is not None:
+            self.phases.mark("first_step")  # the first one counts
+            if step >= self.total_steps:
+                self.phases.mark("training_done")
         now = time.perf_counter()
         dt, self._last = max(now - self._last, 1e-9), now
         tps = self._input_tokens / dt
@@ -145,9 +156,10 @@ class ProgressLogger:
             epoch=min((step - 1) // self.steps_per_epoch + 1 if step else 0, self.total_epochs),
             total_epochs=self.total_epochs,
         )
+        phases = {"phases": self.phases.as_dict()} if self.phases is not None else {}
         write_json(
             self.path,
-            versioned({"progress": progress, "loss_history": self.history, **self.facts}),
+            versioned({"progress": progress, "loss_history": self.history, **self.facts, **phases}),
             durable=False,
         )
         self.on_write()

@@ -24,7 +24,10 @@ def main(job_file: str) -> None:
     try:
         spec = JobSpec.model_validate_json(job.spec)
         output = Output(job.output_uri)
-        result = train(spec, Path(job.model_dir), output, job.train_path, job.val_path, ranks)
+        result = train(
+            spec, Path(job.model_dir), output, job.train_path, job.val_path, ranks,
+            one_job_process=True,  # a torchrun rank: one job, then it ends
+        )  # fmt: skip
         if ranks.main:
             write_json(exchange / "result.json", result)
     except BaseException as e:

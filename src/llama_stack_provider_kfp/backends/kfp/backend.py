@@ -41,6 +41,7 @@ class KFPBackend:
         self.cfg = cfg
         self.save_on_cancel = save_on_cancel
         self.poll_seconds = cfg.poll_seconds  # each check is a call to the KFP API
+        self.observation_max_age = cfg.poll_seconds
         self.staging = Staging(cfg)
         self.connection = Connection(cfg)
         self.observer = Observer(cfg, self.connection, self.staging.outputs)

@@ -49,6 +49,8 @@ class LocalBackend:
         self.model_dirs = model_dirs
         self.save_on_cancel, self.stop_grace_seconds = save_on_cancel, stop_grace_seconds
         self.poll_seconds = poll_seconds  # checks are file reads: cheap
+        # So cheap that a status sees a job end within 0.1 s, not one poll later.
+        self.observation_max_age = min(poll_seconds, 0.1)
         # Popen objects of workers this server started and that have not exited yet.
         self._children: dict[str, subprocess.Popen] = {}
         self._children_lock = threading.Lock()

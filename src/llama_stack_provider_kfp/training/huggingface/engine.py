@@ -115,6 +115,8 @@ class _Run:
     ) -> None:
         from transformers import AutoModelForCausalLM
 
+        ctx.imports_done()
+        self.phases = ctx.phases
         spec, model_dir, output = ctx.spec, ctx.model_dir, ctx.output
         train_path, val_path = ctx.train_path, ctx.val_path
         t = spec.train
@@ -157,6 +159,7 @@ class _Run:
         self.model: Any = _with_lora(model, spec) if spec.lora else model
         if resume is not None and spec.lora is not None:  # LoRA: the adapter on the base
             _load_adapter(self.model, resume.folder / ADAPTER)
+        ctx.phases.mark("model_loaded")
         # What the training forward goes through: DDP averages the ranks' gradients.
         self.train_model: Any = self.model
         if self.ranks.world > 1:
@@ -193,7 +196,7 @@ class _Run:
         )
         if self.ranks.main:
             self.progress = ProgressLogger(str(output.local / PROGRESS))
-            self.progress.attach(output, ctx.tracker, spec.job_uuid)
+            self.progress.attach(output, ctx.tracker, spec.job_uuid, ctx.phases)
         else:  # the other ranks publish nothing
             self.progress = ProgressLogger(str(Path(tempfile.mkdtemp()) / PROGRESS))
         self._inputs = 0  # non-padding tokens fed this optimizer step, on this rank
@@ -260,6 +263,7 @@ class _Run:
             self._save(epoch, sum(losses) / len(losses) if losses else None)
             if self._stopping() and epoch < t.epochs:
                 self._halt(epoch + 1, 0)
+        self.phases.mark("exports_done")
         self.progress.close()
         return summary(
             epochs=self.epochs,
@@ -440,6 +444,7 @@ class _Run:
         }
         self.epoch_rewards, self.epoch_losses = [], []
         self.epochs.append({"epoch": epoch, **metrics})
+        exporting = time.perf_counter()
         fields = {"format": "huggingface", **metrics}
         with epoch_writer(self.output.local, epoch, fields, self.spec.job_uuid) as tmp:
             self._write_weights(tmp)
@@ -450,6 +455,7 @@ class _Run:
             self.global_step,
             str(self.output.location.join(epoch_dir(epoch))),
         )
+        self.phases.add("export_seconds", time.perf_counter() - exporting)
         self.progress.log_epoch(epoch, metrics)
 
     def _save_step(self, epoch: int, position: int) -> None:

@@ -217,6 +217,7 @@ def _run(ctx: TrainingContext) -> dict[str, Any]:
         from .distributed_recipe import ProviderLoRARecipeDistributed as Recipe
     else:
         from .recipe import ProviderLoRARecipe as Recipe
+    ctx.imports_done()
 
     _check_meta_tying(spec, str(model_dir))
     started = time.perf_counter()
@@ -235,6 +236,7 @@ def _run(ctx: TrainingContext) -> dict[str, Any]:
         recipe = Recipe(cfg=cfg, ctx=ctx)
         recipe.setup(cfg=cfg)
         recipe.train()
+        ctx.phases.mark("exports_done")
         recipe.cleanup()
     if not recipe.writes:
         return {"epochs": recipe.epochs}  # rank 0 reports the job

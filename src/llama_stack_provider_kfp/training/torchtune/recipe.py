@@ -12,6 +12,7 @@ layout (merged + PEFT adapter, Meta or HF).
 from __future__ import annotations
 
 import math
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,9 @@ class ProviderRecipe:
         self.train_rows = len(getattr(dataset, "ds", dataset))  # PackedDataset wraps the rows
         self.validation_rows = len(self._val_loader.dataset) if self._val_loader else 0
         if self.writes:
-            self._metric_logger.attach(self.output, self.ctx.tracker, self.spec.job_uuid)
+            self._metric_logger.attach(
+                self.output, self.ctx.tracker, self.spec.job_uuid, self.ctx.phases
+            )
             self._metric_logger.begin(
                 total_steps=self.total_epochs * self._steps_per_epoch,
                 steps_per_epoch=self._steps_per_epoch,
@@ -202,7 +205,9 @@ class ProviderRecipe:
                 self.spec.train.seed,
                 self._dtype,
             )
-        return super()._setup_model(**kwargs)  # type: ignore[misc]
+        model = super()._setup_model(**kwargs)  # type: ignore[misc]
+        self.ctx.phases.mark("model_loaded")
+        return model
 
     def _setup_data(self, cfg_dataset, shuffle, batch_size, collate_fn, dataloader_state_dict=None):
         loader = super()._setup_data(  # type: ignore[misc]
@@ -274,6 +279,7 @@ class ProviderRecipe:
             "samples_seen": epoch_samples,
             "global_step": self.global_step,
         }
+        exporting = time.perf_counter()
         state = self._full_state()
         self.epochs.append({"epoch": epoch + 1, **metrics})
         if not self.writes:
@@ -303,6 +309,7 @@ class ProviderRecipe:
             self.spec.job_uuid,
         )
         self.output.push(epoch_dir(epoch + 1))
+        self.ctx.phases.add("export_seconds", time.perf_counter() - exporting)
         self._metric_logger.log_epoch(epoch + 1, metrics)
 
     def peak_memory_mb(self) -> float:
