@@ -216,7 +216,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
     def _status(self, found: JobRecord | UnreadableRecord) -> PostTrainingJobStatusResponse:
         job_dir = self.store.job_dir(found.job_uuid)
         if isinstance(found, UnreadableRecord):
-            return responses.unreadable(found, job_dir)
+            return responses.unreadable(found, job_dir, self.store.own_outputs(found.job_uuid))
         seen = self.scheduler.observe(found)
         return responses.status(found, seen, self.backend.outputs(found), job_dir)
 
@@ -231,7 +231,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
     ) -> PostTrainingJobArtifactsResponse:
         found = self._entry(request.job_uuid)
         if isinstance(found, UnreadableRecord):
-            outputs = responses.outputs_beside(self.store.job_dir(found.job_uuid))
+            outputs = self.store.own_outputs(found.job_uuid)
             checkpoints = await asyncio.to_thread(
                 responses.checkpoints, found.job_uuid, outputs
             ) if outputs else []  # fmt: skip

@@ -14,11 +14,10 @@ from llama_stack_api import (
 )
 
 from ..core.errors import Unavailable, Upstream
-from ..core.locations import parse
 from ..core.outputs import CheckpointInfo, JobOutputs, StatusResources, StepError
 from ..jobs.backend import Observed
 from ..jobs.record import JobRecord, Status
-from ..jobs.store import OUTPUT_DIR, WORKER_LOG, UnreadableRecord
+from ..jobs.store import UnreadableRecord
 
 STATUS: dict[Status, JobStatus] = {
     "scheduled": JobStatus.scheduled,
@@ -55,16 +54,11 @@ def checkpoints(job_uuid: str, outputs: JobOutputs) -> list[Checkpoint]:
     return [checkpoint(job_uuid, c) for c in outputs.checkpoints()]
 
 
-def outputs_beside(job_dir: Path) -> JobOutputs | None:
-    """The outputs in a job's own folder (a local job), when its record cannot say where."""
-    out = job_dir / OUTPUT_DIR
-    return JobOutputs(parse(str(out)), log_file=job_dir / WORKER_LOG) if out.is_dir() else None
-
-
-def unreadable(found: UnreadableRecord, job_dir: Path) -> PostTrainingJobStatusResponse:
+def unreadable(
+    found: UnreadableRecord, job_dir: Path, outputs: JobOutputs | None
+) -> PostTrainingJobStatusResponse:
     """A job whose record this release cannot read: failed, with the reason; whatever its own
-    folder holds (checkpoints, log) is still shown."""
-    outputs = outputs_beside(job_dir)
+    folder holds (`outputs`: checkpoints, log) is still shown."""
     resources = StatusResources(job_dir=str(job_dir), error=StepError(message=found.reason))
     if outputs is not None:
         resources.log_tail = outputs.log_tail() or None

@@ -29,6 +29,8 @@ import psutil
 
 from ..core.errors import InvalidRequest
 from ..core.files import read_json, write_json
+from ..core.locations import parse
+from ..core.outputs import JobOutputs
 from ..core.versioned import Unreadable, merge_unknown, read_versioned
 from .record import RECORD_FORMAT, WORKER_STATE_FORMAT, JobRecord, WorkerState, check_job_id
 
@@ -114,6 +116,13 @@ class JobStore:
 
     def list_ids(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if (p / JOB_FILE).is_file())
+
+    def own_outputs(self, job_uuid: str) -> JobOutputs | None:
+        """The outputs in the job's own folder (a local job's), with its log; None when it has
+        none. Used when the record cannot say where they are, or says a place that moved."""
+        job_dir = self.job_dir(job_uuid)
+        out = job_dir / OUTPUT_DIR
+        return JobOutputs(parse(str(out)), log_file=job_dir / WORKER_LOG) if out.is_dir() else None
 
     def worker_state(self, job_uuid: str) -> WorkerState | None:
         return read_worker_state(self.job_dir(job_uuid))

@@ -49,27 +49,29 @@ class TrainingContext:
             gc.freeze()
 
 
-class NodeJob(BaseModel):
-    """What each node of a TrainJob trains (the job file the train step stages to S3 for
-    training.node_main)."""
+class _JobFile(BaseModel):
+    """A job file another process of the step reads: a renamed field fails where it is
+    written."""
 
     model_config = ConfigDict(extra="forbid")
 
     spec: str  # the JobSpec's JSON
-    model_uri: str
     output_uri: str
+
+
+class NodeJob(_JobFile):
+    """What each node of a TrainJob trains (the job file the train step stages to S3 for
+    training.node_main)."""
+
+    model_uri: str
     train_uri: str
     val_uri: str | None
 
 
-class RankJob(BaseModel):
+class RankJob(_JobFile):
     """What each rank trains (the job file torchrun's ranks read; rank_main)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    spec: str  # the JobSpec's JSON
     model_dir: str
-    output_uri: str
     train_path: str
     val_path: str | None
     # Filled in by launch: where ranks leave the result and their errors.

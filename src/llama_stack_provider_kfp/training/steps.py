@@ -19,15 +19,15 @@ from ..core.model_source import inspect_model_dir
 from ..core.outputs import PROGRESS, RESULT, TrainResult, versioned
 from ..core.phases import Phases
 from ..core.spec import JobSpec
-
-if TYPE_CHECKING:
-    from .distributed import Ranks
 from .context import RankJob, TrainingContext
 from .engine import get_engine
 from .io import Output, fetch_model, report_errors
 from .prepare import prepare
 from .step_log import ship_log
 from .tracking import tracking
+
+if TYPE_CHECKING:  # torch: only once the step trains
+    from .distributed import Ranks
 
 
 def skip_teardown_on_success() -> Callable[[], None]:

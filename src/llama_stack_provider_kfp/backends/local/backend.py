@@ -114,11 +114,13 @@ class LocalBackend:
                 del self._children[job_uuid]
 
     def outputs(self, record: JobRecord) -> JobOutputs:
-        job_dir = self.store.job_dir(record.job_uuid)
         where = parse(record.spec.output_uri)
-        if where.is_local and not where.path.exists() and (job_dir / OUTPUT_DIR).is_dir():
-            where = parse(str(job_dir / OUTPUT_DIR))  # the work dir was moved since
-        return JobOutputs(where, log_file=job_dir / WORKER_LOG)  # the log: every step's output
+        if where.is_local and not where.path.exists():  # the work dir was moved since
+            moved = self.store.own_outputs(record.job_uuid)
+            if moved is not None:
+                return moved
+        log_file = self.store.job_dir(record.job_uuid) / WORKER_LOG  # every step's output
+        return JobOutputs(where, log_file=log_file)
 
     def handle(self, record: JobRecord) -> RunnerHandle | None:
         if record.runner is not None:
