@@ -6,7 +6,7 @@ import yaml
 from fake_backend import spec
 from kfp import compiler
 
-from llama_stack_provider_kfp.core.spec import DPOSpec
+from llama_stack_provider_kfp.core.spec import DPOSpec, EvaluationSpec, RegistrySpec
 from llama_stack_provider_kfp.pipeline.definition import (
     ComponentBuild,
     build_pipeline,
@@ -46,3 +46,39 @@ def test_the_name_says_what_the_job_trains(tmp_path):
     info = _ir(tmp_path, full_dpo)["pipelineInfo"]
     assert info["name"] == "llama-stack-dpo-full"
     assert info["description"].startswith("full-parameter DPO of m")
+
+
+def test_stages_after_training_wire_model_and_metrics_artifacts(tmp_path):
+    job = spec("j3").model_copy(update={
+        "evaluation": EvaluationSpec(),
+        "registry": RegistrySpec(kind="mlflow", uri="http://127.0.0.1:1", model_name="m-lora",
+                                 version_name="j3"),
+    })  # fmt: skip
+    ir = _ir(tmp_path, job)
+    tasks = ir["root"]["dag"]["tasks"]
+    assert list(tasks) == ["evaluate", "prepare-data", "register", "train"]  # IR sorts them
+    evaluate = tasks["evaluate"]["inputs"]["artifacts"]
+    assert evaluate["model"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "model",
+        "producerTask": "train",
+    }
+    assert evaluate["validation_data"]["taskOutputArtifact"]["producerTask"] == "prepare-data"
+    register = tasks["register"]["inputs"]["artifacts"]
+    assert register["evaluation"]["taskOutputArtifact"]["producerTask"] == "evaluate"
+    assert register["model"]["taskOutputArtifact"]["producerTask"] == "train"
+    outputs = ir["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]
+    assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    assert (ir["components"]["comp-train"]["outputDefinitions"]["artifacts"]["model"]
+            ["artifactType"]["schemaTitle"]) == "system.Model"  # fmt: skip
+    # Nothing is cached: every stage reads or writes the job's own output location.
+    assert all(not t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
+
+
+def test_stages_on_a_finished_checkpoint_skip_training(tmp_path):
+    job = spec("j4").model_copy(update={
+        "evaluation": EvaluationSpec(), "trained_checkpoint": "/jobs/j1/checkpoints/epoch_1",
+    })  # fmt: skip
+    assert job.stages == ["evaluate"]
+    tasks = _ir(tmp_path, job)["root"]["dag"]["tasks"]
+    assert set(tasks) == {"prepare-data", "evaluate"}
+    assert "model" not in tasks["evaluate"]["inputs"]["artifacts"]

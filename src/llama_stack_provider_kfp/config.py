@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .core.errors import InvalidRequest
 
 
 class RemoteResources(BaseModel):
@@ -174,6 +176,104 @@ class DPODefaults(BaseModel):
     apply_lora_to_mlp: bool = True
 
 
+class EvaluationConfig(BaseModel):
+    """The evaluate stage (core.spec.EvaluationSpec): base and tuned model on the same
+    held-out rows and lm-eval tasks, after training."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="run the evaluate stage after training")
+    held_out: bool = Field(
+        default=True,
+        description="loss, perplexity and token accuracy over the held-out rows "
+        "(validation_dataset_id, else validation_fraction)",
+    )
+    max_rows: int | None = Field(default=200, ge=1, description="held-out rows evaluated")
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="lm-eval tasks: built-in names (their data must be reachable from the "
+        "step) or names defined by task_files",
+    )
+    task_files: list[str] = Field(
+        default_factory=list,
+        description="lm-eval task YAML files (local path, s3://, https://)",
+    )
+    allow_task_code: bool = Field(
+        default=False,
+        description="accept task YAML that runs code (!function); always off with auth on",
+    )
+    limit: int | None = Field(default=None, ge=1, description="lm-eval documents per task")
+    samples: int = Field(
+        default=3, ge=0, description="held-out prompts answered by base and tuned (greedy)"
+    )
+    max_new_tokens: int = Field(default=64, ge=1, le=4096)
+    every_epoch: bool = Field(default=False, description="evaluate each epoch's checkpoint")
+    batch_size: int = Field(default=4, ge=1)
+
+
+class RegistryGate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field(
+        description="held_out/loss, held_out/perplexity, held_out/token_accuracy or "
+        "<task>/<metric> of an lm-eval task"
+    )
+    higher_is_better: bool | None = Field(
+        default=None, description="None: lower is better for loss and perplexity"
+    )
+    min_delta: float = Field(default=0.0, ge=0)
+
+
+class RegistryConfig(BaseModel):
+    """The register stage: hand the tuned model to the registry users already run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["none", "mlflow", "kubeflow"] = Field(
+        default="none",
+        description="mlflow: MLflow Model Registry (registered model + version); kubeflow: "
+        "Kubeflow Model Registry (registered model, version, artifact)",
+    )
+    uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI (default: the request's MLflow tracking_uri) or the "
+        "Kubeflow Model Registry address (https://host:port)",
+    )
+    model_name: str | None = Field(
+        default=None,
+        description="registered model's name; default: <base model name>-<algorithm> "
+        "(a new version per job under it)",
+    )
+    alias: str | None = Field(default="candidate", description="MLflow alias of the version")
+    gate: RegistryGate | None = Field(
+        default=None, description="register only when the tuned model beats the base"
+    )
+    token_env: str = Field(
+        default="MODEL_REGISTRY_TOKEN",
+        description="Kubeflow: environment variable holding the registry's bearer token",
+    )
+    token_file: Path | None = Field(
+        default=None, description="Kubeflow: file holding the bearer token (read in the step)"
+    )
+    token_secret: str | None = Field(
+        default=None,
+        description="remote: Kubernetes Secret whose MODEL_REGISTRY_TOKEN becomes the register "
+        "step's env",
+    )
+    author: str | None = None
+    probe_timeout_seconds: float = Field(
+        default=3.0,
+        ge=0,
+        description="the registry must answer a plain HTTP GET within this long at submit "
+        "(else 503); 0 skips the probe (in-cluster registries the server cannot reach)",
+    )
+
+
+# Provider-config settings a request may override for its own job, through
+# hyperparam_search_config["kfp"] (DESIGN.md "Per-request extensions").
+REQUEST_OVERRIDABLE = ("evaluation", "registry", "validation_fraction", "max_rows", "stages")
+
+
 class KFPPostTrainingConfig(BaseModel):
     mode: Literal["local", "remote"] = Field(
         default="local",
@@ -278,6 +378,24 @@ class KFPPostTrainingConfig(BaseModel):
         "to checkpoint after SIGTERM before it is killed (remotely the pod's "
         "terminationGracePeriodSeconds, 30 s by default, is the limit).",
     )
+    max_rows: int | None = Field(
+        default=None,
+        ge=1,
+        description="Train on at most this many rows of the dataset (the first ones, before "
+        "the validation split); None: all.",
+    )
+    evaluation: EvaluationConfig = Field(
+        default_factory=EvaluationConfig, description="the evaluate stage"
+    )
+    registry: RegistryConfig = Field(
+        default_factory=RegistryConfig, description="the register stage"
+    )
+    stages: list[Literal["train", "evaluate", "register"]] | None = Field(
+        default=None,
+        description="The stages after prepare-data. None: train, then evaluate when "
+        "evaluation.enabled and register when registry.kind is set. A request naming only "
+        "evaluate/register runs them on the finished checkpoint named by checkpoint_dir.",
+    )
     submit_sample_rows: int = Field(
         default=100,
         ge=1,
@@ -324,6 +442,31 @@ class KFPPostTrainingConfig(BaseModel):
         """Every rank of a job, over all its nodes."""
         return self.ranks() * self.nodes()
 
+    def for_request(self, extension: Any) -> KFPPostTrainingConfig:
+        """This config with a request's `hyperparam_search_config["kfp"]` applied: a dict
+        whose keys are names of REQUEST_OVERRIDABLE settings; nested settings merge key by
+        key. An unknown key or a bad value is an InvalidRequest naming it."""
+        if extension is None:
+            return self
+        where = 'hyperparam_search_config["kfp"]'
+        if not isinstance(extension, dict):
+            raise InvalidRequest(f"{where} must be an object of settings (got {extension!r})")
+        unknown = sorted(set(extension) - set(REQUEST_OVERRIDABLE))
+        if unknown:
+            raise InvalidRequest(
+                f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; a request may "
+                f"set: {', '.join(REQUEST_OVERRIDABLE)}"
+            )
+        merged = _merge(self.model_dump(), extension)
+        try:
+            return type(self).model_validate(merged)
+        except ValidationError as e:
+            problems = [
+                f"{where}.{'.'.join(map(str, err['loc']))}: {err['msg']}"
+                for err in e.errors(include_url=False)
+            ]
+            raise InvalidRequest("; ".join(problems)) from None
+
     @classmethod
     def sample_run_config(cls, __distro_dir__: str = "", **kwargs: Any) -> dict[str, Any]:
         return {
@@ -331,3 +474,13 @@ class KFPPostTrainingConfig(BaseModel):
             "work_dir": "${env.KFP_WORK_DIR:=~/.llama/kfp-post-training}",
             "device": "${env.KFP_DEVICE:=auto}",
         }
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -10,6 +10,9 @@ output location (a local directory or an s3:// prefix):
     tracking.json                 where the train step logs (MLflow run id, ...; logger_config)
     logs/<step>.log               the step's recent output, uploaded by steps that run remotely
     cancel.json                   a user's cancel, written before the step is signalled
+    stages/<stage>.json           each stage's status, start and end (core.stage_results)
+    evaluation.json               the evaluate stage's results (base vs tuned)
+    registry.json                 what the register stage registered (or why not)
     checkpoints/epoch_<N>/        one finished epoch; `epoch_<N>.partial/` while written
         merged/  adapter/  training_state.{json,pt}  metrics.json   (metrics.json last: a
         listed checkpoint is complete)
@@ -29,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from . import files, storage
 from .locations import Location
 from .spec import EngineChoice
+from .stage_results import STAGE_ORDER, Evaluation, Registration, StageRecord
 
 PROGRESS = "progress.json"
 RESULT = "result.json"
@@ -36,6 +40,9 @@ ERROR = "error.json"
 TRACKING = "tracking.json"
 METRICS = "metrics.json"
 CANCEL = "cancel.json"
+EVALUATION = "evaluation.json"
+REGISTRY = "registry.json"
+STAGES_DIR = "stages"
 # What a checkpoint needs to continue training (training.resume writes them): the JSON names
 # the base weights, engine, algorithm and position; the .pt holds optimizer, scheduler, RNGs.
 TRAINING_STATE = "training_state.json"
@@ -49,10 +56,14 @@ MAX_LOSS_HISTORY = 500
 # `format_version` are version 1, with the same fields; readers accept unknown fields.
 OUTPUT_FORMAT = 2
 LOGS = "logs"
-STEPS = ("prepare-data", "train")  # in the order they run
+STEPS = STAGE_ORDER  # in the order they run
 LOG_TAIL_LINES = 50  # lines of the job's log in every status (resources_allocated.log_tail)
 LOG_TAIL_BYTES = 32768  # read at most this much from the end of a log for the tail
 _CHECKPOINT_DIR = re.compile(r"^(epoch|step)_(\d+)$")
+
+
+def stage_file(stage: str) -> str:
+    return f"{STAGES_DIR}/{stage}.json"
 
 
 def step_log(step: str) -> str:
@@ -142,6 +153,11 @@ class StatusResources(_Open):
     # Per process (worker, prepare-data, train): seconds from its start to each phase it
     # reached (core.phases), and its start as Unix time (started_at).
     phases: dict[str, dict[str, float]] | None = None
+    # The pipeline's stages (prepare-data, train, evaluate, register) with their status.
+    stages: list[StageRecord] | None = None
+    # The evaluate stage's results (core.stage_results.Evaluation) and the register stage's.
+    evaluation: dict[str, Any] | None = None
+    registry: dict[str, Any] | None = None
 
 
 class CheckpointInfo(BaseModel):
@@ -193,6 +209,27 @@ class JobOutputs:
 
     def tracking(self) -> dict[str, Any] | None:
         return self.read(TRACKING)
+
+    def evaluation(self) -> Evaluation | None:
+        data = self.read(EVALUATION)
+        try:
+            return Evaluation.model_validate(data) if isinstance(data, dict) else None
+        except ValidationError:
+            return None
+
+    def registration(self) -> Registration | None:
+        data = self.read(REGISTRY)
+        try:
+            return Registration.model_validate(data) if isinstance(data, dict) else None
+        except ValidationError:
+            return None
+
+    def stage(self, name: str) -> StageRecord | None:
+        data = self.read(stage_file(name))
+        try:
+            return StageRecord.model_validate(data) if isinstance(data, dict) else None
+        except ValidationError:
+            return None
 
     def error(self) -> StepError | None:
         data = self.read(ERROR)
@@ -266,13 +303,18 @@ def versioned(data: dict[str, Any]) -> dict[str, Any]:
     return {"format_version": OUTPUT_FORMAT, **data}
 
 
+def write_output(location: Location, name: str, model: BaseModel, s3: Any = None) -> None:
+    """One of the JSON files above, versioned, written where the server reads it."""
+    data = versioned(model.model_dump(mode="json"))
+    if location.is_local:
+        files.write_json(location.path / name, data)
+    else:
+        storage.write_json(location.join(name), data, s3)
+
+
 def write_error(location: Location, error: StepError, s3: Any = None) -> None:
     """What a failing step leaves for the server (the traceback goes in as an extra)."""
-    data = versioned(error.model_dump(mode="json"))
-    if location.is_local:
-        files.write_json(location.path / ERROR, data)
-    else:
-        storage.write_json(location.join(ERROR), data, s3)
+    write_output(location, ERROR, error, s3)
 
 
 def write_cancel(location: Location, s3: Any = None) -> None:

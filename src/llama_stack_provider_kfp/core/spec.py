@@ -167,6 +167,63 @@ def algorithm(lora: LoraSpec | None, dpo: DPOSpec | None = None) -> str:
     return f"dpo-{base}" if dpo is not None else base
 
 
+Stage = Literal["train", "evaluate", "register"]
+
+
+class EvaluationSpec(_Strict):
+    """The evaluate stage: base and tuned model on the same held-out rows and tasks."""
+
+    # Loss, perplexity and token accuracy over the held-out rows (the job's validation rows).
+    held_out: bool = True
+    # At most this many held-out rows are evaluated (the first ones); None: all of them.
+    max_rows: int | None = 200
+    # lm-eval tasks by name: built-in ones (their data must be reachable) or ones that
+    # `task_files` define.
+    tasks: list[str] = []
+    # Locations (local path, s3://, https://) of lm-eval task YAML files; a file's `dataset_path`
+    # / `data_files` may name any location this project reads.
+    task_files: list[str] = []
+    # Task YAML that runs code (`!function`) is refused unless this is set.
+    allow_task_code: bool = False
+    # lm-eval's `limit`: at most this many documents per task; None: all.
+    limit: int | None = None
+    # Held-out prompts answered by base and tuned (greedy), for a person to read.
+    samples: int = 3
+    max_new_tokens: int = 64
+    # Evaluate every epoch's checkpoint, not only the last one.
+    every_epoch: bool = False
+    batch_size: int = 4
+
+
+class GateSpec(_Strict):
+    """Register only when the tuned model beats the base on `metric` by `min_delta`."""
+
+    # "held_out/loss", "held_out/token_accuracy", or "<task>/<metric>" of an lm-eval task.
+    metric: str
+    # None: lower is better for loss and perplexity, higher for everything else.
+    higher_is_better: bool | None = None
+    min_delta: float = 0.0
+
+
+class RegistrySpec(_Strict):
+    """The register stage: where the tuned model is registered. No secret values here: the
+    Kubeflow Model Registry token is read in the step from `token_env` or `token_file`."""
+
+    kind: Literal["mlflow", "kubeflow"]
+    # MLflow: its tracking URI; Kubeflow Model Registry: the server's address (https://host:port).
+    uri: str
+    model_name: str
+    # Kubeflow: the version's name (a new one per job, never an overwrite); MLflow numbers its own.
+    version_name: str
+    # MLflow: the alias set on the registered version.
+    alias: str | None = "candidate"
+    gate: GateSpec | None = None
+    token_env: str | None = None
+    token_file: str | None = None
+    author: str | None = None
+    description: str | None = None
+
+
 class JobSpec(_Strict):
     job_uuid: str
     engine: EngineChoice = _LEGACY_ENGINE
@@ -185,3 +242,19 @@ class JobSpec(_Strict):
     # A checkpoint folder of this provider (training_state.json) that this job continues;
     # `model` is then the base model that checkpoint names.
     resume_from: str | None = None
+    # Stages after training (None: not run). Records written before stages existed have none.
+    evaluation: EvaluationSpec | None = None
+    registry: RegistrySpec | None = None
+    # A finished checkpoint folder (epoch_<N>) of this provider that evaluate/register run on,
+    # without training; `model` is then its base model.
+    trained_checkpoint: str | None = None
+
+    @property
+    def stages(self) -> list[str]:
+        """The pipeline's stages after prepare-data, in order."""
+        out = [] if self.trained_checkpoint else ["train"]
+        if self.evaluation is not None:
+            out.append("evaluate")
+        if self.registry is not None:
+            out.append("register")
+        return out

@@ -1,4 +1,5 @@
-"""The one pipeline definition: prepare-data -> train, built from a JobSpec.
+"""The one pipeline definition: prepare-data -> train -> evaluate -> register, built from a
+JobSpec (the stages after prepare-data are those the spec names: JobSpec.stages).
 
 It knows neither which backend executes it nor which engine trains (the train step asks the
 engine seam). How components are packaged (base image, what is installed) is a
@@ -56,21 +57,47 @@ def build_pipeline(build: ComponentBuild, spec: JobSpec, placement: Placement | 
     prepare_op = dsl.component(components.prepare_data, **opts)
     train_op = dsl.component(components.train, **opts)
 
+    evaluate_op = dsl.component(components.evaluate, **opts)
+    register_op = dsl.component(components.register, **opts)
+
     name, description = pipeline_name(spec)
+    stages = spec.stages
 
     @dsl.pipeline(name=name, description=description)
     def fine_tune(job_spec: str):
         prep = prepare_op(job_spec=job_spec).set_display_name("prepare-data")
-        train_task = train_op(
-            job_spec=job_spec,
-            train_data=prep.outputs["train_data"],
-            validation_data=prep.outputs["validation_data"],
-        ).set_display_name("train")
-        train_task.set_caching_options(False)
-        prep.set_caching_options(False)
-        if placement is not None:
-            placement(prep, "prepare-data")
-            placement(train_task, "train")
+        tasks = {"prepare-data": prep}
+        model = evaluation = None
+        if "train" in stages:
+            train_task = train_op(
+                job_spec=job_spec,
+                train_data=prep.outputs["train_data"],
+                validation_data=prep.outputs["validation_data"],
+            ).set_display_name("train")
+            tasks["train"] = train_task
+            model = train_task.outputs["model"]
+        if "evaluate" in stages:
+            args = {"model": model} if model is not None else {}
+            eval_task = evaluate_op(
+                job_spec=job_spec, validation_data=prep.outputs["validation_data"], **args
+            ).set_display_name("evaluate")
+            if model is None:  # evaluating a finished checkpoint: nothing to wait for
+                eval_task.after(prep)
+            tasks["evaluate"] = eval_task
+            evaluation = eval_task.outputs["evaluation"]
+        if "register" in stages:
+            args = {"model": model} if model is not None else {}
+            if evaluation is not None:
+                args["evaluation"] = evaluation
+            reg_task = register_op(job_spec=job_spec, **args).set_display_name("register")
+            reg_task.after(*[t for n, t in tasks.items() if n != "register"][-1:])
+            tasks["register"] = reg_task
+        for step, task in tasks.items():
+            # Every stage reads or writes the job's own output location, which KFP's cache
+            # key does not cover: a cached step would skip work whose files are missing.
+            task.set_caching_options(False)
+            if placement is not None:
+                placement(task, step)
 
     return fine_tune
 

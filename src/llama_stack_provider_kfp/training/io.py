@@ -14,12 +14,14 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..core import storage
 from ..core.locations import parse
-from ..core.outputs import METRICS, StepError, write_error
+from ..core.outputs import METRICS, StepError, stage_file, write_error, write_output
+from ..core.stage_results import StageRecord
 
 # Weights, configs and every tokenizer form: tokenizer.json / vocab + merges / sentencepiece /
 # tiktoken, and chat templates saved beside them (chat_template.jinja).
@@ -125,3 +127,25 @@ def report_errors(output_uri: str, step: str) -> Iterator[None]:
             )
             write_error(parse(output_uri), error)
         raise
+
+
+@contextlib.contextmanager
+def recorded_stage(output_uri: str, stage: str) -> Iterator[None]:
+    """The stage's record (stages/<stage>.json) while it runs and once it ended, and its
+    error where the server reads it when it fails."""
+    loc = parse(output_uri)
+    s3 = storage.client() if not loc.is_local else None
+    record = StageRecord(name=stage, status="running", started_at=datetime.now(UTC))
+    write_output(loc, stage_file(stage), record, s3)
+    try:
+        with report_errors(output_uri, stage):
+            yield
+    except BaseException as e:
+        failed = record.model_copy(update={
+            "status": "failed", "finished_at": datetime.now(UTC),
+            "error": f"{type(e).__name__}: {e}"[:1000],
+        })  # fmt: skip
+        write_output(loc, stage_file(stage), failed, s3)
+        raise
+    done = record.model_copy(update={"status": "completed", "finished_at": datetime.now(UTC)})
+    write_output(loc, stage_file(stage), done, s3)

@@ -1,4 +1,4 @@
-"""Entry points of the pipeline's two steps, called from the component bodies."""
+"""Entry points of the pipeline's steps, called from the component bodies."""
 
 from __future__ import annotations
 
@@ -16,12 +16,23 @@ from ..core.files import read_json, write_json
 from ..core.locations import parse
 from ..core.lora_targets import resolve, tied_output_problem
 from ..core.model_source import inspect_model_dir
-from ..core.outputs import PROGRESS, RESULT, TrainResult, versioned
+from ..core.outputs import (
+    EVALUATION,
+    PROGRESS,
+    REGISTRY,
+    RESULT,
+    JobOutputs,
+    TrainResult,
+    epoch_dir,
+    versioned,
+    write_output,
+)
 from ..core.phases import Phases
-from ..core.spec import JobSpec
+from ..core.spec import JobSpec, algorithm
+from ..core.stage_results import Evaluation, Registration
 from .context import RankJob, TrainingContext
 from .engine import get_engine
-from .io import Output, fetch_model, report_errors
+from .io import Output, fetch_model, recorded_stage, report_errors
 from .prepare import prepare
 from .step_log import ship_log
 from .tracking import tracking
@@ -69,7 +80,7 @@ def prepare_data_step(job_spec: str, train_path: str, validation_path: str) -> d
     phases = Phases("prepare-data")
     phases.mark("step_entered")
     spec = JobSpec.model_validate_json(job_spec)
-    with ship_log(spec.output_uri, "prepare-data"):
+    with ship_log(spec.output_uri, "prepare-data"), recorded_stage(spec.output_uri, "prepare-data"):
         counts = prepare(spec, train_path, validation_path)
     phases.mark("done")
     return {**counts, "phases": phases.as_dict()}
@@ -84,9 +95,63 @@ def train_job_step(
     phases.mark("step_entered")
     phases.merge(prepared_phases)
     spec = JobSpec.model_validate_json(job_spec)
-    return train_step(
-        job_spec, spec.model.path, spec.output_uri, train_path, val_path, phases, True
-    )
+    with recorded_stage(spec.output_uri, "train"):
+        return train_step(
+            job_spec, spec.model.path, spec.output_uri, train_path, val_path, phases, True
+        )
+
+
+def tuned_checkpoints(spec: JobSpec) -> list[str]:
+    """The checkpoint folders the stages after training work on, oldest first: the one the
+    job names (trained_checkpoint), else the job's epoch checkpoints."""
+    if spec.trained_checkpoint:
+        return [spec.trained_checkpoint]
+    loc = parse(spec.output_uri)
+    found = [c for c in JobOutputs(loc).checkpoints() if c.step is None]
+    if not found:  # a train step that wrote no epoch: the layout's last epoch anyway
+        return [str(loc.join(epoch_dir(spec.train.epochs)))]
+    return [c.path for c in found]
+
+
+def model_pointer(job_spec: str) -> dict[str, str]:
+    """The train step's Model artifact: where the last checkpoint is, and what it is."""
+    spec = JobSpec.model_validate_json(job_spec)
+    return {
+        "location": tuned_checkpoints(spec)[-1],
+        "base_model": spec.model.name,
+        "format": spec.output_format or spec.model.layout or "",
+        "algorithm": algorithm(spec.lora, spec.dpo),
+        "engine": spec.engine.name,
+    }
+
+
+def evaluate_job_step(job_spec: str, validation_path: str) -> Evaluation:
+    """The evaluate component: base and tuned model on the held-out rows and the named
+    lm-eval tasks; the results go to the job's output (evaluation.json) and back to the
+    component (its Metrics artifact)."""
+    spec = JobSpec.model_validate_json(job_spec)
+    with ship_log(spec.output_uri, "evaluate"), recorded_stage(spec.output_uri, "evaluate"):
+        from .evaluation import evaluate_job
+
+        result = evaluate_job(spec, tuned_checkpoints(spec), validation_path)
+        write_output(parse(spec.output_uri), EVALUATION, result)
+        return result
+
+
+def register_job_step(
+    job_spec: str, evaluation: Evaluation | None, provenance: dict[str, str]
+) -> Registration:
+    """The register component: the tuned checkpoint into the configured registry (or the
+    gate's reason not to); `provenance`: the pipeline run that made it."""
+    spec = JobSpec.model_validate_json(job_spec)
+    with ship_log(spec.output_uri, "register"), recorded_stage(spec.output_uri, "register"):
+        from .registry import register_job
+
+        out = JobOutputs(parse(spec.output_uri))
+        result = register_job(spec, tuned_checkpoints(spec)[-1], evaluation, out.result(),
+                              provenance)  # fmt: skip
+        write_output(parse(spec.output_uri), REGISTRY, result)
+        return result
 
 
 def train_step(
