@@ -33,7 +33,7 @@ from ..core import pause_points
 from ..core.engines import JobTraits, select_engine
 from ..core.errors import InvalidRequest, JobNotFound, Unsupported
 from ..core.resume import check_resume, check_rows
-from ..core.spec import algorithm
+from ..core.spec import EngineChoice, algorithm
 from ..core.tracking import check_reachable, parse_logger_config
 from ..jobs.backend import JobInputs, JobPreparer
 from ..jobs.record import JobRecord, check_job_id, now
@@ -79,32 +79,39 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
     @as_http_errors
     async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
         self._check_new_job(request.job_uuid)
+        config = self._config_for(request.hyperparam_search_config)
         lora = translate.check_algorithm(request.algorithm_config)
-        translate.check_training(request.training_config, self.config.world())
-        tracking = parse_logger_config(request.logger_config, self.config.mode)
+        translate.check_training(request.training_config, config.world())
+        tracking = parse_logger_config(request.logger_config, config.mode)
         name = translate.model_name(request)
         submission = translate.Submission(
             request.job_uuid, name, request.checkpoint_dir, request.training_config, lora, None,
-            tracking=tracking,
+            tracking=tracking, config=config,
         )  # fmt: skip
         return await self._submit(submission)
 
     @as_http_errors
     async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
         self._check_new_job(request.job_uuid)
+        config = self._config_for(request.hyperparam_search_config)
         dpo = translate.check_dpo(request.algorithm_config)
-        translate.check_training(request.training_config, self.config.world())
-        tracking = parse_logger_config(request.logger_config, self.config.mode)
+        translate.check_training(request.training_config, config.world())
+        tracking = parse_logger_config(request.logger_config, config.mode)
         dc = request.training_config.data_config
         if dc is not None and dc.packed:
             raise Unsupported("packed=true packs supervised fine-tuning rows only; for DPO send "
                               "packed=false")  # fmt: skip
-        lora = translate.dpo_lora(self.config.dpo)  # the 0.6.1 DPO request has no LoRA fields
+        lora = translate.dpo_lora(config.dpo)  # the 0.6.1 DPO request has no LoRA fields
         submission = translate.Submission(
             request.job_uuid, request.finetuned_model, None, request.training_config, lora, dpo,
-            tracking=tracking,
+            tracking=tracking, config=config,
         )  # fmt: skip
         return await self._submit(submission)
+
+    def _config_for(self, hyperparam_search_config: dict | None) -> KFPPostTrainingConfig:
+        """The provider config with the request's own settings (DESIGN.md "Per-request
+        extensions": hyperparam_search_config["kfp"])."""
+        return self.config.for_request((hyperparam_search_config or {}).get("kfp"))
 
     def _check_new_job(self, job_uuid: str) -> None:
         check_job_id(job_uuid)
@@ -115,6 +122,8 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
 
     async def _submit(self, sub: translate.Submission) -> PostTrainingJob:
         """Everything that can be checked before anything is created, then the job."""
+        config = sub.config
+        stage_names = sub.stages  # refuses a bad `stages` before anything is read
         # A checkpoint of this provider is resumed: its base weights are the model.
         where = sub.checkpoint_dir or sub.model
         state = await asyncio.to_thread(self.backend.training_state, where)
@@ -136,17 +145,21 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             model,
             algorithm(lora_spec, sub.dpo),
             fits_torchtune,
-            self.config.world(),
-            self.config.nodes(),
+            config.world(),
+            config.nodes(),
         )
-        if state is not None:
-            engine = translate.resume_engine(state, traits, self.config.engine, where)
+        trained = None
+        if "train" not in stage_names:  # evaluate/register a finished checkpoint
+            trained = translate.finished_checkpoint(state, where)
+            engine = EngineChoice(name=trained.engine, reason=f"trained {where}")
+        elif state is not None:
+            engine = translate.resume_engine(state, traits, config.engine, where)
         else:
-            engine = select_engine(traits, self.config.engine)
+            engine = select_engine(traits, config.engine)
         dc = sub.training.data_config
         assert dc is not None  # check_training refused it missing
-        translate.check_batch_split(dc.batch_size, self.config.world(), engine.name)
-        fmt, sample = sub.data_format, self.config.submit_sample_rows
+        translate.check_batch_split(dc.batch_size, config.world(), engine.name)
+        fmt, sample = sub.data_format, config.submit_sample_rows
         train = await dataset_source(
             self.datasets_api, self.datasetio_api, dc.dataset_id, fmt, sample
         )
@@ -160,7 +173,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         # Reachable, before anything is created: the cluster, and a tracking server.
         await asyncio.to_thread(self.backend.check)
         await asyncio.to_thread(
-            check_reachable, sub.tracking, self.config.tracking_probe_timeout_seconds
+            check_reachable, sub.tracking, config.tracking_probe_timeout_seconds
         )
         job_dir = self.store.reserve(sub.job_uuid)
         try:
@@ -169,8 +182,10 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             staged = await asyncio.to_thread(
                 self.backend.stage, sub.job_uuid, job_dir, JobInputs(train, validation)
             )
-            spec = translate.build_spec(sub, lora_spec, model, staged, engine, self.config)
-            if state is not None:
+            spec = translate.build_spec(sub, lora_spec, model, staged, engine)
+            if trained is not None:
+                spec = spec.model_copy(update={"trained_checkpoint": where})
+            elif state is not None:
                 spec = spec.model_copy(update={"resume_from": where})
                 check_resume(state, spec, where)
                 if isinstance(train, list) and (validation is not None or

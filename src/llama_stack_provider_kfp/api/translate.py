@@ -7,7 +7,7 @@ Unsupported (501) whose message says what to change.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llama_stack_api import (
     AlgorithmConfig,
@@ -33,9 +33,11 @@ from ..core.spec import (
     ModelSpec,
     OptimSpec,
     TrainSpec,
+    algorithm,
 )
 from ..core.tracking import TrackingSpec
 from ..jobs.backend import StagedInputs
+from . import stages
 
 
 def descriptor_repo(model: str) -> str | None:
@@ -206,6 +208,19 @@ def resume_engine(
     return EngineChoice(name=state.engine, reason=f"resumes {where}, which it trained")
 
 
+def finished_checkpoint(state: TrainingState | None, where: str) -> TrainingState:
+    """The checkpoint a request without the train stage evaluates/registers: an epoch
+    checkpoint of this provider (its training state names the base model to compare with)."""
+    if state is None or state.position != 0:
+        raise InvalidRequest(
+            f"checkpoint_dir {where} is not a finished epoch checkpoint of this provider "
+            "(<job>/checkpoints/epoch_<N> with training_state.json): a request whose stages "
+            "leave out train evaluates and registers such a checkpoint; name one, or add "
+            "train to the stages"
+        )
+    return state
+
+
 @dataclass(frozen=True)
 class Submission:
     """What the two submit routes have in common once their own fields are checked."""
@@ -217,6 +232,12 @@ class Submission:
     lora: LoraFinetuningConfig | None  # None: full-parameter training
     dpo: DPOSpec | None  # set for preference_optimize
     tracking: TrackingSpec | None = None  # the request's logger_config
+    # The provider config with the request's hyperparam_search_config["kfp"] applied.
+    config: KFPPostTrainingConfig = field(default_factory=KFPPostTrainingConfig)
+
+    @property
+    def stages(self) -> list[str]:
+        return stages.wanted(self.config)
 
     @property
     def data_format(self) -> str:
@@ -260,10 +281,13 @@ def build_spec(
     model: ModelSpec,
     staged: StagedInputs,
     engine: EngineChoice,
-    config: KFPPostTrainingConfig,
 ) -> JobSpec:
     """The JobSpec of a request that passed every check above."""
+    config = sub.config
     tc = sub.training
+    registry = stages.registry_spec(
+        config, sub.stages, sub.job_uuid, model.name, algorithm(lora, sub.dpo), sub.tracking
+    )
     dc, ec = tc.data_config, tc.efficiency_config
     assert dc is not None  # check_training refused it missing
     return JobSpec(
@@ -304,4 +328,6 @@ def build_spec(
         output_format=config.checkpoint_format or model.layout,
         output_uri=staged.output_uri,
         tracking=sub.tracking,
+        evaluation=stages.evaluation_spec(config, sub.stages),
+        registry=registry,
     )
