@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from llama_stack_api import (
 
 from ..core.errors import Unavailable, Upstream
 from ..core.outputs import CheckpointInfo, JobOutputs, StatusResources, StepError
+from ..core.stage_results import stage_table
 from ..jobs.backend import Observed
 from ..jobs.record import JobRecord, Status
 from ..jobs.store import UnreadableRecord
@@ -114,8 +116,24 @@ def status(
     if seen.error:
         # The error's own tail (a step's, or KFP's) wins; else the job's log, read once above.
         resources.error = seen.error.model_copy(
-            update={"log_tail": seen.error.log_tail or resources.log_tail or []}
+            update={
+                "log_tail": seen.error.log_tail or resources.log_tail or [],
+                "stage": seen.error.stage or seen.error.step,
+            }
         )
+    spec = record.spec
+    names = ["prepare-data", *spec.stages]
+    recorded = {n: lenient(partial(outputs.stage, n), None) for n in names}
+    failed = resources.error.stage if resources.error else None
+    resources.stages = stage_table(names, recorded, seen.status, failed)
+    if spec.evaluation is not None:
+        evaluation = lenient(outputs.evaluation, None)
+        if evaluation is not None:
+            resources.evaluation = evaluation.model_dump(mode="json", exclude_none=True)
+    if spec.registry is not None:
+        registration = lenient(outputs.registration, None)
+        if registration is not None:
+            resources.registry = registration.model_dump(mode="json", exclude_none=True)
     found: list[Checkpoint] = lenient(lambda: checkpoints(record.job_uuid, outputs), [])
     resources.warnings = lenient.warnings or None
     return PostTrainingJobStatusResponse(

@@ -101,6 +101,8 @@ class Progress(_Open):
 class StepError(_Open):
     message: str
     step: str | None = None
+    # The stage that failed (the status sets it from `step`; DESIGN.md "Stage outcomes").
+    stage: str | None = None
     log_tail: list[str] = []
     # Written by the step for its log; dropped before a status shows the error.
     traceback: str | None = None

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-StageStatus = Literal["pending", "running", "completed", "failed", "skipped"]
+StageStatus = Literal["pending", "running", "completed", "failed", "skipped", "cancelled"]
 # The pipeline's stages in the order they run.
 STAGE_ORDER = ("prepare-data", "train", "evaluate", "register")
 
@@ -103,3 +103,30 @@ class Registration(_Open):
     version_id: str | None = None
     url: str | None = None
     gate: GateDecision | None = None
+
+
+def stage_table(
+    names: list[str],
+    found: dict[str, StageRecord | None],
+    job_status: str,
+    failed_step: str | None,
+) -> list[StageRecord]:
+    """Every stage of a job as the status shows it: what its step recorded, else what the
+    job's own status says of a stage that never wrote a record (records written before
+    stages existed have none: a completed job completed all of them)."""
+    out = []
+    ended = job_status in ("completed", "failed", "cancelled")
+    for name in names:
+        rec = found.get(name)
+        if rec is not None:
+            if rec.status == "running" and ended:  # its step ended without a word
+                late = "completed" if job_status == "completed" else job_status
+                rec = rec.model_copy(update={"status": late})
+            out.append(rec)
+        elif job_status == "completed":
+            out.append(StageRecord(name=name, status="completed"))
+        elif name == failed_step and job_status == "failed":
+            out.append(StageRecord(name=name, status="failed"))
+        else:
+            out.append(StageRecord(name=name, status="skipped" if ended else "pending"))
+    return out

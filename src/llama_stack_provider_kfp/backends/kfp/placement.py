@@ -70,6 +70,9 @@ def _placement(cfg: RemoteConfig, spec: JobSpec | None):
                 value=t.get("value"),
                 effect=t.get("effect"),
             )
+        if step == "evaluate":
+            _evaluate(task, cfg, pvc)
+            return
         if step != "train" or plan is not None:
             # Several nodes: the train step only stages the inputs and follows the TrainJob,
             # whose nodes get the resources; it needs no GPU.
@@ -115,6 +118,31 @@ def _placement(cfg: RemoteConfig, spec: JobSpec | None):
             task.set_retry(num_retries=cfg.train_retries, backoff_duration="30s")
 
     return apply
+
+
+def _evaluate(task, cfg: RemoteConfig, pvc) -> None:
+    """The evaluate step loads the base and the tuned model: the train step's resources on
+    one accelerator (lm-eval's hf model runs on one device), its scratch space, the model's
+    PVC, and the tracking Secret (it logs its metrics to the job's MLflow run)."""
+    from kfp import kubernetes
+
+    res = cfg.resources
+    if cfg.tracking_secret:
+        kubernetes.use_secret_as_env(task, secret_name=cfg.tracking_secret,
+                                     secret_key_to_env={k: k for k in CREDENTIAL_ENV},
+                                     optional=True)  # fmt: skip
+    if pvc is not None:
+        kubernetes.mount_pvc(task, pvc_name=pvc.root, mount_path=pvc.mount_path)
+    if cfg.scratch_size:
+        _scratch(task, cfg)
+    if res.cpu_request:
+        task.set_cpu_request(res.cpu_request)
+    if res.memory_request:
+        task.set_memory_request(res.memory_request)
+    if res.memory_limit:
+        task.set_memory_limit(res.memory_limit)
+    if res.gpu_count:
+        task.set_accelerator_type(res.accelerator).set_accelerator_limit(1)
 
 
 def _scratch(task, cfg: RemoteConfig) -> None:
