@@ -30,7 +30,7 @@ def test_a_request_overrides_nested_settings_key_by_key():
     ],
 )
 def test_bad_extensions_name_the_key(extension, says):
-    with pytest.raises(InvalidRequest, match=None) as e:
+    with pytest.raises(InvalidRequest) as e:
         KFPPostTrainingConfig().for_request(extension)
     assert says in str(e.value)
 
@@ -55,10 +55,10 @@ def test_registry_defaults_and_refusals():
     assert (spec.uri, spec.model_name, spec.version_name) == (
         "http://127.0.0.1:5000", "Llama-3.2-1B-lora", "job-1")  # fmt: skip
     assert spec.token_env is None  # MLflow reads its own MLFLOW_TRACKING_* variables
-    with pytest.raises(InvalidRequest, match="registry.uri is not set: name an MLflow"):
+    with pytest.raises(InvalidRequest, match=r"registry\.uri is not set: name an MLflow"):
         stages.registry_spec(cfg, ["train", "register"], "j", "m", "lora", None)
     none = KFPPostTrainingConfig().for_request({"stages": ["train", "register"]})
-    with pytest.raises(InvalidRequest, match="registry.kind is none"):
+    with pytest.raises(InvalidRequest, match=r"registry\.kind is none"):
         stages.registry_spec(none, ["train", "register"], "j", "m", "lora", None)
     gated = cfg.for_request({"registry": {"uri": "http://r", "gate": {"metric": "held_out/loss"}}})
     with pytest.raises(InvalidRequest, match="enable evaluation"):
