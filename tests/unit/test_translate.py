@@ -269,8 +269,9 @@ def test_build_spec_carries_every_setting():
     staged = StagedInputs("/in/train.jsonl", None, "/out")
     lspec = translate.lora_spec(lora, translate.lora_targets(lora, _model()))
     engine = select_engine(_traits(_model(), "dora"))
-    sub = translate.Submission("j-1", "tiny", None, req.training_config, lora, None)
-    spec = translate.build_spec(sub, lspec, _model(), staged, engine, config)
+    sub = translate.Submission("j-1", "tiny", None, req.training_config, lora, None,
+                               config=config)  # fmt: skip
+    spec = translate.build_spec(sub, lspec, _model(), staged, engine)
     assert spec.engine.name == "torchtune" and spec.data.uri == "/in/train.jsonl"
     assert spec.data.validation_fraction == 0.1 and spec.output_uri == "/out"
     t = spec.train
@@ -283,6 +284,7 @@ def test_build_spec_carries_every_setting():
     assert spec.lora.target_modules[:2] == ["self_attn.q_proj", "self_attn.v_proj"]
     assert (spec.optim.type, spec.optim.lr, spec.optim.warmup_steps) == ("adamw", 1e-3, 2)
     assert spec.output_format == "huggingface"  # the input layout, none configured
+    assert spec.stages == ["train"] and spec.evaluation is None and spec.registry is None
 
 
 def test_omitted_fields_take_documented_defaults():
@@ -295,8 +297,8 @@ def test_omitted_fields_take_documented_defaults():
                                     hyperparam_search_config={}, logger_config={})  # fmt: skip
     staged = StagedInputs("/in", None, "/out")
     engine = select_engine(_traits(_model(), "full"))
-    sub = translate.Submission(req.job_uuid, "m", None, tc, None, None)
-    spec = translate.build_spec(sub, None, _model(), staged, engine, config)
+    sub = translate.Submission(req.job_uuid, "m", None, tc, None, None, config=config)
+    spec = translate.build_spec(sub, None, _model(), staged, engine)
     assert spec.lora is None and spec.engine.name == "huggingface"
     assert spec.train.dtype == "bf16"  # the API's own default
     o = spec.optim
