@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -73,6 +74,8 @@ def test_watch_exits_0_when_the_job_completes(done_job):
     assert watched.returncode == 0, watched.stdout + watched.stderr
     assert f"job {done_job['job']}: completed" in watched.stdout
     assert "checkpoint epoch 1:" in watched.stdout
+    # No stage configured: the two it ran, completed.
+    assert re.search(r"^stages: prepare-data ✓( \S+s)?, train ✓( \S+s)?$", watched.stdout, re.M)
 
 
 def test_read_commands_text_and_json(srv, done_job):
@@ -86,6 +89,8 @@ def test_read_commands_text_and_json(srv, done_job):
     assert st["status"] == "completed" and st["resources_allocated"]["progress"]["step"] == 3
     text = kfp("status", "--job-uuid", job, endpoint=url)
     assert text.returncode == 0 and "completed" in text.stdout and "step 3/3" in text.stdout
+    assert re.search(r"^stages +prepare-data ✓( \S+s)?, train ✓( \S+s)? *$", text.stdout, re.M)
+    assert "evaluation" not in text.stdout and "registry" not in text.stdout
 
     found = json.loads(kfp("artifacts", "--job-uuid", job, "--output", "json", endpoint=url).stdout)
     assert [c["epoch"] for c in found["checkpoints"]] == [1]

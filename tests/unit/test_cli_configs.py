@@ -122,3 +122,180 @@ def test_endpoint_from_flag_then_config_file_then_default(tmp_path, monkeypatch)
     other.write_text("endpoint: http://third:2\n")
     assert resolve(None, "k", str(other)).endpoint == "http://third:2"
     assert resolve(None, "k", str(other)).api_key == "k"
+
+
+# ---- hyperparam_search_config["kfp"]: the stage flags ------------------------------------
+
+
+def test_no_stage_flag_sends_the_config_as_it_is():
+    assert configs.hyperparam_search_config(None) == {}
+    given = {"other": 1, "kfp": {"max_rows": 5}}
+    assert configs.hyperparam_search_config(given) == given
+
+
+def test_stage_flags_build_the_kfp_extension():
+    got = configs.hyperparam_search_config(
+        None,
+        evaluate=True,
+        eval_tasks=["arc_easy", "my_task"],
+        eval_task_files=["s3://b/my_task.yaml"],
+        register="mlflow",
+        registry_uri="http://mlflow:5000",
+        validation_fraction=0.1,
+        max_rows=500,
+        stages=["train", "evaluate", "register"],
+    )
+    assert got == {
+        "kfp": {
+            "evaluation": {
+                "enabled": True,
+                "tasks": ["arc_easy", "my_task"],
+                "task_files": ["s3://b/my_task.yaml"],
+            },
+            "registry": {"kind": "mlflow", "uri": "http://mlflow:5000"},
+            "validation_fraction": 0.1,
+            "max_rows": 500,
+            "stages": ["train", "evaluate", "register"],
+        }
+    }
+
+
+def test_stage_flags_merge_over_the_configs_field_by_field():
+    whole = {
+        "other": {"x": 1},
+        "kfp": {
+            "evaluation": {"enabled": False, "limit": 5, "tasks": ["a"]},
+            "registry": {"kind": "kubeflow", "gate": {"metric": "held_out/loss"}},
+            "max_rows": 10,
+        },
+    }
+    got = configs.hyperparam_search_config(
+        whole,
+        evaluation={"samples": 0, "tasks": ["b"]},
+        eval_task_files=["t.yaml"],
+        registry={"gate": {"min_delta": 0.1}, "model_name": "mine"},
+        register="mlflow",
+        max_rows=20,
+    )
+    assert got == {
+        "other": {"x": 1},  # not ours: passed on
+        "kfp": {
+            # --evaluation over the config's, then the flags; `enabled: false` stated: kept.
+            "evaluation": {"enabled": False, "limit": 5, "tasks": ["b"], "samples": 0,
+                           "task_files": ["t.yaml"]},
+            "registry": {"kind": "mlflow", "model_name": "mine",
+                         "gate": {"metric": "held_out/loss", "min_delta": 0.1}},
+            "max_rows": 20,
+        },
+    }  # fmt: skip
+    assert whole["kfp"]["max_rows"] == 10 and whole["kfp"]["evaluation"]["tasks"] == ["a"]
+
+
+def test_a_task_turns_the_evaluation_on_unless_told_otherwise():
+    on = configs.hyperparam_search_config(None, eval_tasks=["t"])
+    assert on["kfp"]["evaluation"] == {"tasks": ["t"], "enabled": True}
+    off = configs.hyperparam_search_config(None, eval_tasks=["t"], evaluate=False)
+    assert off["kfp"]["evaluation"] == {"tasks": ["t"], "enabled": False}
+    assert configs.hyperparam_search_config(None, evaluate=False) == {
+        "kfp": {"evaluation": {"enabled": False}}
+    }
+
+
+@pytest.mark.parametrize(
+    ("base", "match"),
+    [
+        ({"evaluation": {"enabled": True}}, 'evaluation belong.* under "kfp"'),
+        ({"kfp": ["max_rows"]}, '"kfp" must be a mapping, not list'),
+        ({"kfp": {"evaluation": True}}, '"kfp".evaluation must be a mapping, not bool'),
+    ],
+)
+def test_a_misshapen_hyperparam_search_config_says_what_is_wrong(base, match):
+    with pytest.raises(configs.ConfigError, match=match):
+        configs.hyperparam_search_config(base, evaluate=True)
+
+
+def test_stages_flag():
+    assert configs.stage_list(None) is None
+    assert configs.stage_list("evaluate, register") == ["evaluate", "register"]
+    with pytest.raises(configs.ConfigError, match="unknown stage 'eval'; the stages are train"):
+        configs.stage_list("train,eval")
+    with pytest.raises(configs.ConfigError, match="prepare-data always runs"):
+        configs.stage_list("prepare-data,train")
+    with pytest.raises(configs.ConfigError, match="name one or more"):
+        configs.stage_list(" , ")
+
+
+# ---- the submit commands send it ---------------------------------------------------------
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """The requests the submit commands send, to a stand-in client (no server)."""
+    from types import SimpleNamespace
+
+    from llama_stack_provider_kfp.cli import main
+
+    calls: list[dict] = []
+    routes = SimpleNamespace(
+        supervised_fine_tune=lambda **kw: calls.append({"route": "sft", **kw}),
+        preference_optimize=lambda **kw: calls.append({"route": "dpo", **kw}),
+    )
+    monkeypatch.setattr(main, "make_client", lambda target: SimpleNamespace(
+        alpha=SimpleNamespace(post_training=routes)))  # fmt: skip
+    return calls
+
+
+def submit(*args: str) -> int:
+    from llama_stack_provider_kfp.cli.main import main
+
+    common = ["--dataset-id", "ds", "--max-steps-per-epoch", "1"]
+    return main(["--endpoint", "http://stack:1", "post_training", *args, *common])
+
+
+def test_submit_commands_send_the_stage_flags(sent, tmp_path):
+    registry = tmp_path / "registry.yaml"
+    registry.write_text("kind: mlflow\ngate: {metric: held_out/loss}\n")
+    assert submit("supervised_fine_tune", "--job-uuid", "j1", "--model", "m") == 0
+    assert submit(
+        "supervised_fine_tune", "--job-uuid", "j2", "--model", "m",
+        "--hyperparam-search-config", '{"kfp": {"evaluation": {"limit": 5}}}',
+        "--evaluate", "--eval-task", "a", "--eval-task", "b", "--eval-task-file", "t.yaml",
+        "--registry", f"@{registry}", "--registry-uri", "http://mlflow:5000",
+        "--validation-fraction", "0.2", "--max-rows", "100", "--stages", "train,evaluate,register",
+    ) == 0  # fmt: skip
+    assert submit("preference_optimize", "--job-uuid", "j3", "--finetuned-model", "m",
+                  "--no-evaluate", "--register", "kubeflow") == 0  # fmt: skip
+    assert [(c["route"], c["job_uuid"]) for c in sent] == [("sft", "j1"), ("sft", "j2"),
+                                                           ("dpo", "j3")]  # fmt: skip
+    assert sent[0]["hyperparam_search_config"] == {}  # no flag: nothing sent, as before
+    assert sent[1]["hyperparam_search_config"] == {
+        "kfp": {
+            "evaluation": {"limit": 5, "enabled": True, "tasks": ["a", "b"],
+                           "task_files": ["t.yaml"]},
+            "registry": {"kind": "mlflow", "gate": {"metric": "held_out/loss"},
+                         "uri": "http://mlflow:5000"},
+            "validation_fraction": 0.2,
+            "max_rows": 100,
+            "stages": ["train", "evaluate", "register"],
+        }
+    }  # fmt: skip
+    assert sent[2]["hyperparam_search_config"] == {
+        "kfp": {"evaluation": {"enabled": False}, "registry": {"kind": "kubeflow"}}
+    }
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--evaluation", "{enabled: true"], "--evaluation: the inline value is not valid JSON"),
+        (["--registry", "[1]"], "--registry: the inline value must hold a mapping, not list"),
+        (["--hyperparam-search-config", '{"max_rows": 3}'], 'max_rows belong(s) under "kfp"'),
+        (["--stages", "train,deploy"], "--stages: unknown stage 'deploy'"),
+        (["--validation-fraction", "1"], "--validation-fraction"),
+        (["--register", "s3"], "'s3' is not one of 'mlflow', 'kubeflow', 'none'"),
+    ],
+)
+def test_bad_stage_flags_are_usage_errors_before_anything_is_sent(sent, capsys, flags, says):
+    assert submit("supervised_fine_tune", "--model", "m", *flags) == 64
+    assert says in capsys.readouterr().err
+    assert sent == []

@@ -7,6 +7,7 @@ API requires and a flag implies (see `training_config`), so a config given whole
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,99 @@ def missing_data(cfg: dict[str, Any]) -> str | None:
             "or a training config with data_config.dataset_id"
         )
     return None
+
+
+# hyperparam_search_config["kfp"]: the provider-config settings a request overrides for its
+# own job (DESIGN.md "Per-request extensions"); the server refuses other keys.
+EXTENSION = "kfp"
+EXTENSION_KEYS = ("evaluation", "registry", "validation_fraction", "max_rows", "stages")
+STAGES = ("train", "evaluate", "register")
+
+
+def stage_list(text: str | None) -> list[str] | None:
+    """`--stages train,evaluate,register` as the list the request sends (in the order given;
+    the server runs them in pipeline order)."""
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ConfigError(f"--stages: name one or more of {', '.join(STAGES)}")
+    for name in names:
+        if name == "prepare-data":
+            raise ConfigError("--stages: prepare-data always runs; name the stages after it")
+        if name not in STAGES:
+            raise ConfigError(f"--stages: unknown stage {name!r}; the stages are "
+                              f"{', '.join(STAGES)}")  # fmt: skip
+    return names
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` over `base` key by key, nested mappings too (as the server merges the
+    extension over its provider config)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be a mapping, not {type(value).__name__} ({value!r})")
+    return value
+
+
+def hyperparam_search_config(
+    base: dict[str, Any] | None,
+    *,
+    evaluation: dict[str, Any] | None = None,
+    evaluate: bool | None = None,
+    eval_tasks: Sequence[str] = (),
+    eval_task_files: Sequence[str] = (),
+    registry: dict[str, Any] | None = None,
+    register: str | None = None,
+    registry_uri: str | None = None,
+    validation_fraction: float | None = None,
+    max_rows: int | None = None,
+    stages: list[str] | None = None,
+) -> dict[str, Any]:
+    """The request's `hyperparam_search_config`: `base` (--hyperparam-search-config) with the
+    flags merged into its "kfp" extension, field by field: --evaluation / --registry over the
+    extension's own evaluation / registry, then the shorthands over those (--evaluate,
+    --eval-task, --eval-task-file; --register, --registry-uri), then --validation-fraction,
+    --max-rows, --stages. --eval-task / --eval-task-file replace the task lists, and turn the
+    evaluation on unless --no-evaluate or a config states `enabled`. Without flags: `base` as
+    it is ({} when none); the "kfp" key only when something is set in it."""
+    cfg = dict(base or {})
+    misplaced = sorted(set(cfg) & set(EXTENSION_KEYS))
+    if misplaced:
+        raise ConfigError(
+            f"--hyperparam-search-config: {', '.join(misplaced)} belong(s) under "
+            f'"{EXTENSION}" (e.g. {{"{EXTENSION}": {{"{misplaced[0]}": ...}}}}); the server '
+            f'reads only hyperparam_search_config["{EXTENSION}"]'
+        )
+    ext = dict(_mapping(cfg.get(EXTENSION), f'--hyperparam-search-config: "{EXTENSION}"'))
+    where = f'--hyperparam-search-config: "{EXTENSION}".'
+    if evaluation is not None or evaluate is not None or eval_tasks or eval_task_files:
+        ev = _merge(_mapping(ext.get("evaluation"), f"{where}evaluation"), evaluation or {})
+        if eval_tasks:
+            ev["tasks"] = list(eval_tasks)
+        if eval_task_files:
+            ev["task_files"] = list(eval_task_files)
+        if evaluate is not None:
+            ev["enabled"] = evaluate
+        elif (eval_tasks or eval_task_files) and "enabled" not in ev:
+            ev["enabled"] = True
+        ext["evaluation"] = ev
+    if registry is not None or register is not None or registry_uri is not None:
+        reg = _merge(_mapping(ext.get("registry"), f"{where}registry"), registry or {})
+        _set(reg, kind=register, uri=registry_uri)
+        ext["registry"] = reg
+    _set(ext, validation_fraction=validation_fraction, max_rows=max_rows, stages=stages)
+    if ext:
+        cfg[EXTENSION] = ext
+    return cfg

@@ -26,7 +26,7 @@ from rich.console import Console
 from ..client import cancel_job, job_artifacts, job_status, register_jsonl
 from . import configs, render
 from .connection import CommandError, Target, explain, make_client, resolve
-from .plot import save_loss_plot
+from .plot import comparisons, save_plot
 from .watch import STILL_RUNNING, exit_code, follow
 
 ERROR = 4
@@ -151,6 +151,87 @@ def training_options(fn: Callable) -> Callable:
     return fn
 
 
+def stage_options(fn: Callable) -> Callable:
+    """Flags for hyperparam_search_config["kfp"], the provider settings a request overrides
+    (one per key); each merges over the same field of --hyperparam-search-config."""
+    options = [
+        click.option(
+            "--hyperparam-search-config",
+            help='JSON, or @file: the whole dict; the flags below merge into its "kfp"',
+        ),
+        click.option(
+            "--evaluation",
+            help="JSON, or @file: the evaluate stage's settings (enabled, held_out, max_rows, "
+            "tasks, task_files, limit, samples, max_new_tokens, every_epoch, batch_size, ...)",
+        ),
+        click.option(
+            "--evaluate/--no-evaluate",
+            default=None,
+            help="evaluation.enabled: base vs tuned after training",
+        ),
+        click.option(
+            "--eval-task",
+            "eval_tasks",
+            multiple=True,
+            metavar="NAME",
+            help="lm-eval task (repeatable): evaluation.tasks; turns evaluation on",
+        ),
+        click.option(
+            "--eval-task-file",
+            "eval_task_files",
+            multiple=True,
+            metavar="LOC",
+            help="lm-eval task YAML: path, s3://, https:// (repeatable): evaluation.task_files",
+        ),
+        click.option(
+            "--registry",
+            help="JSON, or @file: the register stage's settings (kind, uri, model_name, "
+            "alias, gate {metric, higher_is_better, min_delta}, token_env, ...)",
+        ),
+        click.option(
+            "--register",
+            type=click.Choice(["mlflow", "kubeflow", "none"]),
+            help="registry.kind: register the tuned model there",
+        ),
+        click.option("--registry-uri", help="registry.uri: MLflow tracking server, or KF registry"),
+        click.option(
+            "--validation-fraction",
+            type=click.FloatRange(0, 1, max_open=True),
+            help="training rows held out (when no validation dataset is named)",
+        ),
+        click.option(
+            "--max-rows", type=click.IntRange(min=1), help="train on the first N rows at most"
+        ),
+        click.option(
+            "--stages",
+            metavar="LIST",
+            help="e.g. train,evaluate,register; without train (supervised_fine_tune): "
+            "evaluate/register the epoch checkpoint --checkpoint-dir names",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _extension(text: str | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """hyperparam_search_config from --hyperparam-search-config and the stage flags (taken
+    out of `flags`); {} when none is given."""
+    return configs.hyperparam_search_config(
+        configs.load(text, "--hyperparam-search-config"),
+        evaluation=configs.load(flags.pop("evaluation"), "--evaluation"),
+        evaluate=flags.pop("evaluate"),
+        eval_tasks=flags.pop("eval_tasks"),
+        eval_task_files=flags.pop("eval_task_files"),
+        registry=configs.load(flags.pop("registry"), "--registry"),
+        register=flags.pop("register"),
+        registry_uri=flags.pop("registry_uri"),
+        validation_fraction=flags.pop("validation_fraction"),
+        max_rows=flags.pop("max_rows"),
+        stages=configs.stage_list(flags.pop("stages")),
+    )
+
+
 def _training(
     session: Session, job_uuid: str, base: str | None, default_format: str, flags: dict[str, Any]
 ) -> dict[str, Any]:
@@ -217,6 +298,7 @@ def _submitted(session: Session, job_uuid: str, watch: bool, interval: float, ou
 @click.option("--lora-rank", type=int, help="LoRA rank (starts a LoRA config if none given)")
 @click.option("--lora-alpha", type=int, help="LoRA alpha [default: 2 x rank]")
 @training_options
+@stage_options
 @output_option
 @command
 def supervised_fine_tune(
@@ -229,6 +311,7 @@ def supervised_fine_tune(
     logger_config: str | None,
     lora_rank: int | None,
     lora_alpha: int | None,
+    hyperparam_search_config: str | None,
     watch: bool,
     interval: float,
     output: str,
@@ -239,6 +322,7 @@ def supervised_fine_tune(
     algorithm = configs.lora_config(
         configs.load(algorithm_config, "--algorithm-config"), rank=lora_rank, alpha=lora_alpha
     )
+    extension = _extension(hyperparam_search_config, flags)
     training = _training(session, job_uuid, training_config, "instruct", flags)
     with session.talking() as client:
         client.alpha.post_training.supervised_fine_tune(
@@ -247,7 +331,7 @@ def supervised_fine_tune(
             algorithm_config=algorithm,  # type: ignore[arg-type]  # checked by the server
             training_config=training,  # type: ignore[arg-type]
             checkpoint_dir=checkpoint_dir,
-            hyperparam_search_config={},
+            hyperparam_search_config=extension,
             logger_config=configs.load(logger_config, "--logger-config") or {},
         )
     return _submitted(session, job_uuid, watch, interval, output)
@@ -265,6 +349,7 @@ def supervised_fine_tune(
     help='JSON, or @file: experiment tracking, e.g. {"mlflow": {"tracking_uri": ...}}',
 )
 @training_options
+@stage_options
 @output_option
 @command
 def preference_optimize(
@@ -276,6 +361,7 @@ def preference_optimize(
     beta: float | None,
     loss_type: str | None,
     logger_config: str | None,
+    hyperparam_search_config: str | None,
     watch: bool,
     interval: float,
     output: str,
@@ -286,6 +372,7 @@ def preference_optimize(
     algorithm = configs.dpo_config(
         configs.load(algorithm_config, "--algorithm-config"), beta=beta, loss_type=loss_type
     )
+    extension = _extension(hyperparam_search_config, flags)
     training = _training(session, job_uuid, training_config, "dialog", flags)
     with session.talking() as client:
         client.alpha.post_training.preference_optimize(
@@ -293,7 +380,7 @@ def preference_optimize(
             finetuned_model=finetuned_model,
             algorithm_config=algorithm,  # type: ignore[arg-type]  # checked by the server
             training_config=training,  # type: ignore[arg-type]
-            hyperparam_search_config={},
+            hyperparam_search_config=extension,
             logger_config=configs.load(logger_config, "--logger-config") or {},
         )
     return _submitted(session, job_uuid, watch, interval, output)
@@ -422,15 +509,24 @@ def logs(session: Session, job_uuid: str, lines: int, output: str) -> int:
 @output_option
 @command
 def plot(session: Session, job_uuid: str, out: Path | None, output: str) -> int:
-    """Save a job's training-loss curve as a PNG."""
+    """Save a job's training-loss curve as a PNG, with base vs tuned beside it when the job
+    was evaluated."""
     with session.talking(job_uuid) as client:
         st = job_status(client, job_uuid)
-    history = (st.get("resources_allocated") or {}).get("loss_history") or []
-    if not history:
-        raise CommandError(f"job {job_uuid} has no loss history yet (status: {st['status']})")
-    path = save_loss_plot(history, out or Path(f"{job_uuid}-loss.png"), job_uuid)
+    res = st.get("resources_allocated") or {}
+    history = res.get("loss_history") or []
+    compared = comparisons(res.get("evaluation"))
+    if not history and not compared:
+        raise CommandError(
+            f"job {job_uuid} has nothing to plot yet: no loss history, no evaluation "
+            f"(status: {st['status']})"
+        )
+    path = save_plot(history, res.get("evaluation"), out or Path(f"{job_uuid}-loss.png"), job_uuid)
     if output == "json":
-        render.as_json({"job_uuid": job_uuid, "path": str(path), "points": len(history)})
+        answer: dict[str, Any] = {"job_uuid": job_uuid, "path": str(path), "points": len(history)}
+        if compared:
+            answer["compared"] = [name for name, _, _ in compared]
+        render.as_json(answer)
     else:
         click.echo(str(path))
     return 0

@@ -1,4 +1,5 @@
-"""Follow a job to its end: a live bar (epoch, step, loss, tokens/s, ETA) from its status."""
+"""Follow a job to its end: a live bar (stage, epoch, step, loss, tokens/s, ETA) from its
+status."""
 
 from __future__ import annotations
 
@@ -25,6 +26,24 @@ def describe(progress: dict[str, Any]) -> str:
     if progress.get("eta_seconds") is not None:
         parts.append(f"eta {progress['eta_seconds']:.0f}s")
     return " ".join(parts)
+
+
+def current_stage(status: dict[str, Any]) -> str | None:
+    """The stage running now (resources_allocated.stages); None from servers without stages."""
+    for stage in (status.get("resources_allocated") or {}).get("stages") or []:
+        if stage.get("status") == "running":
+            return str(stage.get("name"))
+    return None
+
+
+def headline(status: dict[str, Any]) -> str:
+    """The live line's description: the running stage, and the epoch while training."""
+    progress = (status.get("resources_allocated") or {}).get("progress") or {}
+    stage = current_stage(status)
+    parts = [stage] if stage else []
+    if progress.get("total_steps") and stage in (None, "train"):
+        parts.append(f"epoch {progress.get('epoch', 0)}/{progress.get('total_epochs')}")
+    return " ".join(parts) or str(status["status"])
 
 
 def follow(
@@ -55,11 +74,11 @@ def follow(
                     task,
                     total=progress["total_steps"],
                     completed=progress.get("step", 0),
-                    description=f"epoch {progress.get('epoch', 0)}/{progress.get('total_epochs')}",
+                    description=headline(status),
                     info=describe(progress),
                 )
             else:
-                bar.update(task, description=status["status"])
+                bar.update(task, description=headline(status))
             if status["status"] in TERMINAL:
                 return status
             if timeout is not None and time.monotonic() - started > timeout:
