@@ -149,8 +149,10 @@ def evaluate_job(spec: JobSpec, checkpoints: list[str], validation_path: str) ->
         f"{len(rows)} held-out rows, {len(plan.prompts)} sample prompts")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
         scratch = Path(tmp)
-        if evaluation.tasks or evaluation.task_files:
+        if evaluation.tasks or evaluation.task_files:  # fetched and indexed: lm-eval's time
+            indexing = time.perf_counter()
             plan.task_names, plan.manager = tasks.prepare_tasks(evaluation, scratch / "tasks")
+            plan.timed("lm_eval", indexing)
         fetching = time.perf_counter()
         base_files = as_hf(fetch_base(spec.model.path, scratch / "base"), scratch / "base-hf")
         plan.timed("load", fetching)
