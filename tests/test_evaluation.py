@@ -306,3 +306,38 @@ def test_lm_eval_problem_at_submit(tiny_models):
     assert small.arch is not None
     small = small.model_copy(update={"arch": small.arch.model_copy(update={"vocab_size": 300})})
     assert "without room for Llama 3's special tokens" in (lm_eval_problem(small) or "")
+
+
+def test_metrics_join_the_jobs_mlflow_run_after_it_ended(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from llama_stack_provider_kfp.core.stage_results import Comparison, Evaluation
+    from llama_stack_provider_kfp.core.tracking import MLflowTracking, TrackingSpec
+    from llama_stack_provider_kfp.training.evaluation.tracking_run import log_to_tracking_run
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("e"))
+    client.set_terminated(run.info.run_id, "FINISHED")  # as the train step leaves it
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tracking.json").write_text(json.dumps({"mlflow": {"run_id": run.info.run_id,
+                                                              "tracking_uri": uri}}))  # fmt: skip
+    tracking = TrackingSpec(mlflow=MLflowTracking(tracking_uri=uri))
+    spec = JobSpec.model_construct(output_uri=str(out), tracking=tracking)
+    result = Evaluation(checkpoint="c", epoch=2, base_model="b",
+                        results={"held_out": {"loss": Comparison.of(2.0, 1.5)}})  # fmt: skip
+    assert log_to_tracking_run(spec, [result]) is None
+    metrics = client.get_run(run.info.run_id).data.metrics
+    assert metrics == {"evaluation/held_out/loss/base": 2.0,
+                       "evaluation/held_out/loss/tuned": 1.5,
+                       "evaluation/held_out/loss/delta": -0.5}  # fmt: skip
+    history = client.get_metric_history(run.info.run_id, "evaluation/held_out/loss/delta")
+    assert [m.step for m in history] == [2]
+
+    # A run that cannot be reached is a note, never the stage's failure.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    gone = {"mlflow": {"run_id": "x", "tracking_uri": "http://127.0.0.1:9"}}
+    (out / "tracking.json").write_text(json.dumps(gone))
+    note = log_to_tracking_run(spec, [result])
+    assert note is not None and note.startswith("tracking: evaluation metrics not logged")
