@@ -65,6 +65,9 @@ class Evaluation(_Open):
     # Earlier epochs' results, when every epoch is evaluated.
     epochs: list[dict] = []
     seconds: float | None = None
+    # Where the seconds went: load (fetch, convert, load both models), held_out, lm_eval,
+    # samples (bench/stages.py reports them).
+    phases: dict[str, float] = {}
 
     def flat(self) -> dict[str, float]:
         """Scalar metrics for the KFP Metrics artifact and registries:

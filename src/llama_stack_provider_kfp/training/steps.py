@@ -81,6 +81,11 @@ def prepare_data_step(job_spec: str, train_path: str, validation_path: str) -> d
     phases.mark("step_entered")
     spec = JobSpec.model_validate_json(job_spec)
     with ship_log(spec.output_uri, "prepare-data"), recorded_stage(spec.output_uri, "prepare-data"):
+        if spec.evaluation is not None and (spec.evaluation.tasks or spec.evaluation.task_files):
+            # lm-eval's task index costs seconds: checked here, before training, not at submit.
+            from .evaluation.tasks import check_task_names
+
+            check_task_names(spec)
         counts = prepare(spec, train_path, validation_path)
     phases.mark("done")
     return {**counts, "phases": phases.as_dict()}
