@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from eval_task import MC_TASK, write_task
 
 from harness import tiny_families
 from harness.demo_data import instruct_rows
@@ -39,28 +40,6 @@ from llama_stack_provider_kfp.training.steps import prepare_data_step, train_ste
 
 EOT = 128009  # Llama 3's <|eot_id|>
 
-MC_ROWS = [
-    {"question": q, "choices": [a, b], "answer": 0}
-    for q, a, b in [("Say hello", "hello", "goodbye"), ("Capital of France?", "Paris", "Rome"),
-                    ("2+2?", "4", "5"), ("Colour of the sky?", "blue", "green"),
-                    ("Opposite of hot?", "cold", "warm"), ("First letter?", "a", "z")]
-]  # fmt: skip
-MC_TASK = """task: tiny_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: tiny_mc.jsonl
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{question}}\\nAnswer:"
-doc_to_choice: choices
-doc_to_target: answer
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
-
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
@@ -70,11 +49,7 @@ def _offline(monkeypatch):
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory) -> Path:
-    """A custom multiple-choice task over a local JSONL, its data named relative to it."""
-    folder = tmp_path_factory.mktemp("task")
-    write_jsonl(MC_ROWS, folder / "tiny_mc.jsonl")
-    (folder / "tiny_mc.yaml").write_text(MC_TASK)
-    return folder
+    return write_task(tmp_path_factory.mktemp("task"))
 
 
 def _rows(n: int, path: Path) -> Path:

@@ -34,7 +34,7 @@ def submit(client, job_uuid: str, model: str, dataset_id: str, **kw: Any) -> Non
         model=model,
         algorithm_config=algo,
         training_config=tc,
-        hyperparam_search_config={},
+        hyperparam_search_config=kw.pop("hyperparam_search_config", {}),
         logger_config=kw.pop("logger_config", {}),
         **kw,
     )

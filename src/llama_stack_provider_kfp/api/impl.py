@@ -32,14 +32,15 @@ from ..config import KFPPostTrainingConfig
 from ..core import pause_points
 from ..core.engines import JobTraits, select_engine
 from ..core.errors import InvalidRequest, JobNotFound, Unsupported
+from ..core.eval_tasks import check_evaluation, lm_eval_problem
 from ..core.resume import check_resume, check_rows
-from ..core.spec import EngineChoice, algorithm
+from ..core.spec import EngineChoice, EvaluationSpec, ModelSpec, algorithm
 from ..core.tracking import check_reachable, parse_logger_config
 from ..jobs.backend import JobInputs, JobPreparer
 from ..jobs.record import JobRecord, check_job_id, now
 from ..jobs.scheduler import JobScheduler
 from ..jobs.store import JobStore, UnreadableRecord
-from . import responses, translate
+from . import responses, stages, translate
 from .datasets import dataset_source
 from .errors import as_http_errors
 
@@ -170,6 +171,8 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             if dc.validation_dataset_id
             else None
         )
+        await asyncio.to_thread(_check_evaluation, stages.evaluation_spec(config, stage_names),
+                                model)  # fmt: skip
         # Reachable, before anything is created: the cluster, and a tracking server.
         await asyncio.to_thread(self.backend.check)
         await asyncio.to_thread(
@@ -255,6 +258,17 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
                 responses.checkpoints, found.job_uuid, self.backend.outputs(found)
             )
         return PostTrainingJobArtifactsResponse(job_uuid=found.job_uuid, checkpoints=checkpoints)
+
+
+def _check_evaluation(evaluation: EvaluationSpec | None, model: ModelSpec) -> None:
+    """The evaluate stage's task files parse and name their tasks; lm-eval can load the
+    model when tasks are named (task names are checked against lm-eval's index in
+    prepare-data: that index costs seconds)."""
+    if evaluation is None:
+        return
+    tasks = check_evaluation(evaluation)
+    if tasks and (why := lm_eval_problem(model)):
+        raise InvalidRequest(f"evaluation tasks {', '.join(tasks)} cannot run: {why}")
 
 
 def _submitted_at(found: JobRecord | UnreadableRecord) -> datetime:
