@@ -52,7 +52,8 @@ def probe_url(kind: Literal["mlflow", "kubeflow"], uri: str) -> str | None:
             f"registry.uri {uri!r}: the Kubeflow Model Registry is an HTTP service; use "
             "https://<host>[:<port>] (http:// for an in-cluster Service without TLS)"
         )
-    if parsed.scheme in ("sqlite", "file", "postgresql", "mysql", "mssql") or not parsed.scheme:
+    local_path = not parsed.scheme and uri.startswith("/")
+    if parsed.scheme in ("sqlite", "file", "postgresql", "mysql", "mssql") or local_path:
         _needs_full_mlflow(uri, parsed.scheme or "file")
         return None
     raise InvalidRequest(
