@@ -145,6 +145,18 @@ def test_mlflow_gate_that_fails_registers_nothing_and_records_why(mlflow_url, tm
         register_job(job, ckpt, None, TRAIN, {})  # no evaluation: the gate cannot decide
 
 
+def test_a_local_mlflow_store_takes_the_local_checkpoint_as_it_is(tmp_path):
+    """A sqlite:/// store (the full mlflow package, no server between): no upload."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/registry.db"
+    job, ckpt = _job(tmp_path, "job-db", _mlflow(uri))
+    done = register_job(job, ckpt, None, TRAIN, {})
+    assert (done.version, done.uri, done.url, done.run_id) == ("1", f"{ckpt}/merged", None, None)
+    version = MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("m-lora", "candidate")
+    assert version.source == f"{ckpt}/merged" and version.tags["train/final_loss"] == "1.25"
+
+
 def test_mlflow_that_does_not_answer_is_unavailable(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     url = f"http://127.0.0.1:{free_port()}"
