@@ -28,6 +28,7 @@ from .entry import Entry
 
 AUTHOR = "llama-stack-provider-kfp"
 CA_ENV = "MODEL_REGISTRY_CA_CERT"
+TOKEN_ENV = "MODEL_REGISTRY_TOKEN"  # registry.token_env's default (the Secret's key remotely)
 _CLIENT_TOKEN_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
 _SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
@@ -57,8 +58,9 @@ def bearer_token(reg: RegistrySpec) -> tuple[str | None, str]:
                 f"registry.token_file {reg.token_file}: cannot read it in the step "
                 f"({type(e).__name__}); mount the file or drop the setting"
             ) from None
-    if reg.token_env and os.environ.get(reg.token_env, "").strip():
-        return os.environ[reg.token_env].strip(), f"environment variable {reg.token_env}"
+    env = reg.token_env or TOKEN_ENV
+    if os.environ.get(env, "").strip():
+        return os.environ[env].strip(), f"environment variable {env}"
     path = os.environ.get(_CLIENT_TOKEN_ENV)
     for where, candidate in ((_CLIENT_TOKEN_ENV, path), ("service account", _SA_TOKEN)):
         if candidate and Path(candidate).is_file():
@@ -76,7 +78,7 @@ def register(spec: JobSpec, entry: Entry) -> Registration:
     if secure and token is None:
         raise InvalidRequest(
             f"the Kubeflow Model Registry {reg.uri} needs a bearer token and the step has none: "
-            f"set {reg.token_env or 'registry.token_env'} (remotely: registry.token_secret) or "
+            f"set {reg.token_env or TOKEN_ENV} (remotely: registry.token_secret) or "
             "registry.token_file"
         )
     from model_registry import ModelRegistry
