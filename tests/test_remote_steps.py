@@ -39,7 +39,14 @@ from llama_stack_provider_kfp.core.errors import InvalidRequest
 from llama_stack_provider_kfp.core.locations import parse
 from llama_stack_provider_kfp.core.model_source import inspect_s3_model, pvc_model
 from llama_stack_provider_kfp.core.outputs import JobOutputs
-from llama_stack_provider_kfp.core.spec import DataSpec, JobSpec, LoraSpec, OptimSpec, TrainSpec
+from llama_stack_provider_kfp.core.spec import (
+    DataSpec,
+    JobSpec,
+    LoraSpec,
+    OptimSpec,
+    RegistrySpec,
+    TrainSpec,
+)
 from llama_stack_provider_kfp.core.tracking import CREDENTIAL_ENV
 from llama_stack_provider_kfp.kube.trainjob import PLAN_ENV, NodePlan
 from llama_stack_provider_kfp.pipeline.definition import (
@@ -377,3 +384,35 @@ def test_steps_run_as_in_a_pod_against_s3(s3, tiny_models, tmp_path):
     out = json.loads((tmp_path / "train-output.json").read_text())
     logged = out["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert logged["validation_loss"] == pytest.approx(ckpts[-1].validation_loss)
+
+
+def test_ir_gives_the_register_step_its_registry_token_by_reference(tmp_path, monkeypatch):
+    """The Kubeflow Model Registry token: the Secret registry.token_secret (key
+    MODEL_REGISTRY_TOKEN) into the variable the step reads; MLflow's credentials from
+    remote.tracking_secret. Only the register step gets the registry's Secret, and no value
+    is in the compiled pipeline."""
+    monkeypatch.setenv("MODEL_REGISTRY_TOKEN", SECRET_VALUES[2])
+    registry = RegistrySpec(kind="kubeflow", uri="https://mr.example", model_name="m-lora",
+                            version_name="j", token_env="MR_TOKEN",
+                            token_secret="mr-token")  # fmt: skip
+    job = any_spec("compiled").model_copy(update={"registry": registry})
+    path = tmp_path / "pipeline.yaml"
+    pipeline, platform = _compile(_config(), path, job)
+    json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    register = executors["exec-register"]
+    json_format.ParseDict(register, kubernetes_executor_config_pb2.KubernetesExecutorConfig())
+    secrets = {s["secretName"]: s for s in register["secretAsEnv"]}
+    assert [(m["secretKey"], m["envVar"]) for m in secrets["mr-token"]["keyToEnv"]] == [
+        ("MODEL_REGISTRY_TOKEN", "MR_TOKEN")
+    ]
+    tracking = secrets["tracking-credentials"]
+    assert tracking["optional"] is True
+    assert {m["envVar"] for m in tracking["keyToEnv"]} == {
+        k for k in CREDENTIAL_ENV if k.startswith("MLFLOW_")
+    }
+    for step in ("exec-train", "exec-prepare-data"):
+        assert "mr-token" not in {s["secretName"] for s in executors[step]["secretAsEnv"]}
+    assert "accelerator" not in pipeline["deploymentSpec"]["executors"]["exec-register"][
+        "container"]["resources"]  # fmt: skip
+    assert SECRET_VALUES[2] not in path.read_text()

@@ -43,8 +43,9 @@ def _config(dataset: str) -> dict:
 def evaluated(client, tiny_models, dataset, task) -> dict:
     job = new_id("stages")
     evaluation = {"enabled": True, "task_files": [str(task)], "samples": 2, "max_new_tokens": 8}
+    ext = _ext(evaluation=evaluation, validation_fraction=0.25)
     submit(client, job, str(tiny_models / "hf"), dataset, training_config=_config(dataset),
-           hyperparam_search_config=_ext(evaluation=evaluation, validation_fraction=0.25))  # fmt: skip
+           hyperparam_search_config=ext)  # fmt: skip
     return wait_done(client, job)
 
 
@@ -134,20 +135,21 @@ def test_an_evaluate_stage_that_fails_leaves_the_job_failed_with_its_checkpoints
          "task.yaml does not exist"),
     ],
 )  # fmt: skip
-def test_bad_stage_settings_are_400s_before_anything_is_created(client, server, tiny_models,
-                                                                dataset, extension, says):  # fmt: skip
+def test_bad_stage_settings_are_400s_before_anything_is_created(
+    client, server, tiny_models, dataset, extension, says
+):
     job = new_id("bad-stage")
     with pytest.raises(BadRequestError) as e:
         submit(client, job, str(tiny_models / "hf"), dataset, training_config=_config(dataset),
                hyperparam_search_config=extension)  # fmt: skip
     assert says in str(e.value)
-    assert not (server.work_dir / "jobs" / job).exists()
+    assert not (server.jobs_dir / job).exists()
 
 
 def test_a_task_file_that_does_not_parse_is_a_400(client, tiny_models, dataset, tmp_path):
     bad = tmp_path / "broken.yaml"
     bad.write_text("task: [unclosed\n")
-    with pytest.raises(BadRequestError, match="broken.yaml"):
+    with pytest.raises(BadRequestError, match=r"broken\.yaml"):
         submit(client, new_id("bad-task"), str(tiny_models / "hf"), dataset,
                training_config=_config(dataset),
                hyperparam_search_config=_ext(evaluation={"enabled": True,

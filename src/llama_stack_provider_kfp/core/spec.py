@@ -220,6 +220,9 @@ class RegistrySpec(_Strict):
     gate: GateSpec | None = None
     token_env: str | None = None
     token_file: str | None = None
+    # Remote: the Kubernetes Secret (its name: a reference, never a value) whose
+    # MODEL_REGISTRY_TOKEN key becomes the register step's `token_env` variable.
+    token_secret: str | None = None
     author: str | None = None
     description: str | None = None
 

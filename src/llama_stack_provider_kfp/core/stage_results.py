@@ -106,6 +106,13 @@ class Registration(_Open):
     version_id: str | None = None
     url: str | None = None
     gate: GateDecision | None = None
+    # The epoch folder the registered weights (`uri`, its merged/ folder) come from.
+    checkpoint: str | None = None
+    # MLflow: the alias set on the version and the run it is linked to; Kubeflow: the
+    # model artifact's id.
+    alias: str | None = None
+    run_id: str | None = None
+    artifact_id: str | None = None
 
 
 def stage_table(

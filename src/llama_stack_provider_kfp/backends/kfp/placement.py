@@ -20,6 +20,8 @@ _S3_SECRET_ENV = {
     "AWS_SECRET_ACCESS_KEY": STEP_ENV["secret_key"],
 }
 CA_MOUNT = "/etc/llama-stack-kfp/s3-ca"
+# The key of registry.token_secret that holds the Kubeflow Model Registry's bearer token.
+REGISTRY_TOKEN_KEY = "MODEL_REGISTRY_TOKEN"
 SCRATCH_MOUNT = "/scratch"
 
 
@@ -73,6 +75,8 @@ def _placement(cfg: RemoteConfig, spec: JobSpec | None):
         if step == "evaluate":
             _evaluate(task, cfg, pvc)
             return
+        if step == "register":
+            _register_secrets(task, cfg, spec)
         if step != "train" or plan is not None:
             # Several nodes: the train step only stages the inputs and follows the TrainJob,
             # whose nodes get the resources; it needs no GPU.
@@ -143,6 +147,28 @@ def _evaluate(task, cfg: RemoteConfig, pvc) -> None:
         task.set_memory_limit(res.memory_limit)
     if res.gpu_count:
         task.set_accelerator_type(res.accelerator).set_accelerator_limit(1)
+
+
+def _register_secrets(task, cfg: RemoteConfig, spec: JobSpec | None) -> None:
+    """The register step's credentials, by reference: the Kubeflow Model Registry's bearer
+    token from `registry.token_secret` (key MODEL_REGISTRY_TOKEN, into the variable the step
+    reads: registry.token_env), and MLflow's from `remote.tracking_secret` (as the train step
+    gets them; each key optional)."""
+    from kfp import kubernetes
+
+    reg = spec.registry if spec is not None else None
+    if reg is not None and reg.kind == "kubeflow" and reg.token_secret:
+        env = reg.token_env or REGISTRY_TOKEN_KEY
+        kubernetes.use_secret_as_env(
+            task, secret_name=reg.token_secret, secret_key_to_env={REGISTRY_TOKEN_KEY: env}
+        )
+    if cfg.tracking_secret:
+        kubernetes.use_secret_as_env(
+            task,
+            secret_name=cfg.tracking_secret,
+            secret_key_to_env={k: k for k in CREDENTIAL_ENV if k.startswith("MLFLOW_")},
+            optional=True,
+        )
 
 
 def _scratch(task, cfg: RemoteConfig) -> None:
