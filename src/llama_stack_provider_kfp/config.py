@@ -272,6 +272,9 @@ class RegistryConfig(BaseModel):
 # Provider-config settings a request may override for its own job, through
 # hyperparam_search_config["kfp"] (DESIGN.md "Per-request extensions").
 REQUEST_OVERRIDABLE = ("evaluation", "registry", "validation_fraction", "max_rows", "stages")
+# ...except where credentials come from: a request naming them could send the registry's
+# token (or any file or Secret the step can read) to a registry URI of its own choosing.
+SERVER_ONLY = {"registry": ("token_env", "token_file", "token_secret")}
 
 
 class KFPPostTrainingConfig(BaseModel):
@@ -457,6 +460,14 @@ class KFPPostTrainingConfig(BaseModel):
                 f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; a request may "
                 f"set: {', '.join(REQUEST_OVERRIDABLE)}"
             )
+        for section, keys in SERVER_ONLY.items():
+            named = extension.get(section)
+            taken = sorted(set(named) & set(keys)) if isinstance(named, dict) else []
+            if taken:
+                raise InvalidRequest(
+                    f"{where}.{section} may not set {', '.join(taken)}: where credentials come "
+                    "from is the server's setting (provider config), never a request's"
+                )
         merged = _merge(self.model_dump(), extension)
         try:
             return type(self).model_validate(merged)

@@ -33,6 +33,7 @@ from ..core import pause_points
 from ..core.engines import JobTraits, select_engine
 from ..core.errors import InvalidRequest, JobNotFound, Unsupported
 from ..core.eval_tasks import check_evaluation, lm_eval_problem
+from ..core.registry_probe import check_registry_reachable
 from ..core.resume import check_resume, check_rows
 from ..core.spec import EngineChoice, EvaluationSpec, ModelSpec, algorithm
 from ..core.tracking import check_reachable, parse_logger_config
@@ -127,8 +128,17 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         stage_names = sub.stages  # refuses a bad `stages` before anything is read
         # A checkpoint of this provider is resumed: its base weights are the model.
         where = sub.checkpoint_dir or sub.model
-        state = await asyncio.to_thread(self.backend.training_state, where)
-        if state is not None:
+        trained = "train" not in stage_names  # evaluate/register checkpoint_dir, the tuned one
+        if trained:
+            translate.check_finished_checkpoint(sub.checkpoint_dir)
+            state = None
+        else:
+            state = await asyncio.to_thread(self.backend.training_state, where)
+        if trained:  # the request's model is the base the checkpoint is compared with
+            model = await asyncio.to_thread(
+                self.backend.resolve_model, sub.model, None, translate.descriptor_repo(sub.model)
+            )
+        elif state is not None:
             model = await asyncio.to_thread(
                 self.backend.resolve_model, state.spec["model"]["name"], state.base_model, None
             )
@@ -149,10 +159,9 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             config.world(),
             config.nodes(),
         )
-        trained = None
-        if "train" not in stage_names:  # evaluate/register a finished checkpoint
-            trained = translate.finished_checkpoint(state, where)
-            engine = EngineChoice(name=trained.engine, reason=f"trained {where}")
+        if trained:
+            engine = EngineChoice(name="none", reason=f"nothing to train: {', '.join(stage_names)}"
+                                  f" of {where}")  # fmt: skip
         elif state is not None:
             engine = translate.resume_engine(state, traits, config.engine, where)
         else:
@@ -178,6 +187,12 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         await asyncio.to_thread(
             check_reachable, sub.tracking, config.tracking_probe_timeout_seconds
         )
+        if "register" in stage_names:
+            rc = config.registry
+            uri = rc.uri or (sub.tracking.mlflow.tracking_uri
+                             if sub.tracking and sub.tracking.mlflow else None)  # fmt: skip
+            await asyncio.to_thread(check_registry_reachable, rc.kind, uri,
+                                    rc.probe_timeout_seconds)  # fmt: skip
         job_dir = self.store.reserve(sub.job_uuid)
         try:
             if pause_points.armed("submit.reserved", sub.job_uuid):  # tests only
@@ -186,8 +201,8 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
                 self.backend.stage, sub.job_uuid, job_dir, JobInputs(train, validation)
             )
             spec = translate.build_spec(sub, lora_spec, model, staged, engine)
-            if trained is not None:
-                spec = spec.model_copy(update={"trained_checkpoint": where})
+            if trained:
+                spec = spec.model_copy(update={"trained_checkpoint": sub.checkpoint_dir})
             elif state is not None:
                 spec = spec.model_copy(update={"resume_from": where})
                 check_resume(state, spec, where)

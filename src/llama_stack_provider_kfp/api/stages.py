@@ -86,6 +86,7 @@ def registry_spec(
         gate=gate,
         token_env=rc.token_env if rc.kind == "kubeflow" else None,
         token_file=str(rc.token_file) if rc.kind == "kubeflow" and rc.token_file else None,
+        token_secret=rc.token_secret if rc.kind == "kubeflow" else None,
         author=rc.author,
         description=f"{algorithm} fine-tune of {base_model} (llama-stack job {job_uuid})",
     )

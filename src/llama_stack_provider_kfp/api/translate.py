@@ -21,7 +21,9 @@ from llama_stack_api import (
 from ..config import DPODefaults, KFPPostTrainingConfig
 from ..core.engines import ENGINES, JobTraits
 from ..core.errors import InvalidRequest, Unsupported
+from ..core.locations import parse
 from ..core.lora_targets import Targets, resolve, tied_output_problem
+from ..core.outputs import MERGED
 from ..core.resume import TrainingState
 from ..core.spec import (
     DataSpec,
@@ -208,17 +210,18 @@ def resume_engine(
     return EngineChoice(name=state.engine, reason=f"resumes {where}, which it trained")
 
 
-def finished_checkpoint(state: TrainingState | None, where: str) -> TrainingState:
-    """The checkpoint a request without the train stage evaluates/registers: an epoch
-    checkpoint of this provider (its training state names the base model to compare with)."""
-    if state is None or state.position != 0:
-        raise InvalidRequest(
-            f"checkpoint_dir {where} is not a finished epoch checkpoint of this provider "
-            "(<job>/checkpoints/epoch_<N> with training_state.json): a request whose stages "
-            "leave out train evaluates and registers such a checkpoint; name one, or add "
-            "train to the stages"
-        )
-    return state
+def check_finished_checkpoint(checkpoint_dir: str | None) -> None:
+    """A request whose stages leave out train evaluates/registers the epoch checkpoint its
+    checkpoint_dir names (its `model` is the base to compare with). A local one must hold
+    merged/ weights; an s3:// one is checked by the step that reads it."""
+    how = ("name the epoch checkpoint to evaluate or register as checkpoint_dir "
+           "(<job>/checkpoints/epoch_<N>, as its artifacts list it) and its base model as model, "
+           "or add train to the stages")  # fmt: skip
+    if not checkpoint_dir:
+        raise InvalidRequest(f"no checkpoint to evaluate or register: {how}")
+    loc = parse(checkpoint_dir)
+    if loc.is_local and not (loc.path / MERGED).is_dir():
+        raise InvalidRequest(f"checkpoint_dir {checkpoint_dir} has no {MERGED}/ weights: {how}")
 
 
 @dataclass(frozen=True)
