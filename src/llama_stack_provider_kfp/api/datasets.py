@@ -90,7 +90,7 @@ async def dataset_source(
             )
         try:
             sampled = await asyncio.to_thread(data_uri.sample_rows, source.uri, sample, reader)
-        except data_uri.DataSourceError as e:
+        except InvalidRequest as e:  # DataSourceError, a malformed location
             raise InvalidRequest(f"dataset {dataset_id!r}: {e}") from None
         except NoSuchBucket as e:  # a location the caller named: theirs to fix
             raise InvalidRequest(f"dataset {dataset_id!r}: {e}") from None
