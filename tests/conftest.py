@@ -58,10 +58,30 @@ def pauses(tmp_path_factory) -> Pauses:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, hf_home, pauses):
+def data_s3():
+    """Users' datasets in S3 (moto on loopback, bucket `user-data`): the shared server reads
+    them with the standard AWS environment, as a user's server would. Not exported to this
+    process (tests upload with `data_s3_client`)."""
+    from s3_server import s3_server
+
+    with s3_server(export=False) as env:
+        data_s3_client(env).create_bucket(Bucket="user-data")
+        yield env
+
+
+def data_s3_client(env: dict[str, str]):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, hf_home, pauses, data_s3):
     # A tracking server that does not answer is refused within half a second.
     env = {**SERVER_SECRETS, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1",
-           "KFP_TRACKING_PROBE_TIMEOUT": "0.5", **pauses.env}  # fmt: skip
+           "KFP_TRACKING_PROBE_TIMEOUT": "0.5", **pauses.env, **data_s3}  # fmt: skip
     srv = Server(tmp_path_factory.mktemp("server"), env=env).start()
     yield srv
     srv.cleanup()

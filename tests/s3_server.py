@@ -12,7 +12,9 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def s3_server() -> Iterator[dict[str, str]]:
+def s3_server(export: bool = True) -> Iterator[dict[str, str]]:
+    """A moto S3 on a free loopback port and the AWS_* variables that reach it; `export`
+    also sets them in this process (until the block ends)."""
     from moto.server import ThreadedMotoServer
 
     with socket.socket() as s:
@@ -27,12 +29,13 @@ def s3_server() -> Iterator[dict[str, str]]:
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    if export:
+        os.environ.update(env)
     try:
         yield env
     finally:
         server.stop()
-        for k, v in saved.items():
+        for k, v in saved.items() if export else ():
             if v is None:
                 os.environ.pop(k, None)
             else:

@@ -230,6 +230,42 @@ def test_pvc_weights_are_mounted_into_the_train_step(tmp_path):
         parse("pvc://Bad_Claim/../etc")
 
 
+def test_pvc_datasets_are_mounted_into_prepare_data(tmp_path, monkeypatch):
+    from llama_stack_provider_kfp.core import locations
+    from llama_stack_provider_kfp.core.data_uri import SampleReader, iter_rows, sample_rows
+
+    model = pvc_model("llama", parse("pvc://models-pvc/llama/3b"))
+    base = _job_spec(model, "s3://kfp/jobs/p/output")
+    data = base.data.model_copy(
+        update={
+            "uri": "pvc://data-pvc/sets/train.jsonl",
+            "validation_uri": "pvc://data-pvc/sets/val.csv",
+        }
+    )
+    spec = base.model_copy(update={"data": data})
+    _, platform = _compile(_config(), tmp_path / "p.yaml", spec)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    (mount,) = executors["exec-prepare-data"]["pvcMount"]  # one claim, mounted once
+    assert mount["mountPath"] == "/mnt/models/data-pvc"
+    assert mount["pvcNameParameter"]["runtimeValue"]["constant"] == "data-pvc"
+    # train reads prepare-data's artifacts (and mounts only the model's claim)
+    assert [m["mountPath"] for m in executors["exec-train"]["pvcMount"]] == [
+        "/mnt/models/models-pvc"
+    ]
+    # The server cannot read the claim: no sample at submit remotely, a 400 locally.
+    assert sample_rows(spec.data.uri, 5, SampleReader(remote=True)) is None
+    with pytest.raises(InvalidRequest, match="only remote jobs read"):
+        sample_rows(spec.data.uri, 5, SampleReader(remote=False))
+    # In the step, the file is read where the claim is mounted.
+    monkeypatch.setattr(locations, "PVC_MOUNT_ROOT", str(tmp_path / "mnt"))
+    rows = [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    ]
+    (tmp_path / "mnt" / "data-pvc" / "sets").mkdir(parents=True)
+    write_jsonl(rows, tmp_path / "mnt" / "data-pvc" / "sets" / "train.jsonl")
+    assert list(iter_rows(spec.data.uri)) == rows
+
+
 def test_hub_model_read_at_submit_and_fetched_in_the_step(tiny_models, tmp_path):
     env = {**os.environ, **make_hf_cache(tmp_path / "hf", "acme/tiny-llama", tiny_models / "hf")}
     code = (

@@ -90,3 +90,51 @@ def test_bad_preference_rows(row, words):
 
     with pytest.raises(RowError, match=words):
         to_preference(row)
+
+
+# ---- messages (OpenAI chat) and conversations (ShareGPT), whatever data_format says -----
+
+CHAT = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "hello"},
+]
+
+
+@pytest.mark.parametrize("fmt", ["instruct", "dialog"])
+def test_messages_and_conversations_are_recognised_by_their_column(fmt):
+    assert to_messages({"messages": CHAT}, fmt) == CHAT
+    assert to_messages({"messages": json.dumps(CHAT)}, fmt) == CHAT  # CSV / Parquet strings
+    turns = [{"from": "system", "value": "be brief"}, {"from": "human", "value": "hi"},
+             {"from": "gpt", "value": "hello"}]  # fmt: skip
+    assert to_messages({"conversations": turns, "id": 7}, fmt) == CHAT
+
+
+@pytest.mark.parametrize(
+    ("row", "words"),
+    [
+        ({"messages": [*CHAT[:2], {"role": "assistant", "content": None,
+                                   "tool_calls": [{"id": "c1", "type": "function"}]}]},
+         ["message 3 has 'tool_calls'", "remove those turns"]),
+        ({"messages": [*CHAT, {"role": "tool", "content": "42", "tool_call_id": "c1"},
+                       {"role": "assistant", "content": "it is 42"}]},
+         ["message 4 has 'tool_call_id'", "tool/function results"]),
+        ({"messages": [*CHAT[:2], {"role": "function", "name": "f", "content": "x"}, CHAT[2]]},
+         ["message 3 has role 'function'"]),
+        ({"messages": [CHAT[0], {"role": "user", "content": [{"type": "image_url"}]}, CHAT[2]]},
+         ["message 2", "list of text items", "images"]),
+        ({"conversations": [{"from": "human", "value": "hi"},
+                            {"from": "function_call", "value": "{}"}]},
+         ["turn 2 is from 'function_call'", "tool calls"]),
+        ({"conversations": [{"from": "bot", "value": "hi"}]},
+         ["turn 1 is from 'bot'", "human, gpt or system"]),
+        ({"conversations": [{"from": "human", "value": "hi"}]}, ["no assistant message"]),
+        ({"messages": "not json"}, ["'messages' is not valid JSON"]),
+        ({"messages": []}, ["messages must be a non-empty list"]),
+    ],
+)  # fmt: skip
+def test_rows_templates_cannot_render_are_refused_saying_what_to_change(row, words):
+    with pytest.raises(RowError) as err:
+        to_messages(row, "dialog")
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))

@@ -5,9 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .core.errors import InvalidRequest
+from .core.http_data import HttpPolicy
 
 
 class RemoteResources(BaseModel):
@@ -269,6 +277,78 @@ class RegistryConfig(BaseModel):
     )
 
 
+class DataSourcesConfig(BaseModel):
+    """Where datasets registered by URI are read from (s3://, https://, http://, hf://,
+    pvc://, paths): the limits and credentials of the locations the provider reads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="https/http datasets only from these hosts (exact names or *.example.com; "
+        "a comma-separated string is accepted). Empty: any host whose addresses are all public "
+        "(loopback, private and link-local addresses need listing)",
+    )
+    ca_bundle: Path | None = Field(
+        default=None,
+        description="CA bundle for https datasets (server and local steps); default: the "
+        "system's CAs",
+    )
+    max_bytes: int = Field(
+        default=10 * 2**30,
+        ge=1,
+        description="an https/http dataset larger than this is refused (prepare-data "
+        "downloads it whole)",
+    )
+    token_env: str | None = Field(
+        default=None,
+        description="NAME of the environment variable holding a bearer token for https "
+        "datasets; sent only to allowed_hosts (so it needs them)",
+    )
+    timeout_seconds: float = Field(
+        default=30.0, gt=0, description="connect (at most 5 s) and read timeout of http reads"
+    )
+    sample_max_bytes: int = Field(
+        default=4 * 2**20,
+        ge=1024,
+        description="bytes the server reads from the head of an s3/https dataset at submit to "
+        "check its first submit_sample_rows rows (JSONL, CSV and JSON lists are read from a "
+        "prefix; a Parquet file or JSON object only when it is no larger than this, else "
+        "only prepare-data checks its rows)",
+    )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, v: Any) -> Any:
+        # run.yaml's ${env.X:=} gives a string: "" (unset) or "a.example.com,b.example.com".
+        if isinstance(v, str):
+            return [h.strip() for h in v.split(",") if h.strip()]
+        return v
+
+    @field_validator("ca_bundle", "token_env", mode="before")
+    @classmethod
+    def _unset(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _token_needs_hosts(self) -> DataSourcesConfig:
+        if self.token_env and not self.allowed_hosts:
+            raise ValueError(
+                "data_sources.token_env needs data_sources.allowed_hosts: the token is sent "
+                "only to listed hosts, never to any host a dataset URI names"
+            )
+        return self
+
+    def http_policy(self) -> HttpPolicy:
+        return HttpPolicy(
+            allowed_hosts=list(self.allowed_hosts),
+            ca_bundle=str(self.ca_bundle) if self.ca_bundle else None,
+            max_bytes=self.max_bytes,
+            token_env=self.token_env,
+            timeout_seconds=self.timeout_seconds,
+        )
+
+
 # Provider-config settings a request may override for its own job, through
 # hyperparam_search_config["kfp"] (DESIGN.md "Per-request extensions").
 REQUEST_OVERRIDABLE = ("evaluation", "registry", "validation_fraction", "max_rows", "stages")
@@ -404,6 +484,10 @@ class KFPPostTrainingConfig(BaseModel):
         ge=1,
         description="Rows checked against the data format at submit time; prepare-data checks "
         "every row.",
+    )
+    data_sources: DataSourcesConfig = Field(
+        default_factory=DataSourcesConfig,
+        description="Dataset locations: https/http hosts, CA, size caps, token by reference",
     )
 
     @field_validator("remote", mode="before")

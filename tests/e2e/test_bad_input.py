@@ -248,3 +248,15 @@ def test_bad_row_beyond_sample_fails_job_with_reason(client, good):
     assert error["step"] == "prepare-data"
     assert error["log_tail"]
     assert status["checkpoints"] == []
+
+
+def test_dataset_uri_that_does_not_exist(client, server, good):
+    # The shared server reads S3 with the standard AWS environment (conftest: data_s3).
+    client.beta.datasets.register(
+        purpose="post-training/messages",
+        source={"type": "uri", "uri": "s3://user-data/nowhere/train.jsonl"},
+        dataset_id="s3-missing",
+    )
+    _expect_refusal(client, server, 400,
+                    ["s3-missing", "s3://user-data/nowhere/train.jsonl", "does not exist"],
+                    model=good["model"], dataset_id="s3-missing")  # fmt: skip

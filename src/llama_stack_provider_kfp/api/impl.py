@@ -42,7 +42,7 @@ from ..jobs.record import JobRecord, check_job_id, now
 from ..jobs.scheduler import JobScheduler
 from ..jobs.store import JobStore, UnreadableRecord
 from . import responses, stages, translate
-from .datasets import dataset_source
+from .datasets import dataset_source, sample_reader
 from .errors import as_http_errors
 
 
@@ -170,12 +170,18 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         assert dc is not None  # check_training refused it missing
         translate.check_batch_split(dc.batch_size, config.world(), engine.name)
         fmt, sample = sub.data_format, config.submit_sample_rows
+        reader = sample_reader(config)
         train = await dataset_source(
-            self.datasets_api, self.datasetio_api, dc.dataset_id, fmt, sample
+            self.datasets_api, self.datasetio_api, dc.dataset_id, fmt, sample, reader
         )
         validation = (
             await dataset_source(
-                self.datasets_api, self.datasetio_api, dc.validation_dataset_id, fmt, sample
+                self.datasets_api,
+                self.datasetio_api,
+                dc.validation_dataset_id,
+                fmt,
+                sample,
+                reader,
             )
             if dc.validation_dataset_id
             else None

@@ -302,6 +302,8 @@ def build_spec(
             data_format=sub.data_format,  # type: ignore[arg-type]
             validation_uri=staged.validation_uri,
             validation_fraction=config.validation_fraction,
+            max_rows=config.max_rows,
+            http=config.data_sources.http_policy(),
         ),
         train=TrainSpec(
             epochs=tc.n_epochs,

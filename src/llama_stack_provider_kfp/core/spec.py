@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .http_data import HttpPolicy
 from .tracking import TrackingSpec
 
 Layout = Literal["meta", "huggingface"]
@@ -75,11 +76,18 @@ class ModelSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    uri: str = Field(description="Training rows: local path, file://, data:, huggingface://.")
+    uri: str = Field(
+        description="Training rows: local path, file://, s3://, https://, http://, hf://, "
+        "huggingface://, pvc:// (remote), data:."
+    )
     data_format: DataFormat
     validation_uri: str | None = None
     # Used only when validation_uri is None.
     validation_fraction: float = 0.0
+    # Only the first max_rows rows of the training dataset (before the validation split).
+    max_rows: int | None = None
+    # How https:// and http:// datasets are read (no secret: a token by its variable's name).
+    http: HttpPolicy = HttpPolicy()
 
 
 class LoraSpec(_Strict):

@@ -145,6 +145,24 @@ def read_bytes(loc: Location, s3: Any = None, tail: int | None = None) -> bytes 
     return body
 
 
+def read_head(loc: Location, n: int, s3: Any = None) -> tuple[bytes, bool] | None:
+    """The object's first `n` bytes (one ranged GET) and whether they are all of it, or None
+    when there is no such key."""
+    s3 = s3 or client()
+    with boundary(loc, "GetObject"):
+        try:
+            got = s3.get_object(Bucket=loc.root, Key=loc.key, Range=f"bytes=0-{n - 1}")
+        except Exception as e:
+            if missing(e):
+                return None
+            if code_of(e) == "InvalidRange":
+                return b"", True  # an empty object has no first bytes
+            raise
+        body: bytes = got["Body"].read()
+    total = got.get("ContentRange", "").rpartition("/")[2]
+    return body, (int(total) <= n) if total.isdigit() else len(body) < n
+
+
 class _Stream:
     """An object's body whose reads raise Refused / Unavailable, like every call here."""
 

@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..core import storage
+from ..core import data_uri, storage
+from ..core.http_data import HttpPolicy
 from ..core.locations import parse
 from ..core.outputs import METRICS, StepError, stage_file, write_error, write_output
 from ..core.stage_results import StageRecord
@@ -28,12 +29,11 @@ from ..core.stage_results import StageRecord
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "original/tokenizer.model"]
 
 
-def fetch_data(uri: str, workdir: Path) -> str:
-    """A dataset URI readable by data_uri.iter_rows: s3 objects are downloaded first."""
-    if not uri.startswith("s3://"):
-        return uri  # a dataset URI (path, file://, data:, huggingface://): read as it is
-    loc = parse(uri)
-    return str(storage.download_file(loc, workdir / Path(loc.key).name))
+def fetch_data(uri: str, workdir: Path, http: HttpPolicy | None = None) -> str:
+    """A dataset URI readable by data_uri.iter_rows without the network: s3 and http(s)
+    objects downloaded into `workdir` first, a pvc:// file at the claim's mount path; the
+    rest (path, file://, data:, hf://, huggingface://) as it is."""
+    return data_uri.fetch(uri, workdir, http)
 
 
 def fetch_model(uri: str, workdir: Path) -> Path:

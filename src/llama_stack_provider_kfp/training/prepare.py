@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+from itertools import islice
 from pathlib import Path
 
 from ..core.data_uri import iter_rows
@@ -29,9 +30,10 @@ def _write(fh, converted: dict) -> None:
 def prepare(spec: JobSpec, train_path: str, validation_path: str) -> dict[str, int]:
     """The job's rows (spec.data) checked, converted and split into the two files."""
     with report_errors(spec.output_uri, "prepare-data"), tempfile.TemporaryDirectory() as tmp:
-        dataset_uri = fetch_data(spec.data.uri, Path(tmp))
+        http = spec.data.http
+        dataset_uri = fetch_data(spec.data.uri, Path(tmp), http)
         validation = spec.data.validation_uri
-        validation_uri = fetch_data(validation, Path(tmp)) if validation else ""
+        validation_uri = fetch_data(validation, Path(tmp), http) if validation else ""
         return _prepare(spec, dataset_uri, validation_uri, train_path, validation_path)
 
 
@@ -45,9 +47,9 @@ def _prepare(
     bad_count = 0
     counts = {"train_rows": 0, "validation_rows": 0}
 
-    def take(uri: str, label: str, pick_split) -> None:
+    def take(uri: str, label: str, pick_split, limit: int | None = None) -> None:
         nonlocal bad_count
-        for n, row in enumerate(iter_rows(uri), 1):
+        for n, row in enumerate(islice(iter_rows(uri, spec.data.http), limit), 1):
             try:
                 messages = _convert(row, fmt)
             except RowError as e:
@@ -70,6 +72,7 @@ def _prepare(
             dataset_uri,
             "training",
             lambda: "validation_rows" if fraction and rng.random() < fraction else "train_rows",
+            spec.data.max_rows,  # the first rows of the dataset, before the split
         )
         if validation_uri:
             take(validation_uri, "validation", lambda: "validation_rows")
@@ -80,8 +83,10 @@ def _prepare(
         )
     if counts["train_rows"] == 0:
         raise ValueError("the dataset has no training rows")
+    cap = spec.data.max_rows
+    capped = f" (max_rows={cap}: rows after the dataset's first {cap} were not read)" if cap else ""
     print(
         f"prepare-data: {counts['train_rows']} training rows, "
-        f"{counts['validation_rows']} validation rows"
+        f"{counts['validation_rows']} validation rows{capped}"
     )
     return counts

@@ -40,6 +40,7 @@ def _placement(cfg: RemoteConfig, spec: JobSpec | None):
     res = cfg.resources
     model = parse(spec.model.path) if spec else None
     pvc = model if model is not None and model.scheme == "pvc" else None
+    data_claims = _data_claims(spec) if spec else {}
 
     plan = node_plan(cfg) if res.nodes > 1 else None
 
@@ -77,6 +78,11 @@ def _placement(cfg: RemoteConfig, spec: JobSpec | None):
             return
         if step == "register":
             _register_secrets(task, cfg, spec)
+        if step == "prepare-data":
+            # pvc:// datasets: the step reads them where Location.path says (the server
+            # cannot read them, so prepare-data checks every row).
+            for claim, mount_path in data_claims.items():
+                kubernetes.mount_pvc(task, pvc_name=claim, mount_path=mount_path)
         if step != "train" or plan is not None:
             # Several nodes: the train step only stages the inputs and follows the TrainJob,
             # whose nodes get the resources; it needs no GPU.
@@ -169,6 +175,13 @@ def _register_secrets(task, cfg: RemoteConfig, spec: JobSpec | None) -> None:
             secret_key_to_env={k: k for k in CREDENTIAL_ENV if k.startswith("MLFLOW_")},
             optional=True,
         )
+
+
+def _data_claims(spec: JobSpec) -> dict[str, str]:
+    """Claim -> mount path of the job's pvc:// datasets (each claim mounted once)."""
+    uris = (spec.data.uri, spec.data.validation_uri)
+    locs = [parse(u) for u in uris if u and u.startswith("pvc://")]
+    return {loc.root: loc.mount_path for loc in locs}
 
 
 def _scratch(task, cfg: RemoteConfig) -> None:
