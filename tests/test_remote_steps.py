@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from eval_task import write_task
 from fake_backend import spec as any_spec
 from google.protobuf import json_format
 from hf_cache import make_hf_cache
@@ -27,6 +28,7 @@ from kfp import compiler
 from kfp.components import load_component_from_file
 from kfp.kubernetes import kubernetes_executor_config_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
+from model_registry_stub import ModelRegistryStub
 from s3_server import s3_server
 
 from harness.demo_data import instruct_rows
@@ -41,6 +43,7 @@ from llama_stack_provider_kfp.core.model_source import inspect_s3_model, pvc_mod
 from llama_stack_provider_kfp.core.outputs import JobOutputs
 from llama_stack_provider_kfp.core.spec import (
     DataSpec,
+    EvaluationSpec,
     JobSpec,
     LoraSpec,
     OptimSpec,
@@ -56,6 +59,7 @@ from llama_stack_provider_kfp.pipeline.definition import (
 )
 from llama_stack_provider_kfp.training.io import fetch_model
 
+REGISTRY_TOKEN = "registry-token-xyz"
 SECRET_VALUES = ("aws-secret-value-xyz", "hf_token_value_xyz", "bearer-token-xyz")
 
 
@@ -336,6 +340,9 @@ def _run_as_launcher(container: dict, executor_input: dict, env: dict, cwd: Path
 
 
 def test_steps_run_as_in_a_pod_against_s3(s3, tiny_models, tmp_path):
+    """Seed 000's flow: data from S3 -> train -> evaluate (held-out rows + a custom lm-eval
+    task whose files are in S3) -> the Kubeflow Model Registry (the stand-in of
+    tests/model_registry_stub.py), each step as KFP's launcher runs it in a pod."""
     subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "upload-model.py"), str(tiny_models / "hf"),
          "s3://kfp/models/tiny.tar.gz"], check=True, capture_output=True,
@@ -344,9 +351,20 @@ def test_steps_run_as_in_a_pod_against_s3(s3, tiny_models, tmp_path):
     storage.upload_file(rows, parse("s3://kfp/jobs/j1/input/train.jsonl"))
     model = inspect_s3_model("tiny", parse("s3://kfp/models/tiny.tar.gz"))
     assert model.layout == "huggingface" and model.arch.embed_dim == 64
-    spec = _job_spec(model, "s3://kfp/jobs/j1/output")
+    write_task(tmp_path / "task")
+    for name in ("tiny_mc.yaml", "tiny_mc.jsonl"):
+        storage.upload_file(tmp_path / "task" / name, parse(f"s3://kfp/tasks/{name}"))
+    registry = ModelRegistryStub(REGISTRY_TOKEN).__enter__()
+    spec = _job_spec(model, "s3://kfp/jobs/j1/output").model_copy(update={
+        "evaluation": EvaluationSpec(max_rows=4, task_files=["s3://kfp/tasks/tiny_mc.yaml"],
+                                     samples=1, max_new_tokens=4),
+        "registry": RegistrySpec(kind="kubeflow", uri=registry.url, model_name="tiny-lora",
+                                 version_name="j1", token_env="MODEL_REGISTRY_TOKEN",
+                                 token_secret="mr-token"),
+    })  # fmt: skip
     params = pipeline_arguments(spec)
-    pipeline, _ = _compile(_config(endpoint=s3["AWS_ENDPOINT_URL"], ca=None), tmp_path / "p.yaml")
+    pipeline, _ = _compile(_config(endpoint=s3["AWS_ENDPOINT_URL"], ca=None), tmp_path / "p.yaml",
+                           spec)  # fmt: skip
     executors = pipeline["deploymentSpec"]["executors"]
     # The Secret mounts (s3-credentials) become these variables in the pod; no AWS_* at all.
     pod_secrets = {"KFP_STEP_S3_ACCESS_KEY_ID": s3["AWS_ACCESS_KEY_ID"],
@@ -357,10 +375,10 @@ def test_steps_run_as_in_a_pod_against_s3(s3, tiny_models, tmp_path):
     # The pod's /scratch volume, here a folder: after each upload nothing of an epoch is left.
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    train_env = executors["exec-train"]["container"]["env"]
-    for item in train_env:
-        if item["name"] == "TMPDIR":
-            item["value"] = str(scratch)
+    for executor in ("exec-train", "exec-evaluate"):  # both load models there
+        for item in executors[executor]["container"]["env"]:
+            if item["name"] == "TMPDIR":
+                item["value"] = str(scratch)
 
     art = tmp_path / "artifacts"
     _run_as_launcher(
@@ -389,7 +407,10 @@ def test_steps_run_as_in_a_pod_against_s3(s3, tiny_models, tmp_path):
                 },
             },
             "outputs": {
-                "artifacts": {"metrics": _artifact("metrics", "system.Metrics", art / "metrics")},
+                "artifacts": {
+                    "metrics": _artifact("metrics", "system.Metrics", art / "metrics"),
+                    "model": _artifact("model", "system.Model", art / "model"),
+                },
                 "outputFile": str(tmp_path / "train-output.json"),
             },
         },
@@ -420,6 +441,65 @@ def test_steps_run_as_in_a_pod_against_s3(s3, tiny_models, tmp_path):
     out = json.loads((tmp_path / "train-output.json").read_text())
     logged = out["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert logged["validation_loss"] == pytest.approx(ckpts[-1].validation_loss)
+    # The Model artifact points at the last checkpoint: its weights are not copied.
+    pointer = out["artifacts"]["model"]["artifacts"][0]["metadata"]
+    assert pointer["location"] == "s3://kfp/jobs/j1/output/checkpoints/epoch_2"
+    assert json.loads((art / "model").read_text())["location"] == pointer["location"]
+
+    try:
+        _evaluate_and_register(executors, params, env, art, tmp_path, registry)
+    finally:
+        registry.__exit__(None, None, None)
+
+
+def _evaluate_and_register(executors, params, env, art, tmp_path, registry) -> None:
+    model = _artifact("model", "system.Model", art / "model")
+    _run_as_launcher(
+        executors["exec-evaluate"]["container"],
+        {"inputs": {"parameterValues": params, "artifacts": {
+            "validation_data": _artifact("validation_data", "system.Dataset", art / "val"),
+            "model": model}},
+         "outputs": {"artifacts": {
+             "metrics": _artifact("metrics", "system.Metrics", art / "eval-metrics"),
+             "evaluation": _artifact("evaluation", "system.Artifact", art / "evaluation")},
+             "outputFile": str(tmp_path / "evaluate-output.json")}},
+        {**env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}, tmp_path,
+    )  # fmt: skip
+    evaluation = storage.read_json(parse("s3://kfp/jobs/j1/output/evaluation.json"))
+    assert evaluation["checkpoint"] == "s3://kfp/jobs/j1/output/checkpoints/epoch_2"
+    assert set(evaluation["results"]) == {"held_out", "tiny_mc"}
+    held = evaluation["results"]["held_out"]["loss"]
+    assert held["tuned"] < held["base"]
+    # The KFP Metrics artifact (the KFP UI's view) holds the same flat numbers.
+    out = json.loads((tmp_path / "evaluate-output.json").read_text())
+    logged = out["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert logged["held_out/loss/tuned"] == pytest.approx(held["tuned"])
+
+    _run_as_launcher(
+        executors["exec-register"]["container"],
+        {"inputs": {"parameterValues": params, "artifacts": {
+            "evaluation": _artifact("evaluation", "system.Artifact", art / "evaluation"),
+            "model": model}},
+         "outputs": {"artifacts": {
+             "registered": _artifact("registered", "system.Artifact", art / "registered")},
+             "outputFile": str(tmp_path / "register-output.json")}},
+        # The Secret registry.token_secret becomes this variable in the pod; KFP sets the run.
+        {**env, "MODEL_REGISTRY_TOKEN": REGISTRY_TOKEN, "KFP_RUN_ID": "run-42"}, tmp_path,
+    )  # fmt: skip
+    (version,) = registry.state.versions.values()
+    (artifact,) = registry.state.artifacts.values()
+    assert version.name == "j1"
+    assert artifact.uri == "s3://kfp/jobs/j1/output/checkpoints/epoch_2/merged"
+    assert artifact.model_source_id == "run-42"
+    done = storage.read_json(parse("s3://kfp/jobs/j1/output/registry.json"))
+    assert done["registered"] and done["version_id"] == version.id
+    stages = [storage.read_json(parse(f"s3://kfp/jobs/j1/output/stages/{n}.json"))["status"]
+              for n in ("prepare-data", "train", "evaluate", "register")]  # fmt: skip
+    assert stages == ["completed"] * 4
+    for name in ("evaluate", "register"):  # each step's log beside the others
+        assert storage.read_bytes(parse(f"s3://kfp/jobs/j1/output/logs/{name}.log"))
+    keys = json.dumps(storage.list_keys(parse("s3://kfp")))
+    assert REGISTRY_TOKEN not in keys + json.dumps(done)
 
 
 def test_ir_gives_the_register_step_its_registry_token_by_reference(tmp_path, monkeypatch):
