@@ -142,7 +142,7 @@ def test_bad_stage_settings_are_400s_before_anything_is_created(
     with pytest.raises(BadRequestError) as e:
         submit(client, job, str(tiny_models / "hf"), dataset, training_config=_config(dataset),
                hyperparam_search_config=extension)  # fmt: skip
-    assert says in str(e.value)
+    assert says in e.value.response.json()["error"]["message"]
     assert not (server.jobs_dir / job).exists()
 
 
