@@ -175,14 +175,24 @@ def _wandb_log(run_dir: Path) -> tuple[dict, list[dict], dict]:
     return config, history, summary
 
 
-def test_huggingface_job_logs_to_mlflow(client, data, mlflow_server, tmp_path):
+def test_huggingface_job_logs_to_mlflow_and_registers_there(client, data, mlflow_server,
+                                                            tmp_path):  # fmt: skip
     # Full fine-tuning of a Qwen2 model runs on the Hugging Face engine: the same hook in
-    # training.progress.
+    # training.progress. Then the stages: evaluated on the validation rows, registered in the
+    # same MLflow server's Model Registry when it beats the base on held-out loss.
     base = make("qwen2", tmp_path / "qwen2")
     job = new_id("tracked-hf")
-    tc = training_config(data["train"], n_epochs=1)
+    # A rate full fine-tuning of this model learns with (2e-2, the LoRA tests', diverges).
+    tc = training_config(data["train"], n_epochs=1, optimizer_config={"lr": 2e-3},
+                         data_config={"validation_dataset_id": data["validation"]})  # fmt: skip
+    stages = {
+        "kfp": {
+            "evaluation": {"enabled": True, "samples": 1, "max_new_tokens": 4},
+            "registry": {"kind": "mlflow", "gate": {"metric": "held_out/loss"}},
+        }
+    }
     submit(client, job, str(base), data["train"], algorithm_config=None,
-           training_config=tc,
+           training_config=tc, hyperparam_search_config=stages,
            logger_config={"mlflow": {"tracking_uri": mlflow_server}})  # fmt: skip
     status = wait_done(client, job)
     res = status["resources_allocated"]
@@ -192,6 +202,47 @@ def test_huggingface_job_logs_to_mlflow(client, data, mlflow_server, tmp_path):
     assert run.data.params["algorithm"] == "full" and run.data.params["engine"] == "huggingface"
     assert run.info.run_name == job  # default: the job's id
     assert run.data.tags["checkpoint.epoch_1"] == status["checkpoints"][0]["path"]
+
+    assert [st["status"] for st in res["stages"]] == ["completed"] * 4
+    loss = res["evaluation"]["results"]["held_out"]["loss"]
+    reg = res["registry"]
+    assert reg["registered"] and reg["gate"]["passed"], reg
+    assert reg["gate"]["tuned"] == pytest.approx(loss["tuned"]) and loss["tuned"] < loss["base"]
+    from mlflow import MlflowClient
+
+    mc = MlflowClient(tracking_uri=mlflow_server)
+    version = mc.get_model_version(reg["name"], reg["version"])
+    assert reg["name"] == "qwen2-full" and version.run_id == run.info.run_id
+    assert mc.get_model_version_by_alias(reg["name"], "candidate").version == version.version
+    assert float(version.tags["eval/held_out/loss/tuned"]) == pytest.approx(loss["tuned"])
+    assert version.tags["job_uuid"] == job
+    # The evaluation joined the job's run too.
+    logged = mc.get_run(run.info.run_id).data.metrics
+    assert logged["evaluation/held_out/loss/delta"] == pytest.approx(loss["delta"])
+
+    # Register again without training: a gate the tuned model cannot pass registers nothing,
+    # and the job still completes, saying why (DESIGN.md "Stage outcomes").
+    again = new_id("re-register")
+    stages = {
+        "kfp": {
+            "stages": ["evaluate", "register"],
+            "evaluation": {"samples": 0},
+            "registry": {
+                "kind": "mlflow",
+                "uri": mlflow_server,
+                "gate": {"metric": "held_out/loss", "min_delta": 1e6},
+            },
+        }
+    }
+    tuned = status["checkpoints"][0]["path"]
+    submit(client, again, str(base), data["train"], algorithm_config=None, training_config=tc,
+           checkpoint_dir=tuned, hyperparam_search_config=stages)  # fmt: skip
+    st = wait_done(client, again)
+    reg = st["resources_allocated"]["registry"]
+    assert st["status"] == "completed", st["resources_allocated"].get("error")
+    assert reg["registered"] is False and not reg["gate"]["passed"]
+    assert "1e+06" in reg["gate"]["reason"] or "1000000" in reg["gate"]["reason"], reg
+    assert len(mc.search_model_versions(f"name='{reg['name']}'")) == 1
 
 
 # ---- refused before anything is created ------------------------------------------------------
