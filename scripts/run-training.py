@@ -47,6 +47,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--job-id", default=None)
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--plot", type=Path, help="loss curve PNG (default: <job id>-loss.png)")
+    ap.add_argument("--validation-fraction", type=float, default=0.1,
+                    help="held-out share of the rows (no --validation-data), evaluated after "
+                    "training on the base and the tuned model; 0: no evaluation")
+    ap.add_argument("--register", metavar="MLFLOW_URI",
+                    help="register the tuned model in this MLflow registry (an http(s) tracking "
+                    "server, or sqlite:///<file> for a local store)")
     return ap.parse_args()
 
 
@@ -72,6 +78,13 @@ def main() -> int:
         submit += ["--checkpoint-dir", args.checkpoint_dir]
     if args.validation_data:
         submit += ["--validation-data", str(args.validation_data)]
+    elif args.validation_fraction:
+        submit += ["--validation-fraction", str(args.validation_fraction)]
+    if args.validation_data or args.validation_fraction:
+        # Base and tuned on the held-out rows, side by side; a few answers of each to read.
+        submit += ["--evaluate"]
+    if args.register:
+        submit += ["--register", "mlflow", "--registry-uri", args.register]
     if code := cli(submit):
         return code
     code = cli([*server, "watch", "--job-uuid", job, "--timeout", str(args.timeout)])
