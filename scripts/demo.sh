@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job, end to end: set up, make a tiny model, start the server, fine-tune, report.
+# The main job, end to end: set up, make a tiny model, start the server, fine-tune, evaluate
+# base vs tuned on held-out rows, register the tuned model (local MLflow registry), report.
 #
 #   bash scripts/demo.sh [--layout hf|meta] [extra args for run-training.py]
 #
@@ -28,7 +29,11 @@ for _ in $(seq 120); do
 done
 echo "server up on port $port (log: $work/server.log)"
 start=$(date +%s%N)
+# The tuned model goes into a local MLflow Model Registry (a SQLite store, no server to start),
+# unless the arguments name another (--register <uri>).
+register=(--register "sqlite:///$work/mlflow.db")
+for a in "$@"; do [ "$a" = "--register" ] && register=(); done
 "$py" "$here/scripts/run-training.py" --base-url "http://127.0.0.1:$port" --model "$work/tiny/$layout" \
-  --plot "$work/loss.png" "$@"
+  --plot "$work/loss.png" "${register[@]}" "$@"
 ms=$(( ($(date +%s%N) - start) / 1000000 ))
 echo "demo: fine-tune wall time $((ms / 1000)).$(printf %03d $((ms % 1000))) s (submit to completed, server already up)"
