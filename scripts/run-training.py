@@ -47,12 +47,19 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--job-id", default=None)
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--plot", type=Path, help="loss curve PNG (default: <job id>-loss.png)")
-    ap.add_argument("--validation-fraction", type=float, default=0.1,
-                    help="held-out share of the rows (no --validation-data), evaluated after "
-                    "training on the base and the tuned model; 0: no evaluation")
-    ap.add_argument("--register", metavar="MLFLOW_URI",
-                    help="register the tuned model in this MLflow registry (an http(s) tracking "
-                    "server, or sqlite:///<file> for a local store)")
+    ap.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.1,
+        help="held-out share of the rows (no --validation-data), evaluated after "
+        "training on the base and the tuned model; 0: no evaluation",
+    )
+    ap.add_argument(
+        "--register",
+        metavar="MLFLOW_URI",
+        help="register the tuned model in this MLflow registry (an http(s) tracking "
+        "server, or sqlite:///<file> for a local store)",
+    )
     return ap.parse_args()
 
 
