@@ -40,7 +40,12 @@ def tiny_models(tmp_path_factory) -> Path:
 
 # Credentials in the shared server's environment, as a user's would be: tests check that
 # they never reach a log, a job record, a pipeline output or a status.
-SERVER_SECRETS = {"HF_TOKEN": "hf_local_secret_never_logged", "KFP_TOKEN": "kfp-local-secret-xyz"}
+SERVER_SECRETS = {
+    "HF_TOKEN": "hf_local_secret_never_logged",
+    "KFP_TOKEN": "kfp-local-secret-xyz",
+    # the register step's Kubeflow Model Registry token (registry.token_env)
+    "MODEL_REGISTRY_TOKEN": "registry-local-secret-xyz",
+}
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from functools import partial
 
 from llama_stack.providers.inline.post_training.torchtune.post_training import (
     TorchtunePostTrainingImpl,
@@ -32,7 +33,8 @@ from ..config import KFPPostTrainingConfig
 from ..core import pause_points
 from ..core.engines import JobTraits, select_engine
 from ..core.errors import InvalidRequest, JobNotFound, Unsupported
-from ..core.eval_tasks import check_evaluation, lm_eval_problem
+from ..core.eval_tasks import check_evaluation, lm_eval_problem, read_task_file
+from ..core.http_data import HttpPolicy
 from ..core.registry_probe import check_registry_reachable
 from ..core.resume import check_resume, check_rows
 from ..core.spec import EngineChoice, EvaluationSpec, ModelSpec, algorithm
@@ -187,7 +189,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             else None
         )
         await asyncio.to_thread(_check_evaluation, stages.evaluation_spec(config, stage_names),
-                                model)  # fmt: skip
+                                model, config.data_sources.http_policy())  # fmt: skip
         # Reachable, before anything is created: the cluster, and a tracking server.
         await asyncio.to_thread(self.backend.check)
         await asyncio.to_thread(
@@ -281,13 +283,15 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         return PostTrainingJobArtifactsResponse(job_uuid=found.job_uuid, checkpoints=checkpoints)
 
 
-def _check_evaluation(evaluation: EvaluationSpec | None, model: ModelSpec) -> None:
+def _check_evaluation(
+    evaluation: EvaluationSpec | None, model: ModelSpec, http: HttpPolicy
+) -> None:
     """The evaluate stage's task files parse and name their tasks; lm-eval can load the
     model when tasks are named (task names are checked against lm-eval's index in
     prepare-data: that index costs seconds)."""
     if evaluation is None:
         return
-    tasks = check_evaluation(evaluation)
+    tasks = check_evaluation(evaluation, partial(read_task_file, http=http))
     if tasks and (why := lm_eval_problem(model)):
         raise InvalidRequest(f"evaluation tasks {', '.join(tasks)} cannot run: {why}")
 

@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
-from . import storage
+from . import http_data, storage
 from .errors import InvalidRequest
+from .http_data import HttpPolicy
 from .locations import parse
 from .spec import EvaluationSpec, ModelSpec
 
@@ -181,30 +182,36 @@ def check_task_file(location: str, text: str | bytes, allow_task_code: bool) -> 
     return names
 
 
-def read_task_file(location: str, s3: Any = None) -> bytes:
-    """A task file at a local path or an s3:// location (other schemes: the caller's reader)."""
+def read_task_file(location: str, s3: Any = None, http: HttpPolicy | None = None) -> bytes:
+    """A task file at a local path, s3://, or http(s):// (read under `http`, the job's data
+    policy: core.http_data; without one, http(s) locations are refused)."""
+    too_big = f"evaluation task file {location} is larger than {MAX_TASK_FILE_BYTES} bytes"
+    if location.startswith(("https://", "http://")):
+        if http is None:
+            raise InvalidRequest(f"evaluation task file {location}: http(s) is not read here")
+        body, complete = http_data.read_head(location, http, MAX_TASK_FILE_BYTES)
+        if not complete:
+            raise InvalidRequest(too_big)
+        return body
     loc = parse(location)
     if loc.scheme == "s3":
-        body = storage.read_bytes(loc, s3)
-        if body is None:
+        found = storage.read_bytes(loc, s3)
+        if found is None:
             raise InvalidRequest(f"evaluation task file {location} does not exist")
+        body = found
     elif loc.is_local and loc.scheme == "file":
         path = Path(loc.path)
         if not path.is_file():
             raise InvalidRequest(f"evaluation task file {location} does not exist")
         if path.stat().st_size > MAX_TASK_FILE_BYTES:
-            raise InvalidRequest(
-                f"evaluation task file {location} is larger than {MAX_TASK_FILE_BYTES} bytes"
-            )
+            raise InvalidRequest(too_big)
         body = path.read_bytes()
     else:
         raise InvalidRequest(
             f"evaluation task file {location}: use a local path, s3:// or https:// location"
         )
     if len(body) > MAX_TASK_FILE_BYTES:
-        raise InvalidRequest(
-            f"evaluation task file {location} is larger than {MAX_TASK_FILE_BYTES} bytes"
-        )
+        raise InvalidRequest(too_big)
     return body
 
 

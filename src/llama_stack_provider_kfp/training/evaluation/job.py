@@ -151,7 +151,9 @@ def evaluate_job(spec: JobSpec, checkpoints: list[str], validation_path: str) ->
         scratch = Path(tmp)
         if evaluation.tasks or evaluation.task_files:  # fetched and indexed: lm-eval's time
             indexing = time.perf_counter()
-            plan.task_names, plan.manager = tasks.prepare_tasks(evaluation, scratch / "tasks")
+            plan.task_names, plan.manager = tasks.prepare_tasks(
+                evaluation, scratch / "tasks", spec.data.http
+            )
             plan.timed("lm_eval", indexing)
         fetching = time.perf_counter()
         base_files = as_hf(fetch_base(spec.model.path, scratch / "base"), scratch / "base-hf")

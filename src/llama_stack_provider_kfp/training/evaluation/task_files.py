@@ -10,14 +10,11 @@ the working directory). `.yml` files are written as `.yaml`, the only suffix lm-
 from __future__ import annotations
 
 import posixpath
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ...core import storage
-from ...core.errors import InvalidRequest
+from ...core import http_data, storage
 from ...core.eval_tasks import (
-    MAX_TASK_FILE_BYTES,
     YAML_SUFFIXES,
     check_task_file,
     dump_task_yaml,
@@ -26,6 +23,7 @@ from ...core.eval_tasks import (
     load_task_yaml,
     read_task_file,
 )
+from ...core.http_data import HttpPolicy
 from ...core.locations import parse
 from ...core.spec import EvaluationSpec
 
@@ -33,19 +31,14 @@ MAX_DATA_FILE_BYTES = 1 << 30
 _REMOTE = ("s3://", "https://", "http://")
 
 
-def _https(url: str, limit: int) -> bytes:
-    with urllib.request.urlopen(url, timeout=60) as response:
-        body = response.read(limit + 1)
-    if len(body) > limit:
-        raise InvalidRequest(f"{url} is larger than {limit} bytes")
-    return bytes(body)
+def reader(http: HttpPolicy):
+    """How task files are read: local paths, s3://, and http(s):// under the job's data
+    policy (allowed hosts, CA bundle, size cap, no redirect elsewhere: core.http_data)."""
 
+    def read(location: str) -> bytes:
+        return read_task_file(location, http=http)
 
-def read(location: str) -> bytes:
-    """A task file's bytes from a local path, s3:// or http(s)://."""
-    if location.startswith(("https://", "http://")):
-        return _https(location, MAX_TASK_FILE_BYTES)
-    return read_task_file(location)
+    return read
 
 
 def _beside(task_location: str, relative: str) -> str:
@@ -57,9 +50,10 @@ def _beside(task_location: str, relative: str) -> str:
 
 
 class _Fetcher:
-    def __init__(self, dest: Path) -> None:
+    def __init__(self, dest: Path, http: HttpPolicy) -> None:
         self.dest = dest
         self.count = 0
+        self.http = http
 
     def data_file(self, task_location: str, name: str) -> str:
         if not name.startswith(_REMOTE) and Path(name).is_absolute():
@@ -73,7 +67,9 @@ class _Fetcher:
         if location.startswith("s3://"):
             storage.download_file(parse(location), local)
         else:
-            local.write_bytes(_https(location, MAX_DATA_FILE_BYTES))
+            cap = self.http.model_copy(update={
+                "max_bytes": min(self.http.max_bytes, MAX_DATA_FILE_BYTES)})  # fmt: skip
+            http_data.download(location, local, cap)
         return str(local)
 
     def localize(self, task_location: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -93,11 +89,12 @@ class _Fetcher:
         return {**data, "dataset_kwargs": {**kwargs, "data_files": one(kwargs["data_files"])}}
 
 
-def fetch_task_files(evaluation: EvaluationSpec, dest: Path) -> list[str]:
+def fetch_task_files(evaluation: EvaluationSpec, dest: Path, http: HttpPolicy) -> list[str]:
     """Every task file checked and written under `dest` (with its data); returns the task
     names they define."""
     dest.mkdir(parents=True, exist_ok=True)
-    fetcher = _Fetcher(dest)
+    fetcher = _Fetcher(dest, http)
+    read = reader(http)
     defined: list[str] = []
     for location in evaluation.task_files:
         body = read(location)

@@ -18,10 +18,11 @@ from typing import Any
 
 from ...core.errors import InvalidRequest
 from ...core.eval_tasks import check_evaluation
+from ...core.http_data import HttpPolicy
 from ...core.spec import EvaluationSpec, JobSpec
 from ...core.stage_results import Comparison
 from .models import Loaded
-from .task_files import fetch_task_files, read
+from .task_files import fetch_task_files, reader
 
 
 def task_manager(task_dir: Path | None, builtin: bool) -> Any:
@@ -30,11 +31,13 @@ def task_manager(task_dir: Path | None, builtin: bool) -> Any:
     return TaskManager(include_path=str(task_dir) if task_dir else None, include_defaults=builtin)
 
 
-def prepare_tasks(evaluation: EvaluationSpec, task_dir: Path) -> tuple[list[str], Any]:
+def prepare_tasks(
+    evaluation: EvaluationSpec, task_dir: Path, http: HttpPolicy
+) -> tuple[list[str], Any]:
     """The task names the job runs and a TaskManager that knows them (task files fetched into
     `task_dir`); InvalidRequest naming an unknown task and the known names closest to it."""
-    names = check_evaluation(evaluation, read)
-    defined = fetch_task_files(evaluation, task_dir) if evaluation.task_files else []
+    names = check_evaluation(evaluation, reader(http))
+    defined = fetch_task_files(evaluation, task_dir, http) if evaluation.task_files else []
     builtin = any(n not in defined for n in names)
     manager = task_manager(task_dir if defined else None, builtin)
     known = set(manager.all_tasks)
@@ -57,7 +60,7 @@ def check_task_names(spec: JobSpec) -> list[str]:
     if evaluation is None or not (evaluation.tasks or evaluation.task_files):
         return []
     with tempfile.TemporaryDirectory(prefix="tasks-") as scratch:
-        names, _ = prepare_tasks(evaluation, Path(scratch))
+        names, _ = prepare_tasks(evaluation, Path(scratch), spec.data.http)
     print(f"evaluate: lm-eval knows the tasks {', '.join(names)}", flush=True)
     return names
 
