@@ -144,6 +144,17 @@ def main() -> None:
                          f"{fmt(v['wall_seconds'])} / {fmt(v['train_seconds'])}, "
                          f"{v['tokens_per_second']:.0f}, {v['peak_rss_mb']} MB, "
                          f"{v['final_loss']}"))  # fmt: skip
+    if s := load("stages"):
+        for v, a in s["variants"].items():
+            spans = "; ".join(f"{n} {x['median']:.2f} s" for n, x in a["stage_span_seconds"].items()
+                              if n != "status sees the end")  # fmt: skip
+            peaks = ", ".join(f"{n} {x['median']:.0f}" for n, x in a["peak_rss_mb"].items())
+            rows.append((f"stages, demo job {v} ({a['label']}): submit -> completed; each "
+                         "stage's span; peak RSS MB per step",
+                         f"{fmt(a['wall_seconds'])}; {spans}; {peaks}"))  # fmt: skip
+        adds = "; ".join(f"{n} {fmt(x)}" for n, x in s["adds_seconds"].items())
+        rows.append(("stages: what each addition adds (paired per repeat); MLflow server "
+                     "start-up", f"{adds}; {fmt(s['mlflow_server_startup_seconds'])}"))  # fmt: skip
     lines = []
     if header:
         lines.append(f"{header['machine']}; Python {header['python']}; " + ", ".join(

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every benchmark and write bench/results/{*.json,summary.md,*.png}.
-#   bash bench/run.sh --quick     # fewer repeats, into bench/results/quick/; ~6 min on 2 cores
+#   bash bench/run.sh --quick     # fewer repeats, into bench/results/quick/; ~9 min on 2 cores
 #   bash bench/run.sh             # the full set, into bench/results/
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,6 +15,7 @@ if [ "${1:-}" = "--quick" ]; then
   "$py" tracking.py --calls 200
   "$py" intree.py --repeats 2
   "$py" engines.py --repeats 3
+  "$py" stages.py --quick
 else
   "$py" efficiency.py --repeats 5 --rows 96
   "$py" overhead.py --repeats 3
@@ -22,5 +23,6 @@ else
   "$py" tracking.py --calls 400
   "$py" intree.py --repeats 3
   "$py" engines.py --repeats 5
+  "$py" stages.py --repeats 3
 fi
 "$py" report.py
