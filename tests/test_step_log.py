@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import pytest
 from s3_server import s3_server
@@ -19,7 +20,8 @@ from llama_stack_provider_kfp.core.locations import parse
 from llama_stack_provider_kfp.core.outputs import LOG_TAIL_LINES, JobOutputs
 from llama_stack_provider_kfp.training.step_log import KEEP_BYTES
 
-OUTPUT = "s3://kfp/jobs/j1/output"
+# moto's state is per process, shared by every test's server: a prefix no other test writes.
+OUTPUT = f"s3://kfp/jobs/step-log-{uuid.uuid4().hex[:8]}/output"
 
 # The step: output through Python, the raw file descriptor and a child process; it waits until
 # the server-side reader sees those lines (so they were uploaded while it still ran), then fails.

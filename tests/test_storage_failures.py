@@ -144,8 +144,9 @@ def test_outputs_raise_by_cause_and_a_status_still_answers(clients, tmp_path, wh
     st = responses.status(record, Observed("in_progress"), outputs, tmp_path)
     warnings = st.resources_allocated["warnings"]
     assert "progress.json" in warnings[0] and st.checkpoints == []
-    # Unreachable: the first failure stands for all (no timeout waited per file).
-    assert len(warnings) == (1 if cause is Unavailable else 4), warnings
+    # Unreachable: the first failure stands for all (no timeout waited per file). Denied:
+    # each read says so (progress, result, the log, the two stages' records, checkpoints).
+    assert len(warnings) == (1 if cause is Unavailable else 6), warnings
 
 
 def test_outputs_not_there_are_none_and_no_warning(clients, tmp_path):
