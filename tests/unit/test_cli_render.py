@@ -351,3 +351,11 @@ def test_the_plot_command_draws_an_evaluated_job(monkeypatch, tmp_path, capsys):
     answer["resources_allocated"] = {}  # nothing to draw: says so
     assert main.main(args) == 4
     assert "nothing to plot yet: no loss history, no evaluation" in capsys.readouterr().err
+
+
+def test_sample_answers_keep_their_line_breaks_visible():
+    from llama_stack_provider_kfp.cli.render import _clip
+
+    assert _clip("\n\n\n") == "⏎⏎⏎"  # a model answering blank lines did answer
+    assert _clip("Hello \n  Bo!") == "Hello⏎Bo!"
+    assert _clip("x" * 500).endswith("…") and len(_clip("x" * 500)) == 160

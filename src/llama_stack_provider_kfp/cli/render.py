@@ -156,7 +156,9 @@ def _delta(metric: str, delta: Any) -> Text:
 
 
 def _clip(text: Any, limit: int = SAMPLE_CHARS) -> str:
-    flat = " ".join(str(text or "").split())
+    """One line: line breaks shown as ⏎ (an answer of blank lines must not read as none)."""
+    lines = [" ".join(line.split()) for line in str(text or "").strip(" \t").split("\n")]
+    flat = "⏎".join(lines)
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
