@@ -532,3 +532,23 @@ def test_ir_gives_the_register_step_its_registry_token_by_reference(tmp_path, mo
     assert "accelerator" not in pipeline["deploymentSpec"]["executors"]["exec-register"][
         "container"]["resources"]  # fmt: skip
     assert SECRET_VALUES[2] not in path.read_text()
+
+
+def test_ir_runs_the_evaluate_step_on_one_of_the_jobs_accelerators(tmp_path):
+    """The evaluate step loads base and tuned model: the train step's CPU and memory, one of
+    its accelerators (lm-eval's hf model runs on one device), its scratch volume, and the
+    tracking Secret (it logs to the job's MLflow run); the weights' PVC when there is one."""
+    cfg = _config()
+    cfg.resources.gpu_count = 4
+    job = any_spec("evaluated").model_copy(update={"evaluation": EvaluationSpec()})
+    pipeline, platform = _compile(cfg, tmp_path / "pipeline.yaml", job)
+    container = pipeline["deploymentSpec"]["executors"]["exec-evaluate"]["container"]
+    res = container["resources"]
+    assert res["accelerator"]["resourceCount"] == "1"
+    assert res["accelerator"]["resourceType"] == "amd.com/gpu"
+    assert (res["resourceCpuRequest"], res["resourceMemoryRequest"]) == ("4", "24Gi")
+    assert any(e["name"] == "TMPDIR" for e in container["env"])  # the scratch volume
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-evaluate"]
+    json_format.ParseDict(k8s, kubernetes_executor_config_pb2.KubernetesExecutorConfig())
+    assert "tracking-credentials" in {s["secretName"] for s in k8s["secretAsEnv"]}
+    assert "emptyDirMounts" not in k8s  # no /dev/shm: one rank
