@@ -184,6 +184,23 @@ class DPODefaults(BaseModel):
     apply_lora_to_mlp: bool = True
 
 
+class OSFTConfig(BaseModel):
+    unfreeze_rank_ratio: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="OSFT: the fraction of each target matrix's singular directions that "
+        "train, in (0, 1]; the rest (the top ones) stay frozen. Lower keeps more of what the "
+        "model knows; 1 trains every direction (like full fine-tuning).",
+    )
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="Matrices OSFT decomposes, named as for LoRA (q_proj, o_proj or "
+        "output_proj, gate_proj, ..., or any matrix's path below the layer index). None: every "
+        "attention and MLP projection.",
+    )
+
+
 class EvaluationConfig(BaseModel):
     """The evaluate stage (core.spec.EvaluationSpec): base and tuned model on the same
     held-out rows and lm-eval tasks, after training."""
@@ -351,7 +368,8 @@ class DataSourcesConfig(BaseModel):
 
 # Provider-config settings a request may override for its own job, through
 # hyperparam_search_config["kfp"] (DESIGN.md "Per-request extensions").
-REQUEST_OVERRIDABLE = ("evaluation", "registry", "validation_fraction", "max_rows", "stages")
+REQUEST_OVERRIDABLE = ("evaluation", "registry", "validation_fraction", "max_rows", "stages",
+                       "algorithm", "osft")  # fmt: skip
 # ...except where credentials come from: a request naming them could send the registry's
 # token (or any file or Secret the step can read) to a registry URI of its own choosing.
 SERVER_ONLY = {"registry": ("token_env", "token_file", "token_secret")}
@@ -371,6 +389,14 @@ class KFPPostTrainingConfig(BaseModel):
         default_factory=OptimizerDefaults,
         description="Used when a request has no optimizer_config.",
     )
+    algorithm: Literal["full", "osft"] | None = Field(
+        default=None,
+        description="What a request without algorithm_config trains (the 0.6.1 request's "
+        "algorithm_config is LoRA or QAT only): `full`, or `osft` (Orthogonal Subspace "
+        "Fine-Tuning, settings in `osft`). None: full fine-tuning, and for "
+        "preference_optimize what `dpo.full` says. A request's algorithm_config wins.",
+    )
+    osft: OSFTConfig = Field(default_factory=OSFTConfig, description="algorithm: osft")
     engine: Literal["auto", "torchtune", "huggingface"] = Field(
         default="auto",
         description="Training engine: `auto` picks by model family and algorithm (the choice "

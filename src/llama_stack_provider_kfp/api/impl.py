@@ -84,13 +84,17 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
     async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
         self._check_new_job(request.job_uuid)
         config = self._config_for(request.hyperparam_search_config)
+        extension = (request.hyperparam_search_config or {}).get("kfp")
+        translate.check_algorithm_choice(request.algorithm_config, extension)
         lora = translate.check_algorithm(request.algorithm_config)
+        osft = request.algorithm_config is None and config.algorithm == "osft"
+        translate.check_osft_settings(config, osft, extension)
         translate.check_training(request.training_config, config.world())
         tracking = parse_logger_config(request.logger_config, config.mode)
         name = translate.model_name(request)
         submission = translate.Submission(
             request.job_uuid, name, request.checkpoint_dir, request.training_config, lora, None,
-            tracking=tracking, config=config,
+            tracking=tracking, config=config, osft=osft,
         )  # fmt: skip
         return await self._submit(submission)
 
@@ -105,10 +109,16 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         if dc is not None and dc.packed:
             raise Unsupported("packed=true packs supervised fine-tuning rows only; for DPO send "
                               "packed=false")  # fmt: skip
-        lora = translate.dpo_lora(config.dpo)  # the 0.6.1 DPO request has no LoRA fields
+        # The 0.6.1 DPO request has no LoRA fields: the provider's (or the request's extension's)
+        # algorithm, else dpo.full / dpo's LoRA.
+        osft = config.algorithm == "osft"
+        translate.check_osft_settings(
+            config, osft, (request.hyperparam_search_config or {}).get("kfp")
+        )
+        lora = None if config.algorithm else translate.dpo_lora(config.dpo)
         submission = translate.Submission(
             request.job_uuid, request.finetuned_model, None, request.training_config, lora, dpo,
-            tracking=tracking, config=config,
+            tracking=tracking, config=config, osft=osft,
         )  # fmt: skip
         return await self._submit(submission)
 
@@ -153,10 +163,11 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             )
         targets = translate.lora_targets(sub.lora, model) if sub.lora is not None else None
         lora_spec = translate.lora_spec(sub.lora, targets)
+        osft_spec = translate.osft_spec(config.osft, model) if sub.osft else None
         fits_torchtune = targets is None or targets.torchtune_attn is not None
         traits = JobTraits.of(
             model,
-            algorithm(lora_spec, sub.dpo),
+            algorithm(lora_spec, sub.dpo, osft_spec),
             fits_torchtune,
             config.world(),
             config.nodes(),
@@ -208,7 +219,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             staged = await asyncio.to_thread(
                 self.backend.stage, sub.job_uuid, job_dir, JobInputs(train, validation)
             )
-            spec = translate.build_spec(sub, lora_spec, model, staged, engine)
+            spec = translate.build_spec(sub, lora_spec, model, staged, engine, osft_spec)
             if trained:
                 spec = spec.model_copy(update={"trained_checkpoint": sub.checkpoint_dir})
             elif state is not None:

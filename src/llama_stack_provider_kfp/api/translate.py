@@ -18,11 +18,12 @@ from llama_stack_api import (
     TrainingConfig,
 )
 
-from ..config import DPODefaults, KFPPostTrainingConfig
+from ..config import DPODefaults, KFPPostTrainingConfig, OSFTConfig
 from ..core.engines import ENGINES, JobTraits
 from ..core.errors import InvalidRequest, Unsupported
 from ..core.locations import parse
 from ..core.lora_targets import Targets, resolve, tied_output_problem
+from ..core.osft_targets import resolve_osft
 from ..core.outputs import MERGED
 from ..core.resume import TrainingState
 from ..core.spec import (
@@ -34,6 +35,7 @@ from ..core.spec import (
     ModelArch,
     ModelSpec,
     OptimSpec,
+    OSFTSpec,
     TrainSpec,
     algorithm,
 )
@@ -68,6 +70,47 @@ def check_algorithm(algo: AlgorithmConfig | None) -> LoraFinetuningConfig | None
     if isinstance(algo, QATFinetuningConfig):
         raise Unsupported("QAT fine-tuning is not supported yet; use LoRA or full fine-tuning")
     return algo
+
+
+EXTENSION = 'hyperparam_search_config["kfp"]'
+
+
+def check_algorithm_choice(algo: AlgorithmConfig | None, extension: object) -> None:
+    """The request names its algorithm once: algorithm_config, or the extension's
+    `algorithm` (DESIGN.md "Per-request extensions": both -> 400)."""
+    if algo is None or not isinstance(extension, dict):
+        return
+    named = [k for k in ("algorithm", "osft") if k in extension]
+    if not named:
+        return
+    qlora = " (OSFT trains full-precision factors: quantize_base does not apply)" if getattr(
+        algo, "quantize_base", False) else ""  # fmt: skip
+    raise InvalidRequest(
+        f"the request names its algorithm twice: algorithm_config ({algo.type}) and "
+        f"{EXTENSION}.{named[0]}{qlora}; send one of them (for OSFT: no algorithm_config, and "
+        f'{EXTENSION} = {{"algorithm": "osft", "osft": {{"unfreeze_rank_ratio": ...}}}})'
+    )
+
+
+def check_osft_settings(config: KFPPostTrainingConfig, osft: bool, extension: object) -> None:
+    """OSFT settings in a request that does not train OSFT are a mistake, not a no-op."""
+    if not osft and isinstance(extension, dict) and "osft" in extension:
+        raise InvalidRequest(
+            f"{EXTENSION}.osft applies to OSFT, and this request trains "
+            f'{config.algorithm or "with its default algorithm"}; add "algorithm": "osft" '
+            "beside it"
+        )
+
+
+def osft_spec(settings: OSFTConfig, model: ModelSpec) -> OSFTSpec:
+    """The OSFT settings resolved against the model's matrices (when known at submit)."""
+    requested = list(settings.target_modules or [])
+    try:
+        targets = resolve_osft(requested, model.modules, model.is_tied)
+    except InvalidRequest as e:
+        raise InvalidRequest(f"invalid OSFT settings: {e}") from None
+    return OSFTSpec(unfreeze_rank_ratio=settings.unfreeze_rank_ratio,
+                    requested_modules=requested, target_modules=targets.modules)  # fmt: skip
 
 
 def check_training(tc: TrainingConfig, ranks: int = 1) -> None:
@@ -232,11 +275,12 @@ class Submission:
     model: str
     checkpoint_dir: str | None
     training: TrainingConfig
-    lora: LoraFinetuningConfig | None  # None: full-parameter training
+    lora: LoraFinetuningConfig | None  # None: full-parameter training (or OSFT)
     dpo: DPOSpec | None  # set for preference_optimize
     tracking: TrackingSpec | None = None  # the request's logger_config
     # The provider config with the request's hyperparam_search_config["kfp"] applied.
     config: KFPPostTrainingConfig = field(default_factory=KFPPostTrainingConfig)
+    osft: bool = False  # OSFT with config.osft's settings (lora is then None)
 
     @property
     def stages(self) -> list[str]:
@@ -284,12 +328,13 @@ def build_spec(
     model: ModelSpec,
     staged: StagedInputs,
     engine: EngineChoice,
+    osft: OSFTSpec | None = None,
 ) -> JobSpec:
     """The JobSpec of a request that passed every check above."""
     config = sub.config
     tc = sub.training
     registry = stages.registry_spec(
-        config, sub.stages, sub.job_uuid, model.name, algorithm(lora, sub.dpo), sub.tracking
+        config, sub.stages, sub.job_uuid, model.name, algorithm(lora, sub.dpo, osft), sub.tracking
     )
     dc, ec = tc.data_config, tc.efficiency_config
     assert dc is not None  # check_training refused it missing
@@ -328,6 +373,7 @@ def build_spec(
             keep_step_checkpoints=config.keep_step_checkpoints,
         ),
         lora=lora,
+        osft=osft,
         dpo=sub.dpo,
         optim=optim_spec(tc, config),
         output_format=config.checkpoint_format or model.layout,

@@ -19,7 +19,7 @@ class JobTraits:
 
     family: str  # Hugging Face model_type
     layout: str | None  # meta | huggingface | None (weights read by the step)
-    algorithm: str  # lora | dora | full
+    algorithm: str  # lora | dora | qlora | full | osft, or dpo-<one of those>
     tiktoken: bool  # a Llama 3 tiktoken tokenizer.model
     hf_tokenizer: bool  # tokenizer.json / tokenizer_config.json
     torchtune_targets: bool  # the LoRA targets fit torchtune's builders
@@ -50,6 +50,8 @@ class JobTraits:
 def _torchtune(t: JobTraits) -> str | None:
     if t.family != "llama" or not t.tiktoken:
         return "it runs Llama-3-architecture models with a tiktoken tokenizer"
+    if "osft" in t.algorithm:
+        return "OSFT runs on the huggingface engine (set engine: huggingface, or auto)"
     if t.algorithm not in ("lora", "dora", "qlora"):
         return "it trains LoRA, DoRA and QLoRA (NF4) supervised fine-tuning only"
     if t.nodes > 1:
@@ -99,7 +101,7 @@ ENGINES: dict[str, EngineInfo] = {
     ),
     "huggingface": EngineInfo(
         "huggingface",
-        "any Hugging Face causal LM (transformers + PEFT); LoRA, DoRA, full fine-tuning",
+        "any Hugging Face causal LM (transformers + PEFT); LoRA, DoRA, full fine-tuning, OSFT",
         _huggingface,
     ),
 }

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import InvalidRequest
 from .outputs import METRICS, TRAINING_STATE
-from .spec import JobSpec, algorithm
+from .spec import JobSpec
 
 STATE_FORMAT = 1
 # Engines whose checkpoints hold a training state (the torchtune engine's do not).
@@ -86,15 +86,22 @@ def check_resume(state: TrainingState, spec: JobSpec, where: str) -> None:
             f"it was trained by the {state.engine} engine and this job would run on "
             f"{spec.engine.name} (set the provider's engine to auto or {state.engine})"
         )
-    new_algo = algorithm(spec.lora, spec.dpo)
+    new_algo = spec.algorithm
     if new_algo != state.algorithm:
         problems.append(f"it trains {state.algorithm} and this request {new_algo}: send the "
-                        "same algorithm_config (or the same kind of request)")  # fmt: skip
+                        "same algorithm_config, kind of request and hyperparam_search_config"
+                        '["kfp"] algorithm')  # fmt: skip
     elif spec.lora is not None and old.lora is not None:
         for field in ("rank", "alpha", "requested_modules", "apply_to_mlp", "apply_to_output"):
             a, b = getattr(old.lora, field), getattr(spec.lora, field)
             if a != b:
                 problems.append(f"LoRA {field} is {a!r} in the checkpoint, {b!r} here")
+    elif spec.osft is not None and old.osft is not None:
+        # The saved factors have the shapes these give.
+        for field in ("unfreeze_rank_ratio", "target_modules"):
+            a, b = getattr(old.osft, field), getattr(spec.osft, field)
+            if a != b and (field != "target_modules" or (a and b)):
+                problems.append(f"OSFT {field} is {a!r} in the checkpoint, {b!r} here")
     if spec.dpo != old.dpo:
         problems.append(f"the DPO settings differ ({old.dpo} in the checkpoint)")
     for field in ("type", "lr", "weight_decay", "warmup_steps", "warmup_ratio"):

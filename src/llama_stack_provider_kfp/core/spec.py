@@ -166,9 +166,28 @@ class DPOSpec(_Strict):
     loss_type: Literal["sigmoid", "hinge", "ipo"]
 
 
-def algorithm(lora: LoraSpec | None, dpo: DPOSpec | None = None) -> str:
-    """The engines' name for what a job trains: lora, dora, full, or dpo-<one of those>."""
-    if lora is None:
+class OSFTSpec(_Strict):
+    """Orthogonal Subspace Fine-Tuning: the top singular directions of each target matrix
+    stay frozen, the rest train (training/huggingface/osft.py)."""
+
+    # The fraction of each matrix's singular directions that train, in (0, 1].
+    unfreeze_rank_ratio: float
+    # As the request or provider config named them (either spelling); empty: every attention
+    # and MLP projection.
+    requested_modules: list[str] = []
+    # The model's own module paths, resolved at submit or by the train step that fetched the
+    # weights.
+    target_modules: list[str] = []
+
+
+def algorithm(
+    lora: LoraSpec | None, dpo: DPOSpec | None = None, osft: OSFTSpec | None = None
+) -> str:
+    """The engines' name for what a job trains: lora, dora, qlora, full, osft, or dpo-<one of
+    those>."""
+    if osft is not None:
+        base = "osft"
+    elif lora is None:
         base = "full"
     else:
         base = "qlora" if lora.quantize_base else "dora" if lora.use_dora else "lora"
@@ -241,7 +260,7 @@ class JobSpec(_Strict):
     model: ModelSpec
     data: DataSpec
     train: TrainSpec
-    # None: full-parameter fine-tuning.
+    # None: full-parameter fine-tuning (or OSFT, when `osft` is set).
     lora: LoraSpec | None
     # Set for preference optimization (preference_optimize): DPO on top of `lora` or full.
     dpo: DPOSpec | None = None
@@ -259,6 +278,12 @@ class JobSpec(_Strict):
     # A finished checkpoint folder (epoch_<N>) of this provider that evaluate/register run on,
     # without training; `model` is then its base model.
     trained_checkpoint: str | None = None
+    # Set for OSFT (never with `lora`); records written before OSFT existed have none.
+    osft: OSFTSpec | None = None
+
+    @property
+    def algorithm(self) -> str:
+        return algorithm(self.lora, self.dpo, self.osft)
 
     @property
     def stages(self) -> list[str]:

@@ -15,18 +15,19 @@ from typing import Any
 
 from kfp import dsl
 
-from ..core.spec import JobSpec, algorithm
+from ..core.spec import JobSpec
 from . import components
 
 # placement(task, step name): resources, Secrets, scheduling for one task (kfp backend).
 Placement = Callable[[Any, str], None]
 
-_METHODS = {"lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA", "full": "full-parameter"}
+_METHODS = {"lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA", "full": "full-parameter",
+            "osft": "OSFT"}  # fmt: skip
 
 
 def pipeline_name(spec: JobSpec) -> tuple[str, str]:
     """The pipeline's name and description, from what the job trains (shown in the KFP UI)."""
-    algo = algorithm(spec.lora, spec.dpo)
+    algo = spec.algorithm
     base = algo.removeprefix("dpo-")
     kind = "DPO" if spec.dpo is not None else "supervised fine-tuning"
     name = f"llama-stack-{'dpo' if spec.dpo is not None else 'sft'}-{base}"

@@ -72,6 +72,14 @@ class ProgressLogger:
             {"step": self.start_step, "loss": None, "tokens_per_second": None, "eta_seconds": None}
         )
 
+    def preparing(self, key: str, facts: dict[str, Any]) -> None:
+        """What the step does before its first optimizer step (OSFT's SVD), in progress.json
+        under `key` while it runs and after: a long preparation does not look like a hang."""
+        self.facts[key] = facts
+        self._write(
+            {"step": self.start_step, "loss": None, "tokens_per_second": None, "eta_seconds": None}
+        )
+
     def add_input_tokens(self, n: int) -> None:
         self._input_tokens += n
 

@@ -16,6 +16,7 @@ from ..core.files import read_json, write_json
 from ..core.locations import parse
 from ..core.lora_targets import resolve, tied_output_problem
 from ..core.model_source import inspect_model_dir
+from ..core.osft_targets import resolve_osft
 from ..core.outputs import (
     EVALUATION,
     PROGRESS,
@@ -28,7 +29,7 @@ from ..core.outputs import (
     write_output,
 )
 from ..core.phases import Phases
-from ..core.spec import JobSpec, algorithm
+from ..core.spec import JobSpec
 from ..core.stage_results import Evaluation, Registration
 from .context import RankJob, TrainingContext
 from .engine import get_engine
@@ -125,7 +126,7 @@ def model_pointer(job_spec: str) -> dict[str, str]:
         "location": tuned_checkpoints(spec)[-1],
         "base_model": spec.model.name,
         "format": spec.output_format or spec.model.layout or "",
-        "algorithm": algorithm(spec.lora, spec.dpo),
+        "algorithm": spec.algorithm,
         "engine": spec.engine.name,
     }
 
@@ -216,8 +217,8 @@ def _train(
 
 
 def reinspected(spec: JobSpec, model_dir: Path, model_uri: str) -> JobSpec:
-    """The spec with what the fetched weights say (files, layout, modules) and, for LoRA, the
-    targets and the tied-output check done again on them: the server could not read these
+    """The spec with what the fetched weights say (files, layout, modules) and, for LoRA and
+    OSFT, the targets and the tied-output check done again on them: the server could not read these
     weights at submit (a PVC) or read only their config (the Hub)."""
     found = inspect_model_dir(spec.model.name, model_dir).model_copy(update={"path": model_uri})
     update: dict[str, Any] = {"model": found, "output_format": spec.output_format or found.layout}
@@ -231,6 +232,11 @@ def reinspected(spec: JobSpec, model_dir: Path, model_uri: str) -> JobSpec:
         for note in targets.notes:
             print(f"lora: {note}")
         update["lora"] = lora.model_copy(update={"target_modules": targets.peft})
+    if spec.osft is not None:
+        chosen = resolve_osft(spec.osft.requested_modules, found.modules, found.is_tied)
+        for note in chosen.notes:
+            print(f"osft: {note}")
+        update["osft"] = spec.osft.model_copy(update={"target_modules": chosen.modules})
     return spec.model_copy(update=update)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.files import write_json
 from ..core.outputs import TRACKING, epoch_dir
-from ..core.spec import JobSpec, algorithm
+from ..core.spec import JobSpec
 from ..core.tracking import MLflowTracking, TensorBoardTracking, WandbTracking
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def job_params(spec: JobSpec) -> dict[str, Any]:
         "model": spec.model.name,
         "model_family": spec.model.family,
         "engine": spec.engine.name,
-        "algorithm": algorithm(spec.lora, spec.dpo),
+        "algorithm": spec.algorithm,
         "data_format": spec.data.data_format,
         "epochs": t.epochs,
         "max_steps_per_epoch": t.max_steps_per_epoch,

@@ -1,10 +1,12 @@
 """The Hugging Face engine: any AutoModelForCausalLM with its own tokenizer, trained by a plain
-loop with transformers + PEFT (LoRA, DoRA) or on every parameter (full fine-tuning).
+loop with transformers + PEFT (LoRA, DoRA), on every parameter (full fine-tuning), or on the
+low singular subspaces of its matrices (OSFT, training/huggingface/osft.py).
 
 Outputs follow core.outputs like the torchtune engine's: per epoch `merged/` (full weights,
 config, tokenizer) and, for LoRA, `adapter/` (PEFT's own adapter_config.json +
-adapter_model.safetensors), the training state, metrics.json last. Every `checkpoint_every_steps`
-optimizer steps, and on SIGTERM (training.stop), a step checkpoint of the same layout.
+adapter_model.safetensors), the training state (OSFT: with its factors), metrics.json last.
+Every `checkpoint_every_steps` optimizer steps, and on SIGTERM (training.stop), a step
+checkpoint of the same layout.
 
 Resuming (training.resume) restores weights, optimizer, scheduler, RNGs, the epoch's shuffle
 generator and the position within the epoch, so a resumed run takes the same steps with the
@@ -28,7 +30,7 @@ import torch
 from ...core.lora_targets import module_paths, resolve
 from ...core.outputs import ADAPTER, MERGED, PROGRESS, epoch_dir, step_dir
 from ...core.resume import TrainingState, check_rows
-from ...core.spec import JobSpec, algorithm
+from ...core.spec import JobSpec
 from .. import resume as resuming
 from ..checkpoints import checkpoint_writer, epoch_writer, prune_step_checkpoints
 from ..context import TrainingContext
@@ -37,7 +39,7 @@ from ..io import Output
 from ..progress import ProgressLogger
 from ..result import summary
 from ..stop import GracefulStop, TrainingStopped
-from . import data, logits, preference
+from . import data, logits, osft, preference
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -126,9 +128,14 @@ class _Run:
         self.resume, self.stop = resume, stop or GracefulStop(output)
         self.ranks = ctx.ranks
         self.device = self.ranks.device(resolve_device(t.device))
+        if self.ranks.main:
+            self.progress = ProgressLogger(str(output.local / PROGRESS))
+            self.progress.attach(output, ctx.tracker, spec.job_uuid, ctx.phases)
+        else:  # the other ranks publish nothing
+            self.progress = ProgressLogger(str(Path(tempfile.mkdtemp()) / PROGRESS))
         self.tokenizer = _load_tokenizer(model_dir)
-        # A resumed full fine-tuning continues from its checkpoint's weights; LoRA trains on
-        # the base weights with the checkpoint's adapter loaded below.
+        # A resumed full fine-tuning (or OSFT) continues from its checkpoint's weights; LoRA
+        # trains on the base weights with the checkpoint's adapter loaded below.
         full = spec.lora is None
         trained_dir = resume.folder / MERGED if resume is not None and full else model_dir
         model: Any = AutoModelForCausalLM.from_pretrained(trained_dir, dtype=_DTYPES[t.dtype])
@@ -156,6 +163,9 @@ class _Run:
                 else AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[t.dtype])
             )
             self.reference = base.to(self.device).eval().requires_grad_(False)
+        self.osft: osft.OSFT | None = None
+        if spec.osft is not None:
+            self.osft = self._with_osft(model, resume)
         self.model: Any = _with_lora(model, spec) if spec.lora else model
         if resume is not None and spec.lora is not None:  # LoRA: the adapter on the base
             _load_adapter(self.model, resume.folder / ADAPTER)
@@ -165,7 +175,10 @@ class _Run:
         if self.ranks.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.train_model = DistributedDataParallel(self.model)
+            # OSFT's frozen factors are buffers that never change: synced once (osft.broadcast)
+            self.train_model = DistributedDataParallel(
+                self.model, broadcast_buffers=self.osft is None
+            )
         self.train_set: list[Any]
         self.val_set: list[Any]
         if spec.dpo is not None:
@@ -194,11 +207,6 @@ class _Run:
         self.scheduler = get_cosine_schedule_with_warmup(
             self.optimizer, o.warmup(self.total_steps), max(self.total_steps, 1)
         )
-        if self.ranks.main:
-            self.progress = ProgressLogger(str(output.local / PROGRESS))
-            self.progress.attach(output, ctx.tracker, spec.job_uuid, ctx.phases)
-        else:  # the other ranks publish nothing
-            self.progress = ProgressLogger(str(Path(tempfile.mkdtemp()) / PROGRESS))
         self._inputs = 0  # non-padding tokens fed this optimizer step, on this rank
         self.generator = torch.Generator().manual_seed(t.seed)
         self.samples_seen = 0
@@ -214,6 +222,45 @@ class _Run:
         ]  # a restarted step's, kept for pruning
         if resume is not None:
             self._restore(resume)
+
+    def _with_osft(self, model: Any, resume: resuming.Resume | None) -> osft.OSFT:
+        """The model's targets parametrized: factors from the checkpoint a resumed job
+        continues, else an SVD on rank 0 sent to the other ranks. The SVD's progress goes to
+        the log and progress.json (a large model's takes minutes on a CPU)."""
+        spec = self.spec.osft
+        assert spec is not None
+        modules = spec.target_modules or _osft_modules(model, spec.requested_modules)
+        saved = resume.tensors.get("osft") if resume is not None else None
+        if resume is not None and saved is None:
+            raise ValueError(f"{resume.where} holds no OSFT factors: it was not trained with OSFT")
+        what = "loading the checkpoint's factors" if saved is not None else "SVD"
+        last = [0.0]
+
+        def report(done: int, total: int, path: str, seconds: float) -> None:
+            if done == total or seconds - last[0] >= 5.0 or done == 1:
+                last[0] = seconds
+                print(f"osft: {what} {done}/{total} matrices, {seconds:.1f} s ({path})")
+                self.progress.preparing(
+                    "osft",
+                    {"matrices": total, "decomposed": done, "svd_seconds": round(seconds, 1)},
+                )
+
+        decomposing = saved is None and self.ranks.main
+        result = osft.apply(model, modules, spec.unfreeze_rank_ratio, saved=saved,
+                            decompose_here=decomposing or self.ranks.world == 1,
+                            report=report if self.ranks.main else lambda *a: None)  # fmt: skip
+        if self.ranks.world > 1 and saved is None:
+            osft.broadcast(result)
+        info = osft.describe(result.summary, spec.unfreeze_rank_ratio, self.device,
+                             peak_memory_mb(self.device))  # fmt: skip
+        s = result.summary
+        print(f"osft: {s.matrices} matrices, {s.frozen_directions} of {s.directions} singular "
+              f"directions frozen (unfreeze_rank_ratio {spec.unfreeze_rank_ratio}); "
+              f"{s.trainable:,} of {s.total:,} parameters train; {what} took {s.seconds:.1f} s "
+              f"on {self.device}, peak memory {info['peak_memory_mb']} MB")  # fmt: skip
+        self.progress.preparing("osft", info)
+        self.osft_info = info
+        return result
 
     def _restore(self, resume: resuming.Resume) -> None:
         state, saved = resume.state, resume.tensors
@@ -278,6 +325,7 @@ class _Run:
             train_seconds=time.perf_counter() - started,
             steps_run=self.global_step - first_step,
             **self._resumed_from(),
+            **({"osft": self.osft_info} if self.osft is not None else {}),
         )
 
     def _resumed_from(self) -> dict[str, Any]:
@@ -328,7 +376,11 @@ class _Run:
                     len(i.parts) if isinstance(i, data.Packed) else 1 for i in items
                 )
             self.progress.add_input_tokens(int(self.ranks.sum(self._inputs)[0]))
+            if self.osft is not None:
+                self.osft.project_gradients()
             self.optimizer.step()
+            if self.osft is not None:
+                self.osft.project_parameters()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.global_step += 1
@@ -482,6 +534,11 @@ class _Run:
         )
 
     def _write_weights(self, folder: Path) -> None:
+        if self.osft is not None:  # plain matrices, loadable anywhere
+            state = self.osft.folded_state_dict(self.model)
+            self.model.save_pretrained(folder / MERGED, state_dict=state)
+            self.tokenizer.save_pretrained(folder / MERGED)
+            return
         if self.spec.lora is not None:
             self.model.save_pretrained(folder / ADAPTER)  # PEFT: the adapter only
             merged = copy.deepcopy(self.model).merge_and_unload()
@@ -495,7 +552,7 @@ class _Run:
         spec = self.spec
         state = TrainingState(
             engine="huggingface",
-            algorithm=algorithm(spec.lora, spec.dpo),
+            algorithm=spec.algorithm,
             base_model=spec.model.path,
             job_uuid=spec.job_uuid,
             global_step=self.global_step,
@@ -517,6 +574,8 @@ class _Run:
             "loss_history": self.progress.history,
             "history_stride": self.progress.stride,
         }
+        if self.osft is not None:  # the factors: folding them back into matrices loses them
+            tensors["osft"] = self.osft.factors()
         resuming.write_state(folder, state, tensors)
 
 
@@ -534,6 +593,15 @@ def _load_adapter(model: Any, adapter_dir: Path) -> None:
             f"{adapter_dir} does not fit this model's LoRA layers "
             f"(unexpected: {result.unexpected_keys[:3]}, missing: {missing[:3]})"
         )
+
+
+def _osft_modules(model: Any, requested: list[str]) -> list[str]:
+    """OSFT's targets on a model whose weights were not inspected at submit: the named
+    modules, or every attention and MLP projection (core.osft_targets)."""
+    from ...core.osft_targets import resolve_osft
+
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    return resolve_osft(requested, _matrix_paths(model), tied).modules
 
 
 def output_checkpoints(output: Output) -> list[Any]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from ...core import storage
 from ...core.locations import Location, parse
 from ...core.outputs import TrainResult
-from ...core.spec import JobSpec, algorithm
+from ...core.spec import JobSpec
 from ...core.stage_results import Evaluation
 
 MERGED, ADAPTER = "merged", "adapter"
@@ -45,7 +45,7 @@ def make_entry(
     facts = {
         "job_uuid": spec.job_uuid,
         "base_model": spec.model.name,
-        "algorithm": algorithm(spec.lora, spec.dpo),
+        "algorithm": spec.algorithm,
         "engine": spec.engine.name,
         "layout": spec.output_format or spec.model.layout or "",
         "checkpoint": str(loc),
