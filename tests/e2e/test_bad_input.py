@@ -175,6 +175,28 @@ def test_bad_lora_settings(client, server, good):
                     algorithm_config=algo)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("lora", "extension", "words"),
+    [
+        (True, {"algorithm": "osft"}, ["names its algorithm twice", "algorithm_config (LoRA)"]),
+        (False, {"algorithm": "osft", "osft": {"unfreeze_rank_ratio": 1.5}},
+         ['kfp"].osft.unfreeze_rank_ratio', "less than or equal to 1"]),
+        (False, {"algorithm": "osft", "osft": {"target_modules": ["q_proj", "w9"]}},
+         ["invalid OSFT settings", "['w9'] are not in this model", "self_attn.q_proj"]),
+        (False, {"algorithm": "osft", "osft": {"target_modules": ["lm_head"]}},
+         ["lm_head", "ties to its embeddings"]),
+        (False, {"osft": {"unfreeze_rank_ratio": 0.5}}, ['add "algorithm": "osft"']),
+        (False, {"algorithm": "qlora"}, ['kfp"].algorithm: input should be', "osft"]),
+    ],
+)  # fmt: skip
+def test_bad_osft_requests(client, server, good, lora, extension, words):
+    """OSFT travels in hyperparam_search_config["kfp"] (the 0.6.1 algorithm_config is LoRA or
+    QAT only); each mistake is a 400 naming it, before anything is created."""
+    _expect_refusal(client, server, 400, words, model=good["model"], dataset_id=good["dataset"],
+                    algorithm_config=copy.deepcopy(LORA) if lora else None,
+                    hyperparam_search_config={"kfp": extension})  # fmt: skip
+
+
 @pytest.mark.parametrize("job_uuid", ["../escape", "a/b", ".hidden", "x" * 200])
 def test_unsafe_job_uuid(client, server, good, job_uuid):
     _expect_refusal(client, server, 400, ["job_uuid"], job_uuid=job_uuid,

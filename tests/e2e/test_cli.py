@@ -183,6 +183,42 @@ def test_preference_optimize_from_flags(srv, tmp_path):
     assert spec["optim"]["lr"] == 1e-3
 
 
+def test_osft_from_flags(srv, tmp_path):
+    """OSFT through the CLI and the server: the flags become hyperparam_search_config["kfp"],
+    the job trains on the huggingface engine, its status shows the decomposition, and its
+    epochs are plain weights (no adapter)."""
+    from harness.tiny_families import make
+
+    base = make("gpt2", tmp_path / "tiny-gpt2")  # Conv1D matrices, a fused c_attn
+    data = write_jsonl(instruct_rows(12), tmp_path / "rows.jsonl")
+    job = new_id("osft")
+    got = kfp(
+        "supervised_fine_tune", "--job-uuid", job, "--model", str(base), "--data", str(data),
+        "--osft-ratio", "0.5", "--osft-modules", "q_proj,mlp.c_fc", "--epochs", "2",
+        "--max-steps-per-epoch", "3", "--lr", "2e-3", "--watch", "--interval", "0.2",
+        "--output", "json", endpoint=srv.base_url,
+    )  # fmt: skip
+    assert got.returncode == 0, got.stdout + got.stderr
+    status = json.loads(got.stdout)
+    res = status["resources_allocated"]
+    assert status["status"] == "completed" and res["engine"]["name"] == "huggingface"
+    assert "with osft" in res["engine"]["reason"]
+    osft = res["osft"]  # the decomposition, as the progress published it
+    assert osft["matrices"] == 4 and osft["unfreeze_rank_ratio"] == 0.5
+    assert 0 < osft["frozen_directions"] < osft["directions"]
+    assert res["result"]["final_loss"] < res["result"]["first_loss"]
+    spec = json.loads((srv.jobs_dir / job / "job.json").read_text())["spec"]
+    assert spec["lora"] is None and spec["osft"] == {
+        "unfreeze_rank_ratio": 0.5, "requested_modules": ["q_proj", "mlp.c_fc"],
+        "target_modules": ["attn.c_attn", "mlp.c_fc"]}  # fmt: skip
+    epochs = status["checkpoints"]
+    assert [c["epoch"] for c in epochs] == [1, 2]
+    assert all(os.path.isdir(os.path.join(c["path"], "merged")) for c in epochs)
+    assert not any(os.path.exists(os.path.join(c["path"], "adapter")) for c in epochs)
+    log = kfp("logs", "--job-uuid", job, endpoint=srv.base_url)
+    assert re.search(r"osft: 4 matrices, \d+ of \d+ singular directions frozen", log.stdout)
+
+
 def test_watch_exits_1_when_the_job_fails(srv, tiny_models, tmp_path):
     rows = instruct_rows(130)
     rows[114] = {"chat_completion_input": "not json", "expected_answer": "x"}  # past the sample

@@ -284,9 +284,42 @@ def test_submit_commands_send_the_stage_flags(sent, tmp_path):
     }
 
 
+def test_osft_flags_ask_for_osft_through_the_extension(sent):
+    assert submit("supervised_fine_tune", "--job-uuid", "o1", "--model", "m",
+                  "--osft-ratio", "0.3", "--osft-modules", "q_proj, down_proj") == 0  # fmt: skip
+    assert submit("supervised_fine_tune", "--job-uuid", "o2", "--model", "m",
+                  "--algorithm", "osft") == 0  # fmt: skip
+    assert (
+        submit(
+            "preference_optimize",
+            "--job-uuid",
+            "o3",
+            "--finetuned-model",
+            "m",
+            "--algorithm",
+            "full",
+            "--hyperparam-search-config",
+            '{"kfp": {"osft": {"unfreeze_rank_ratio": 0.5}}}',
+            "--osft-ratio",
+            "0.2",
+        )
+        == 0
+    )
+    assert [c["hyperparam_search_config"] for c in sent] == [
+        {"kfp": {"osft": {"unfreeze_rank_ratio": 0.3, "target_modules": ["q_proj", "down_proj"]},
+                 "algorithm": "osft"}},
+        {"kfp": {"algorithm": "osft"}},
+        # --algorithm names it; the ratio merges over the config's osft field by field.
+        {"kfp": {"osft": {"unfreeze_rank_ratio": 0.2}, "algorithm": "full"}},
+    ]  # fmt: skip
+    assert all(c["algorithm_config"] is None for c in sent[:2])  # no LoRA: OSFT decides
+
+
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
+        (["--osft-ratio", "0"], "--osft-ratio"),
+        (["--algorithm", "lora"], "'lora' is not one of 'full', 'osft'"),
         (["--evaluation", "{enabled: true"], "--evaluation: the inline value is not valid JSON"),
         (["--registry", "[1]"], "--registry: the inline value must hold a mapping, not list"),
         (["--hyperparam-search-config", '{"max_rows": 3}'], 'max_rows belong(s) under "kfp"'),

@@ -153,8 +153,16 @@ def missing_data(cfg: dict[str, Any]) -> str | None:
 # hyperparam_search_config["kfp"]: the provider-config settings a request overrides for its
 # own job (DESIGN.md "Per-request extensions"); the server refuses other keys.
 EXTENSION = "kfp"
-EXTENSION_KEYS = ("evaluation", "registry", "validation_fraction", "max_rows", "stages")
+EXTENSION_KEYS = ("evaluation", "registry", "validation_fraction", "max_rows", "stages",
+                  "algorithm", "osft")  # fmt: skip
 STAGES = ("train", "evaluate", "register")
+
+
+def name_list(text: str | None) -> list[str] | None:
+    """`--osft-modules q_proj,v_proj` as a list; None when not given."""
+    if text is None:
+        return None
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def stage_list(text: str | None) -> list[str] | None:
@@ -207,14 +215,19 @@ def hyperparam_search_config(
     validation_fraction: float | None = None,
     max_rows: int | None = None,
     stages: list[str] | None = None,
+    algorithm: str | None = None,
+    osft_ratio: float | None = None,
+    osft_modules: list[str] | None = None,
 ) -> dict[str, Any]:
     """The request's `hyperparam_search_config`: `base` (--hyperparam-search-config) with the
     flags merged into its "kfp" extension, field by field: --evaluation / --registry over the
     extension's own evaluation / registry, then the shorthands over those (--evaluate,
     --eval-task, --eval-task-file; --register, --registry-uri), then --validation-fraction,
-    --max-rows, --stages. --eval-task / --eval-task-file replace the task lists, and turn the
-    evaluation on unless --no-evaluate or a config states `enabled`. Without flags: `base` as
-    it is ({} when none); the "kfp" key only when something is set in it."""
+    --max-rows, --stages, --algorithm; --osft-ratio / --osft-modules into its osft (and
+    algorithm osft unless one is named). --eval-task / --eval-task-file replace the task
+    lists, and turn the evaluation on unless --no-evaluate or a config states `enabled`.
+    Without flags: `base` as it is ({} when none); the "kfp" key only when something is set
+    in it."""
     cfg = dict(base or {})
     misplaced = sorted(set(cfg) & set(EXTENSION_KEYS))
     if misplaced:
@@ -241,6 +254,12 @@ def hyperparam_search_config(
         _set(reg, kind=register, uri=registry_uri)
         ext["registry"] = reg
     _set(ext, validation_fraction=validation_fraction, max_rows=max_rows, stages=stages)
+    if osft_ratio is not None or osft_modules:
+        osft = dict(_mapping(ext.get("osft"), f"{where}osft"))
+        _set(osft, unfreeze_rank_ratio=osft_ratio, target_modules=osft_modules or None)
+        ext["osft"] = osft
+        ext.setdefault("algorithm", "osft")
+    _set(ext, algorithm=algorithm)
     if ext:
         cfg[EXTENSION] = ext
     return cfg

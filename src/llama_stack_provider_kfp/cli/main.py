@@ -203,6 +203,24 @@ def stage_options(fn: Callable) -> Callable:
             "--max-rows", type=click.IntRange(min=1), help="train on the first N rows at most"
         ),
         click.option(
+            "--algorithm",
+            type=click.Choice(["full", "osft"]),
+            help="what to train when no --algorithm-config / --lora-rank is given: full "
+            "fine-tuning, or OSFT (Orthogonal Subspace Fine-Tuning)",
+        ),
+        click.option(
+            "--osft-ratio",
+            type=click.FloatRange(0, 1, min_open=True),
+            help="osft.unfreeze_rank_ratio: the fraction of each matrix's singular directions "
+            "that train (sets --algorithm osft)",
+        ),
+        click.option(
+            "--osft-modules",
+            metavar="LIST",
+            help="osft.target_modules, e.g. q_proj,v_proj,down_proj [default: every attention "
+            "and MLP projection] (sets --algorithm osft)",
+        ),
+        click.option(
             "--stages",
             metavar="LIST",
             help="e.g. train,evaluate,register; without train (supervised_fine_tune): "
@@ -229,6 +247,9 @@ def _extension(text: str | None, flags: dict[str, Any]) -> dict[str, Any]:
         validation_fraction=flags.pop("validation_fraction"),
         max_rows=flags.pop("max_rows"),
         stages=configs.stage_list(flags.pop("stages")),
+        algorithm=flags.pop("algorithm"),
+        osft_ratio=flags.pop("osft_ratio"),
+        osft_modules=configs.name_list(flags.pop("osft_modules")),
     )
 
 

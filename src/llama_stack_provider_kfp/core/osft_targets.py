@@ -36,15 +36,16 @@ def resolve_osft(requested: list[str], modules: list[str], tied: bool) -> OSFTTa
                 f"in osft.target_modules (the model has: {', '.join(sorted(set(modules)))})"
             )
         return OSFTTargets(found)
-    try:
-        targets = resolve(requested, False, False, modules, tied)
-    except InvalidRequest as e:
-        raise InvalidRequest(str(e).replace("LoRA module(s)", "osft.target_modules")) from None
-    shared = [m for m in targets.peft if _leaf(m) in _OUTPUT + _EMBEDDINGS]
+    # Checked by name: a tied model's checkpoint stores no lm_head to resolve against.
+    shared = [n for n in requested if _leaf(n) in _OUTPUT + _EMBEDDINGS]
     if tied and shared:
         raise InvalidRequest(
             f"osft.target_modules names {', '.join(shared)}, which this model ties to its "
             "embeddings (one matrix for both); leave it out of osft.target_modules"
         )
+    try:
+        targets = resolve(requested, False, False, modules, tied)
+    except InvalidRequest as e:
+        raise InvalidRequest(str(e).replace("LoRA module(s)", "osft.target_modules")) from None
     notes = [n.replace("LoRA adapts", "OSFT decomposes") for n in targets.notes]
     return OSFTTargets(targets.peft, notes)
