@@ -79,6 +79,24 @@ def test_what_cannot_change_is_refused_with_what_to_send(change, words):
     assert words in str(err.value)
 
 
+def test_an_osft_checkpoint_continues_with_the_same_subspaces_only():
+    from llama_stack_provider_kfp.core.spec import OSFTSpec
+
+    osft = OSFTSpec(unfreeze_rank_ratio=0.25, target_modules=["self_attn.q_proj"])
+    old = _spec().model_copy(update={"lora": None, "osft": osft})
+    state = _state(old).model_copy(update={"algorithm": "osft"})
+    check_resume(state, old.model_copy(update={"train": old.train.model_copy(
+        update={"epochs": 4})}), "/ckpt")  # fmt: skip
+    # The factors' shapes follow the ratio and the modules: neither may change.
+    other = old.model_copy(update={"osft": osft.model_copy(update={"unfreeze_rank_ratio": 0.5})})
+    with pytest.raises(
+        InvalidRequest, match=r"OSFT unfreeze_rank_ratio is 0\.25 in the checkpoint"
+    ):
+        check_resume(state, other, "/ckpt")
+    with pytest.raises(InvalidRequest, match=r"it trains osft and this request full.*kfp"):
+        check_resume(state, old.model_copy(update={"osft": None}), "/ckpt")
+
+
 def test_fewer_epochs_than_trained_and_other_rows_are_refused():
     state = _state(_spec(epochs=3), resume_epoch=3, position=0)  # two epochs done
     with pytest.raises(InvalidRequest, match="send n_epochs >= 3"):
