@@ -26,6 +26,10 @@ Both cost two thin matmuls per matrix.
 Factors are stored in the model's dtype (as mini-trainer does by default; FSDP and DDP want
 one dtype) and the weight is rebuilt in fp32, then cast. With bf16 weights the subspaces are
 orthogonal to bf16 precision only.
+
+Unlike mini-trainer, the frozen part's product W_high is kept as a buffer: each forward then
+rebuilds only the trainable part, m x (rank - k) x n multiply-adds instead of m x rank x n
+(4x fewer at ratio 0.25), for one more matrix of the weight's size in memory.
 """
 
 from __future__ import annotations
@@ -57,19 +61,28 @@ class Subspace(nn.Module):
     U_high: torch.Tensor
     S_high: torch.Tensor
     V_high: torch.Tensor
+    W_high: torch.Tensor
 
     def __init__(self, factors: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
         super().__init__()
         for name in ("U_high", "S_high", "V_high"):
             self.register_buffer(name, factors[name])
+        self.register_buffer("W_high", torch.empty(0))
+        self.refresh()
         self._low: tuple[torch.Tensor, ...] = (factors["U_low"], factors["S_low"], factors["V_low"])
         self.dtype = dtype
 
-    def forward(self, u_low: torch.Tensor, s_low: torch.Tensor, v_low: torch.Tensor):
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """W_high from the frozen factors (again after they were broadcast or loaded)."""
         f32 = torch.float32
         high = (self.U_high.to(f32) * self.S_high.to(f32)) @ self.V_high.to(f32)
+        self.W_high = high.to(self.U_high.dtype)
+
+    def forward(self, u_low: torch.Tensor, s_low: torch.Tensor, v_low: torch.Tensor):
+        f32 = torch.float32
         low = (u_low.to(f32) * s_low.to(f32)) @ v_low.to(f32)
-        return (high + low).to(self.dtype)
+        return (self.W_high.to(f32) + low).to(self.dtype)
 
     def right_inverse(self, weight: torch.Tensor):
         # Called once, by register_parametrization: the trainable factors become parameters.
@@ -238,6 +251,7 @@ def broadcast(osft: OSFT) -> None:
             s = t.subspace
             for tensor in (s.U_high, s.S_high, s.V_high, *t.low):
                 dist.broadcast(tensor.data, src=0)
+            s.refresh()
 
 
 def describe(summary: Decomposition, ratio: float, device: Any, peak_mb: float) -> dict[str, Any]:
