@@ -526,7 +526,9 @@ class KFPPostTrainingConfig(BaseModel):
             v = {**v, **{k: None for k in empty if v.get(k) == ""}}
         return v
 
-    @field_validator("checkpoint_every_steps", "observation_max_age_seconds", mode="before")
+    @field_validator(
+        "checkpoint_every_steps", "observation_max_age_seconds", "algorithm", mode="before"
+    )
     @classmethod
     def _unset(cls, v: Any) -> Any:
         return None if v == "" else v  # ${env.X:=} of an unset variable
