@@ -193,6 +193,19 @@ def test_a_status_without_the_new_fields_renders_as_before():
     ]
 
 
+def test_osft_shows_the_svd_while_it_runs_then_what_it_froze():
+    running = status("in_progress", osft={"matrices": 168, "decomposed": 40, "svd_seconds": 61.5})
+    plain, _ = shown(render.status, running)
+    assert "osft         SVD 40/168 matrices, 61.5 s" in plain
+    done = {"unfreeze_rank_ratio": 0.25, "matrices": 14, "svd_seconds": 0.4, "svd_device": "cpu",
+            "peak_memory_mb": 900.0, "frozen_directions": 672, "directions": 896,
+            "trainable_parameters": 250, "model_parameters": 1000}  # fmt: skip
+    plain, _ = shown(render.status, status(osft=done))
+    assert labels(plain) == ["job", "status", "progress", "osft", "checkpoints"]
+    assert ("14 matrices, 672/896 singular directions frozen (unfreeze_rank_ratio 0.25), 25% "
+            "of the parameters train; SVD 0.4 s") in plain  # fmt: skip
+
+
 def test_a_job_without_configured_stages_shows_prepare_data_and_train():
     """Records written before stages existed have no stage records: the server's stage_table
     calls their stages completed, without times."""

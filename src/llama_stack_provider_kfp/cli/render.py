@@ -43,6 +43,8 @@ def status(console: Console, st: dict[str, Any]) -> None:
         )
     if res.get("device"):
         table.add_row("device", f"{res['device']} {res.get('dtype') or ''}".strip())
+    if res.get("osft"):
+        table.add_row("osft", osft(res["osft"]))
     if res.get("stages"):
         table.add_row("stages", stages(res["stages"]))
     error = res.get("error") or {}
@@ -54,6 +56,19 @@ def status(console: Console, st: dict[str, Any]) -> None:
     console.print(table)
     if res.get("evaluation"):
         evaluation(console, res["evaluation"])
+
+
+def osft(facts: dict[str, Any]) -> str:
+    """OSFT's decomposition: while the SVD runs (matrices done so far), then what it froze."""
+    done, total = facts.get("decomposed"), facts.get("matrices")
+    if "frozen_directions" not in facts:
+        return f"SVD {done}/{total} matrices, {facts.get('svd_seconds', 0)} s"
+    share = facts["trainable_parameters"] / max(facts["model_parameters"], 1)
+    return (
+        f"{total} matrices, {facts['frozen_directions']}/{facts['directions']} singular "
+        f"directions frozen (unfreeze_rank_ratio {facts['unfreeze_rank_ratio']}), "
+        f"{share:.0%} of the parameters train; SVD {facts['svd_seconds']} s"
+    )
 
 
 def checkpoints(console: Console, job_uuid: str, ckpts: list[dict[str, Any]]) -> None:
