@@ -1,6 +1,6 @@
 """CUDA-only paths (`pytest -m gpu` on a machine with a GPU; skipped elsewhere): NCCL
 collectives of training.distributed, the CUDA RNG state a resumable checkpoint carries, and
-torchtune's distributed recipe with fsdp_cpu_offload (which does nothing on the CPU)."""
+torchtune's distributed recipe with fsdp_cpu_offload (which does nothing on the CPU), OSFT in bf16."""
 
 from __future__ import annotations
 
@@ -95,3 +95,40 @@ def test_torchtune_fsdp_cpu_offload_on_two_gpus(tiny_models, tmp_path):
     history = json.loads((Path(spec.output_uri) / "progress.json").read_text())["loss_history"]
     assert len(history) == 2 and all(math.isfinite(loss) for _, loss in history)
     assert (Path(spec.output_uri) / "checkpoints" / "epoch_1" / "adapter").is_dir()
+
+
+def test_osft_in_bf16_on_cuda(tmp_path):
+    """OSFT's SVD on the GPU (fp32), bf16 factors, a few AdamW steps with both projections: the
+    step-0 model is the base within bf16 rounding, and the frozen part stays put to that
+    precision while the weights move."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.tiny_families import make
+    from llama_stack_provider_kfp.core.model_source import inspect_model_dir
+    from llama_stack_provider_kfp.core.osft_targets import resolve_osft
+    from llama_stack_provider_kfp.training.huggingface import osft
+
+    path = make("qwen2", tmp_path / "qwen2")
+    info = inspect_model_dir("qwen2", path)
+    targets = resolve_osft([], info.modules, info.is_tied).modules
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda()
+    ids = torch.tensor([[5, 17, 42, 99, 120, 7, 3]], device="cuda")
+    with torch.no_grad():
+        base = model(ids).logits.float()
+    before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    done = osft.apply(model, targets, 0.25)
+    assert done.targets[0].subspace.U_high.device.type == "cuda"
+    with torch.no_grad():
+        assert float((model(ids).logits.float() - base).abs().max()) < 0.1
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(3):
+        model(ids, labels=ids).loss.backward()
+        done.project_gradients()
+        optimizer.step()
+        done.project_parameters()
+        optimizer.zero_grad()
+    for t in done.targets:
+        s, w = t.subspace, t.module.weight.detach().float()
+        seen = s.U_high.float().T @ w @ s.V_high.float().T
+        assert float((seen - torch.diag(s.S_high.float())).abs().max()) < 0.05
+        assert float((w - before[f"{t.path}.weight"]).abs().max()) > 0
