@@ -1,6 +1,7 @@
 """CUDA-only paths (`pytest -m gpu` on a machine with a GPU; skipped elsewhere): NCCL
 collectives of training.distributed, the CUDA RNG state a resumable checkpoint carries, and
-torchtune's distributed recipe with fsdp_cpu_offload (which does nothing on the CPU), OSFT in bf16."""
+torchtune's distributed recipe with fsdp_cpu_offload (which does nothing on the CPU), and OSFT
+in bf16."""
 
 from __future__ import annotations
 
