@@ -155,6 +155,18 @@ def main() -> None:
         adds = "; ".join(f"{n} {fmt(x)}" for n, x in s["adds_seconds"].items())
         rows.append(("stages: what each addition adds (paired per repeat); MLflow server "
                      "start-up", f"{adds}; {fmt(s['mlflow_server_startup_seconds'])}"))  # fmt: skip
+    if f := load("forgetting"):
+        level = f["matched_B_loss"]
+        rows.append((f"forgetting (tiny SmolLM2-style model, {f['seeds']} seeds): task A "
+                     "held-out loss before task B; the B loss the methods are compared at",
+                     f"{f['A_before']['mean']:.3f}; B loss level compared: {level}"))  # fmt: skip
+        for name, m in f["methods"].items():
+            c, matched = m["reference"], m["matched"]
+            at = f"{matched['mean']:+.3f} ± {matched['sd']:.3f}"
+            rows.append((f"forgetting, {name}: A loss increase at B loss {level} (the grid's "
+                         "frontier; mean ± sd over seeds); reference lr: A after, B loss",
+                         f"{at}; lr {c['lr']:g}: {c['A_after']['mean']:.3f}, "
+                         f"{c['B_after']['mean']:.3f}"))  # fmt: skip
     lines = []
     if header:
         lines.append(f"{header['machine']}; Python {header['python']}; " + ", ".join(

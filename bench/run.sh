@@ -16,6 +16,7 @@ if [ "${1:-}" = "--quick" ]; then
   "$py" intree.py --repeats 2
   "$py" engines.py --repeats 3
   "$py" stages.py --quick
+  "$py" forgetting.py --quick
 else
   "$py" efficiency.py --repeats 5 --rows 96
   "$py" overhead.py --repeats 3
@@ -24,5 +25,6 @@ else
   "$py" intree.py --repeats 3
   "$py" engines.py --repeats 5
   "$py" stages.py --repeats 3
+  "$py" forgetting.py --seeds 5
 fi
 "$py" report.py
