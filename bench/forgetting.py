@@ -108,12 +108,14 @@ EPOCHS_B = 6
 # One grid for every method (no method gets rates picked for it); the low end leaves B barely
 # learned, the high end is past what full fine-tuning trains stably.
 LRS = [1e-3, 3e-3, 1e-2, 3e-2]
-# method -> (algorithm, unfreeze_rank_ratio, learning rates)
+# method -> (algorithm, unfreeze_rank_ratio, learning rates); "osft-frozen": OSFT with
+# freeze_non_targets (embeddings, norms, biases frozen too).
 METHODS = {
     "full": ("full", None, LRS),
     "lora r8": ("lora", None, LRS),
     "osft 0.25": ("osft", 0.25, LRS),
     "osft 0.5": ("osft", 0.5, LRS),
+    "osft 0.25 frozen": ("osft-frozen", 0.25, LRS),
 }
 XTICKS = [0.3, 0.4, 0.5, 0.7, 1, 1.5, 2, 3, 4]
 QUICK = {"seeds": 1, "epochs_a": 12, "epochs_b": 3}
@@ -157,9 +159,10 @@ def job(model_dir: Path, work: Path, task: str, algo: str, ratio: float | None, 
         assert sorted(peft) == sorted(targets), (peft, targets)  # the matrices OSFT adapts
         lora = LoraSpec(rank=8, alpha=16, attn_modules=[], apply_to_mlp=True,
                         apply_to_output=False, target_modules=peft)  # fmt: skip
-    elif algo == "osft":
+    elif algo.startswith("osft"):
         assert ratio is not None
-        osft = OSFTSpec(unfreeze_rank_ratio=ratio, target_modules=targets)
+        osft = OSFTSpec(unfreeze_rank_ratio=ratio, target_modules=targets,
+                        freeze_non_targets=algo == "osft-frozen")  # fmt: skip
     work.mkdir(parents=True)
     train = write_jsonl(task_rows(task, held_out=False), work / "rows.jsonl")
     held = write_jsonl(task_rows(task, held_out=True), work / "held_out.jsonl")
@@ -262,7 +265,7 @@ def run_seed(seed: int, root: Path, epochs_a: int, epochs_b: int, methods: dict)
                    "forgetting": curve[-1]["A"] - before["A"],
                    "forgetting_from": parts, "engine_B_validation_loss": engine_b,
                    "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-            if algo == "osft":
+            if algo.startswith("osft"):
                 run["trainable_parameters"] = res["osft"]["trainable_parameters"]
                 run["frozen_directions"] = res["osft"]["frozen_directions"]
                 run["directions"] = res["osft"]["directions"]

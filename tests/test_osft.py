@@ -143,6 +143,27 @@ def test_training_keeps_the_frozen_subspace_and_writes_plain_weights(family_mode
     assert state["algorithm"] == "osft"
 
 
+def test_freeze_non_targets_trains_only_the_low_subspaces(family_models, tmp_path):
+    model_dir = family_models["smollm2"]
+    spec = _spec(model_dir, tmp_path, epochs=1)
+    spec = spec.model_copy(update={"osft": spec.osft.model_copy(
+        update={"freeze_non_targets": True})})  # fmt: skip
+    result = _train(spec, model_dir, tmp_path)
+    assert result["final_loss"] < result["first_loss"]
+    base = _matrices(model_dir)
+    tuned = _matrices(tmp_path / "out" / "checkpoints" / "epoch_1" / "merged")
+    targets = spec.osft.target_modules
+    moved = {n for n in base if float((tuned[n] - base[n]).abs().max()) > 0}
+    assert moved and all(any(n.endswith(f"{t}.weight") for t in targets) for n in moved)
+    low = 0  # what trains: U_low, S_low, V_low of each target, nothing else
+    for name, w in base.items():
+        if any(name.endswith(f"{t}.weight") for t in targets):
+            (m, n), r = w.shape, min(w.shape)
+            free = r - osft.frozen_rank(r, RATIO)
+            low += free * (m + 1 + n)
+    assert result["osft"]["trainable_parameters"] == low
+
+
 def test_resumed_equals_uninterrupted(family_models, tmp_path):
     model_dir = family_models["qwen2"]
     whole = _spec(model_dir, tmp_path, every=3, out="whole")

@@ -199,6 +199,11 @@ class OSFTConfig(BaseModel):
         "output_proj, gate_proj, ..., or any matrix's path below the layer index). None: every "
         "attention and MLP projection.",
     )
+    freeze_non_targets: bool = Field(
+        default=False,
+        description="Also freeze every parameter outside the target matrices (embeddings, "
+        "norms, biases, an untied lm_head). False trains them freely, as mini-trainer does.",
+    )
 
 
 class EvaluationConfig(BaseModel):

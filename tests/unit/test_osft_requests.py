@@ -77,6 +77,7 @@ def test_a_request_asks_for_osft_through_the_extension():
     got = config.for_request({"algorithm": "osft", "osft": {"unfreeze_rank_ratio": 0.5}})
     assert got.algorithm == "osft" and got.osft.unfreeze_rank_ratio == 0.5
     assert got.osft.target_modules is None  # every attention and MLP projection
+    assert not got.osft.freeze_non_targets  # embeddings and norms train, as in mini-trainer
     spec = translate.osft_spec(got.osft, _model(LLAMA))
     assert spec == OSFTSpec(unfreeze_rank_ratio=0.5, requested_modules=[],
                             target_modules=resolve_osft([], LLAMA, False).modules)  # fmt: skip

@@ -110,7 +110,8 @@ def osft_spec(settings: OSFTConfig, model: ModelSpec) -> OSFTSpec:
     except InvalidRequest as e:
         raise InvalidRequest(f"invalid OSFT settings: {e}") from None
     return OSFTSpec(unfreeze_rank_ratio=settings.unfreeze_rank_ratio,
-                    requested_modules=requested, target_modules=targets.modules)  # fmt: skip
+                    requested_modules=requested, target_modules=targets.modules,
+                    freeze_non_targets=settings.freeze_non_targets)  # fmt: skip
 
 
 def check_training(tc: TrainingConfig, ranks: int = 1) -> None:

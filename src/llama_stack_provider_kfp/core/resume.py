@@ -98,7 +98,7 @@ def check_resume(state: TrainingState, spec: JobSpec, where: str) -> None:
                 problems.append(f"LoRA {field} is {a!r} in the checkpoint, {b!r} here")
     elif spec.osft is not None and old.osft is not None:
         # The saved factors have the shapes these give.
-        for field in ("unfreeze_rank_ratio", "target_modules"):
+        for field in ("unfreeze_rank_ratio", "target_modules", "freeze_non_targets"):
             a, b = getattr(old.osft, field), getattr(spec.osft, field)
             if a != b and (field != "target_modules" or (a and b)):
                 problems.append(f"OSFT {field} is {a!r} in the checkpoint, {b!r} here")

@@ -178,6 +178,8 @@ class OSFTSpec(_Strict):
     # The model's own module paths, resolved at submit or by the train step that fetched the
     # weights.
     target_modules: list[str] = []
+    # Freeze the embeddings, norms and biases too (default: they train freely).
+    freeze_non_targets: bool = False
 
 
 def algorithm(

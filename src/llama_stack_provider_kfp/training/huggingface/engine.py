@@ -248,6 +248,7 @@ class _Run:
         decomposing = saved is None and self.ranks.main
         result = osft.apply(model, modules, spec.unfreeze_rank_ratio, saved=saved,
                             decompose_here=decomposing or self.ranks.world == 1,
+                            freeze_non_targets=spec.freeze_non_targets,
                             report=report if self.ranks.main else lambda *a: None)  # fmt: skip
         if self.ranks.world > 1 and saved is None:
             osft.broadcast(result)

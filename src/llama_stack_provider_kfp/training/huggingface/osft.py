@@ -6,7 +6,9 @@ U and V) is split by an fp32 SVD on the training device into its top singular di
 W_high = U_high diag(S_high) V_high, held as frozen buffers, and the rest, U_low diag(S_low)
 V_low, trained. The module's weight becomes W_high + W_low through a torch parametrization, so
 its forward is unchanged; at step 0 it equals W up to float rounding. Parameters outside the
-targets (embeddings, norms, biases) train as in full fine-tuning, as mini-trainer does.
+targets (embeddings, norms, biases) train as in full fine-tuning, as mini-trainer does, unless
+`freeze_non_targets` (bench/forgetting.py: on a tied-embedding toy model the forgetting moves
+into those free parameters).
 
 How many directions stay frozen: floor(rank x (1 - unfreeze_rank_ratio)), at most rank - 1,
 so that at least one trains (mini-trainer's rule; ratio 1 trains every direction).
@@ -203,6 +205,7 @@ def apply(
     *,
     saved: dict[str, dict[str, torch.Tensor]] | None = None,
     decompose_here: bool = True,
+    freeze_non_targets: bool = False,
     report: Callable[[int, int, str, float], None] = lambda done, total, path, secs: None,
 ) -> OSFT:
     """Parametrize every target of `model` in place. `saved`: factors of a checkpoint (no
@@ -236,6 +239,10 @@ def apply(
         frozen += factors["S_high"].shape[0]
         directions += factors["S_high"].shape[0] + factors["S_low"].shape[0]
         report(i + 1, len(paths), path, time.perf_counter() - started)
+    if freeze_non_targets:
+        for name, p in model.named_parameters():
+            if ".parametrizations.weight.original" not in name:
+                p.requires_grad_(False)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary = Decomposition(len(paths), time.perf_counter() - started, trainable, total,
                             frozen, directions)  # fmt: skip
