@@ -335,6 +335,24 @@ def aggregate(seeds: list[dict], methods: dict) -> dict:
         reach = [p for p in m["per_lr"] if p["B_after"]["mean"] <= level]
         m["reference"] = (min(reach, key=lambda p: p["forgetting"]["mean"]) if reach
                           else min(m["per_lr"], key=lambda p: p["B_after"]["mean"]))  # fmt: skip
+    # The same comparison at the lowest B loss the methods that train every parameter of their
+    # kind reach (a constrained variant that learns B less well raises the level above).
+    free = [n for n in methods if "frozen" not in n]
+    low = max(min(r["B_after"] for r in s["runs"][n]) for s in seeds for n in free)
+    out["at_lowest_common_B_loss"] = {"B_loss": round(low, 4), "methods": {}}
+    for name in methods:
+        values = [_frontier_at([(r["B_after"], r["forgetting"]) for r in s["runs"][name]], low)
+                  for s in seeds]  # fmt: skip
+        if None in values:  # this method's grid does not get B that low
+            out["at_lowest_common_B_loss"]["methods"][name] = None
+            continue
+        full = [_frontier_at([(r["B_after"], r["forgetting"]) for r in s["runs"]["full"]], low)
+                for s in seeds]  # fmt: skip
+        diff = [v - f for v, f in zip(values, full, strict=True)]  # type: ignore[operator]
+        out["at_lowest_common_B_loss"]["methods"][name] = {
+            "forgetting": _ms(values),
+            "minus_full": _ms(diff),
+        }  # type: ignore[arg-type]
     return out
 
 
@@ -427,6 +445,14 @@ def print_table(agg: dict) -> None:
             + " / ".join(f"{parts[p]['mean']:+.3f}" for p in ("matrices", "embeddings", "norms"))
             + " |"
         )
+    low = agg["at_lowest_common_B_loss"]
+    print(f"\nat the lowest B loss the unconstrained methods reach ({low['B_loss']})\n")
+    print("| method | forgetting | minus full's, paired by seed |\n|---|---|---|")
+    for name, m in low["methods"].items():
+        if m is None:
+            print(f"| {name} | does not reach it | |")
+        else:
+            print(f"| {name} | {_pm(m['forgetting'], '+')} | {_pm(m['minus_full'], '+')} |")
 
 
 def main() -> None:

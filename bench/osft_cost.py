@@ -63,6 +63,8 @@ def make_model(root: Path, layers: int) -> Path:
     config = AutoConfig.from_pretrained(path)
     for key, value in {**SHAPE, "num_hidden_layers": layers}.items():
         setattr(config, key, value)
+    if getattr(config, "layer_types", None):  # one per layer
+        config.layer_types = [config.layer_types[0]] * layers
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     return path
 
