@@ -210,7 +210,7 @@ def test_osft_from_flags(srv, tmp_path):
     spec = json.loads((srv.jobs_dir / job / "job.json").read_text())["spec"]
     assert spec["lora"] is None and spec["osft"] == {
         "unfreeze_rank_ratio": 0.5, "requested_modules": ["q_proj", "mlp.c_fc"],
-        "target_modules": ["attn.c_attn", "mlp.c_fc"]}  # fmt: skip
+        "target_modules": ["attn.c_attn", "mlp.c_fc"], "freeze_non_targets": False}  # fmt: skip
     epochs = status["checkpoints"]
     assert [c["epoch"] for c in epochs] == [1, 2]
     assert all(os.path.isdir(os.path.join(c["path"], "merged")) for c in epochs)
