@@ -20,12 +20,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-async def get_adapter_impl(config: KFPPostTrainingConfig, deps: dict[Any, Any]) -> Any:
+async def get_adapter_impl(
+    config: KFPPostTrainingConfig, deps: dict[Any, Any], policy: list[Any] | None = None
+) -> Any:
+    """llama-stack passes the server's access_policy as `policy` (it looks for the name)."""
     from llama_stack_api import Api
 
     from .api.impl import KFPPostTrainingImpl
 
-    return KFPPostTrainingImpl(config, deps[Api.datasetio], deps[Api.datasets])
+    return KFPPostTrainingImpl(config, deps[Api.datasetio], deps[Api.datasets], policy)
 
 
 # Same factory when the provider is declared inline (providers.d/inline/...).

@@ -456,6 +456,12 @@ class KFPPostTrainingConfig(BaseModel):
         description="Jobs that train at the same time; later ones wait as `scheduled`, in "
         "submission order. One suits a CPU or a single GPU.",
     )
+    max_jobs_per_user: int | None = Field(
+        default=None,
+        ge=1,
+        description="With the server's auth on: jobs one user may have queued or running at "
+        "once; a submit beyond it is a 429. None: no limit (without auth there is no user).",
+    )
     cancel_jobs_on_shutdown: bool = Field(
         default=False,
         description="Cancel running and queued jobs when the server stops. By default they "
@@ -532,7 +538,11 @@ class KFPPostTrainingConfig(BaseModel):
         return v
 
     @field_validator(
-        "checkpoint_every_steps", "observation_max_age_seconds", "algorithm", mode="before"
+        "checkpoint_every_steps",
+        "observation_max_age_seconds",
+        "algorithm",
+        "max_jobs_per_user",
+        mode="before",
     )
     @classmethod
     def _unset(cls, v: Any) -> Any:

@@ -2,7 +2,9 @@
 
     core.errors.InvalidRequest   400  the caller can fix it
     core.errors.Unsupported      501
-    core.errors.JobNotFound      404  (llama-stack's ResourceNotFoundError)
+    core.errors.Forbidden        403
+    core.errors.JobNotFound      404  (llama-stack's ResourceNotFoundError; also another user's)
+    core.errors.LimitReached     429
     core.errors.Refused          502  the cluster or storage answered but refused (403, ...)
     core.errors.Unavailable      503  the cluster or storage cannot be reached, or a 5xx
     anything else                500  logged with its traceback; never the caller's fault
@@ -24,7 +26,15 @@ import httpx
 from llama_stack_api import ResourceNotFoundError
 from llama_stack_api.common.errors import ConflictError
 
-from ..core.errors import InvalidRequest, JobNotFound, Refused, Unavailable, Unsupported
+from ..core.errors import (
+    Forbidden,
+    InvalidRequest,
+    JobNotFound,
+    LimitReached,
+    Refused,
+    Unavailable,
+    Unsupported,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +45,14 @@ class BadRequest(ConflictError, ValueError):
 
 class NotSupported(ConflictError, NotImplementedError):
     status_code = httpx.codes.NOT_IMPLEMENTED
+
+
+class NotPermitted(ConflictError, PermissionError):
+    status_code = httpx.codes.FORBIDDEN
+
+
+class TooManyJobs(ConflictError):
+    status_code = httpx.codes.TOO_MANY_REQUESTS
 
 
 class BadGateway(ConflictError):
@@ -49,7 +67,8 @@ class ProviderBug(ConflictError):
     status_code = httpx.codes.INTERNAL_SERVER_ERROR
 
 
-_HTTP_ERRORS = (BadRequest, NotSupported, BadGateway, ServiceUnavailable, ProviderBug)
+_HTTP_ERRORS = (BadRequest, NotSupported, NotPermitted, TooManyJobs, BadGateway,
+                ServiceUnavailable, ProviderBug)  # fmt: skip
 
 
 def to_http(e: BaseException) -> Exception:
@@ -60,6 +79,10 @@ def to_http(e: BaseException) -> Exception:
         return BadRequest(str(e))
     if isinstance(e, Unsupported):
         return NotSupported(str(e))
+    if isinstance(e, Forbidden):
+        return NotPermitted(str(e))
+    if isinstance(e, LimitReached):
+        return TooManyJobs(str(e))
     if isinstance(e, JobNotFound):
         return ResourceNotFoundError(
             e.job_uuid, "Post-training job", "alpha.post_training.job.list"

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from functools import partial
+from typing import Any
 
+from llama_stack.core.access_control.datatypes import AccessRule
+from llama_stack.core.datatypes import User
 from llama_stack.providers.inline.post_training.torchtune.post_training import (
     TorchtunePostTrainingImpl,
 )
@@ -32,7 +35,7 @@ from ..backends import select_backend
 from ..config import KFPPostTrainingConfig
 from ..core import pause_points
 from ..core.engines import JobTraits, select_engine
-from ..core.errors import InvalidRequest, JobNotFound, Unsupported
+from ..core.errors import Forbidden, InvalidRequest, JobNotFound, LimitReached, Unsupported
 from ..core.eval_tasks import check_evaluation, lm_eval_problem, read_task_file
 from ..core.http_data import HttpPolicy
 from ..core.registry_probe import check_registry_reachable
@@ -44,6 +47,7 @@ from ..jobs.record import JobRecord, check_job_id, now
 from ..jobs.scheduler import JobScheduler
 from ..jobs.store import JobStore, UnreadableRecord
 from . import responses, stages, translate
+from .access import READ, UPDATE, Access
 from .datasets import dataset_source, sample_reader
 from .errors import as_http_errors
 
@@ -56,9 +60,14 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
     """
 
     def __init__(
-        self, config: KFPPostTrainingConfig, datasetio_api: DatasetIO, datasets: Datasets
+        self,
+        config: KFPPostTrainingConfig,
+        datasetio_api: DatasetIO,
+        datasets: Datasets,
+        policy: list[AccessRule] | None = None,
     ) -> None:
         self.config = config
+        self.access = Access(policy)
         self.datasetio_api = datasetio_api
         self.datasets_api = datasets
         self.store = JobStore(config.work_dir)
@@ -82,7 +91,8 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
 
     @as_http_errors
     async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
-        self._check_new_job(request.job_uuid)
+        user = self.access.user()
+        self._check_new_job(request.job_uuid, user)
         config = self._config_for(request.hyperparam_search_config)
         extension = (request.hyperparam_search_config or {}).get("kfp")
         translate.check_algorithm_choice(request.algorithm_config, extension)
@@ -96,11 +106,12 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             request.job_uuid, name, request.checkpoint_dir, request.training_config, lora, None,
             tracking=tracking, config=config, osft=osft,
         )  # fmt: skip
-        return await self._submit(submission)
+        return await self._submit(submission, user)
 
     @as_http_errors
     async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
-        self._check_new_job(request.job_uuid)
+        user = self.access.user()
+        self._check_new_job(request.job_uuid, user)
         config = self._config_for(request.hyperparam_search_config)
         dpo = translate.check_dpo(request.algorithm_config)
         translate.check_training(request.training_config, config.world())
@@ -120,21 +131,32 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             request.job_uuid, request.finetuned_model, None, request.training_config, lora, dpo,
             tracking=tracking, config=config, osft=osft,
         )  # fmt: skip
-        return await self._submit(submission)
+        return await self._submit(submission, user)
 
     def _config_for(self, hyperparam_search_config: dict | None) -> KFPPostTrainingConfig:
         """The provider config with the request's own settings (DESIGN.md "Per-request
         extensions": hyperparam_search_config["kfp"])."""
         return self.config.for_request((hyperparam_search_config or {}).get("kfp"))
 
-    def _check_new_job(self, job_uuid: str) -> None:
+    def _check_new_job(self, job_uuid: str, user: User | None) -> None:
+        # Ids are global (the KFP backend finds runs by name): one taken by another user is
+        # refused too, which tells the caller that it exists (README "Several users").
         check_job_id(job_uuid)
         if self.store.exists(job_uuid):
             raise InvalidRequest(
                 f"job_uuid {job_uuid!r} is already used by another job; choose a new one"
             )
+        limit = self.config.max_jobs_per_user
+        if user is not None and limit is not None:
+            mine = [j for j in self.scheduler.active() if (r := self.store.load(j)) is not None
+                    and r.owner is not None and r.owner.principal == user.principal]  # fmt: skip
+            if len(mine) >= limit:
+                raise LimitReached(
+                    f"you have {len(mine)} job(s) queued or running and the server allows "
+                    f"{limit} per user (max_jobs_per_user); wait for one to end or cancel one"
+                )
 
-    async def _submit(self, sub: translate.Submission) -> PostTrainingJob:
+    async def _submit(self, sub: translate.Submission, user: User | None) -> PostTrainingJob:
         """Everything that can be checked before anything is created, then the job."""
         config = sub.config
         stage_names = sub.stages  # refuses a bad `stages` before anything is read
@@ -228,7 +250,8 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
                 if isinstance(train, list) and (validation is not None or
                                                 not spec.data.validation_fraction):  # fmt: skip
                     check_rows(state, len(train), where)
-            record = JobRecord(job_uuid=sub.job_uuid, spec=spec, scheduled_at=now())
+            record = JobRecord(job_uuid=sub.job_uuid, spec=spec, scheduled_at=now(),
+                               owner=self.access.owner(user))  # fmt: skip
             await asyncio.to_thread(self.scheduler.submit, record)
         except BaseException:
             self.store.discard(sub.job_uuid)
@@ -238,11 +261,16 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
     # ---- tracking -----------------------------------------------------------------------
 
     def _entry(self, job_uuid: str) -> JobRecord | UnreadableRecord:
+        """The job, if it exists and the caller may read it: another user's job answers
+        exactly like one that does not exist."""
         check_job_id(job_uuid)
         found = self.store.entry(job_uuid)
-        if found is None:
+        if found is None or not self._may(READ, found):
             raise JobNotFound(job_uuid)
         return found
+
+    def _may(self, action: Any, found: JobRecord | UnreadableRecord) -> bool:
+        return self.access.allows(action, found.job_uuid, found.owner, self.access.user())
 
     def _record(self, job_uuid: str, doing: str) -> JobRecord:
         found = self._entry(job_uuid)
@@ -252,7 +280,8 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
 
     @as_http_errors
     async def get_training_jobs(self) -> ListPostTrainingJobsResponse:
-        found = [e for e in map(self.store.entry, self.store.list_ids()) if e is not None]
+        found = [e for e in map(self.store.entry, self.store.list_ids())
+                 if e is not None and self._may(READ, e)]  # fmt: skip
         found.sort(key=_submitted_at)
         return ListPostTrainingJobsResponse(
             data=[PostTrainingJob(job_uuid=e.job_uuid) for e in found]
@@ -275,6 +304,11 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
     @as_http_errors
     async def cancel_training_job(self, request: CancelTrainingJobRequest) -> None:
         record = self._record(request.job_uuid, "cancelled")
+        if not self._may(UPDATE, record):  # it may read the job, so it may know this
+            raise Forbidden(
+                f"the server's access policy does not let you cancel job {record.job_uuid!r} "
+                "(action update on post_training_job)"
+            )
         await asyncio.to_thread(self.scheduler.cancel, record.job_uuid)
 
     @as_http_errors

@@ -15,6 +15,15 @@ class Unsupported(NotImplementedError):
     """A feature this provider does not offer yet; the message names what would work (501)."""
 
 
+class Forbidden(PermissionError):
+    """The caller is known but may not do this (403); said only where saying it reveals
+    nothing the caller may not know."""
+
+
+class LimitReached(Exception):
+    """The caller has as many jobs queued or running as a setting allows (429)."""
+
+
 class JobNotFound(LookupError):
     """No job with this id (404)."""
 

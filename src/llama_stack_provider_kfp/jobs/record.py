@@ -53,6 +53,16 @@ class RunnerHandle(BaseModel):
     run_id: str | None = None
 
 
+class Owner(BaseModel):
+    """Who submitted a job: llama-stack's authenticated user. Kept in the record only: the
+    JobSpec travels into the pipeline, where every KFP user of the namespace can read it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    principal: str
+    attributes: dict[str, list[str]] | None = None
+
+
 class JobRecord(_Stored):
     format_version: int = RECORD_FORMAT
     job_uuid: str
@@ -65,6 +75,8 @@ class JobRecord(_Stored):
     # it could not be started.
     lost: StepError | None = None
     lost_at: datetime | None = None
+    # None without auth, and in records written before jobs had owners: an unowned resource.
+    owner: Owner | None = None
 
 
 class WorkerState(_Stored):

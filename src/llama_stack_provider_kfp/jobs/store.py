@@ -32,7 +32,14 @@ from ..core.files import read_json, write_json
 from ..core.locations import parse
 from ..core.outputs import JobOutputs
 from ..core.versioned import Unreadable, merge_unknown, read_versioned
-from .record import RECORD_FORMAT, WORKER_STATE_FORMAT, JobRecord, WorkerState, check_job_id
+from .record import (
+    RECORD_FORMAT,
+    WORKER_STATE_FORMAT,
+    JobRecord,
+    Owner,
+    WorkerState,
+    check_job_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,7 @@ class UnreadableRecord:
     job_uuid: str
     reason: str
     written_at: datetime
+    owner: Owner | None = None  # read leniently: who may see it does not depend on the rest
 
 
 class JobStore:
@@ -105,7 +113,7 @@ class JobStore:
                 raise Unreadable("not valid JSON")
             record, ignored = read_versioned(JobRecord, data, RECORD_FORMAT)
         except Unreadable as e:
-            return UnreadableRecord(job_uuid, f"record unreadable: {e}", written)
+            return UnreadableRecord(job_uuid, f"record unreadable: {e}", written, _owner(data))
         record._ignored = ignored
         return record
 
@@ -144,6 +152,17 @@ class JobStore:
             removed.append(d.name)
             log.warning("job %s: removed the folder of a submit that never finished", d.name)
         return removed
+
+
+def _owner(data: object) -> Owner | None:
+    """The owner of a record that cannot be read whole. An owner field that is there but
+    unreadable makes it nobody's (no user's principal is empty): under auth it stays hidden
+    rather than becoming everyone's."""
+    found = data.get("owner") if isinstance(data, dict) else None
+    try:
+        return Owner.model_validate(found) if found is not None else None
+    except ValueError:
+        return Owner(principal="")
 
 
 def _submitter_alive(marker: object) -> bool:

@@ -1,0 +1,42 @@
+"""Who may reach a job, as llama-stack's own rules decide it (api/access.py): its default
+policy, a custom one, no auth, and the owner a record keeps."""
+
+from __future__ import annotations
+
+from llama_stack.core.access_control.access_control import default_policy
+from llama_stack.core.access_control.datatypes import AccessRule
+from llama_stack.core.datatypes import User
+
+from llama_stack_provider_kfp.api.access import READ, UPDATE, Access
+from llama_stack_provider_kfp.jobs.record import Owner
+
+ALICE = User("alice", {"roles": ["team-a"], "teams": ["x"]})
+CAROL = User("carol", {"roles": ["team-a"]})
+BOB = User("bob", {"roles": ["team-b"]})
+OWNED = Access.owner(ALICE)
+
+
+def test_the_default_policy_permits_the_owner_shared_attributes_and_unowned_jobs():
+    access = Access()  # the server sets no access_policy
+    assert Owner(principal="alice", attributes={"roles": ["team-a"], "teams": ["x"]}) == OWNED
+    assert access.allows(READ, "j", OWNED, ALICE) and access.allows(UPDATE, "j", OWNED, ALICE)
+    assert access.allows(UPDATE, "j", OWNED, CAROL)  # one shared role is enough
+    assert not access.allows(READ, "j", OWNED, BOB)
+    assert access.allows(UPDATE, "j", None, BOB)  # unowned: a record from before owners
+    assert access.allows(UPDATE, "j", OWNED, None)  # no auth: no user, everything allowed
+    assert Access.owner(None) is None
+
+
+def test_a_custom_policy_is_applied_as_written():
+    only_owners = [AccessRule.model_validate({"permit": {"actions": ["read", "update"]},
+                                              "when": "user is owner"})]  # fmt: skip
+    access = Access(only_owners)
+    assert access.allows(UPDATE, "j", OWNED, ALICE)
+    assert not access.allows(READ, "j", OWNED, CAROL)
+    assert not access.allows(READ, "j", None, BOB)  # nothing permits unowned jobs here
+    scoped = [AccessRule.model_validate({"forbid": {"actions": ["update"],
+                                                    "resource": "post_training_job::*"},
+                                         "unless": "user is owner"}),
+              *default_policy()]  # fmt: skip
+    assert not Access(scoped).allows(UPDATE, "j", OWNED, CAROL)  # reads still as the default
+    assert Access(scoped).allows(READ, "j", OWNED, CAROL)
