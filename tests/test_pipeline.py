@@ -6,7 +6,8 @@ import yaml
 from fake_backend import spec
 from kfp import compiler
 
-from llama_stack_provider_kfp.core.spec import DPOSpec, EvaluationSpec, RegistrySpec
+from llama_stack_provider_kfp.backends.kfp.placement import OWNER_ANNOTATION, with_owner
+from llama_stack_provider_kfp.core.spec import DPOSpec, EvaluationSpec, OSFTSpec, RegistrySpec
 from llama_stack_provider_kfp.pipeline.definition import (
     ComponentBuild,
     build_pipeline,
@@ -46,6 +47,29 @@ def test_the_name_says_what_the_job_trains(tmp_path):
     info = _ir(tmp_path, full_dpo)["pipelineInfo"]
     assert info["name"] == "llama-stack-dpo-full"
     assert info["description"].startswith("full-parameter DPO of m")
+    osft = lora.model_copy(update={"lora": None, "osft": OSFTSpec(unfreeze_rank_ratio=0.25)})
+    info = _ir(tmp_path, osft)["pipelineInfo"]
+    assert info["name"] == "llama-stack-sft-osft"
+    assert info["description"].startswith("OSFT supervised fine-tuning of m")
+
+
+def test_the_owner_is_on_the_run_and_every_pod_not_in_the_spec(tmp_path):
+    """Remote runs of an authenticated user's job: the principal in the pipeline's description
+    (the KFP UI) and as an annotation on every task's pod (KFP v2 runs have no labels)."""
+    job = spec("j5")
+    out = tmp_path / "owned.yaml"
+    build = ComponentBuild(base_image="registry.example/kfp-sft:1", packages_to_install=[])
+    placement = with_owner(None, "alice@example.com")
+    compiler.Compiler().compile(build_pipeline(build, job, placement, "alice@example.com"),
+                                str(out))  # fmt: skip
+    pipeline, platform = yaml.safe_load_all(out.read_text())
+    assert pipeline["pipelineInfo"]["description"].endswith("; submitted by alice@example.com")
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(executors) == 2  # prepare-data, train
+    for executor in executors.values():
+        assert executor["podMetadata"]["annotations"] == {OWNER_ANNOTATION: "alice@example.com"}
+    assert "alice" not in pipeline_arguments(job)["job_spec"]
+    assert with_owner(None, None) is None  # no auth: nothing added
 
 
 def test_stages_after_training_wire_model_and_metrics_artifacts(tmp_path):

@@ -47,9 +47,15 @@ class ComponentBuild:
         return cls(install_kfp_package=False)
 
 
-def build_pipeline(build: ComponentBuild, spec: JobSpec, placement: Placement | None = None) -> Any:
+def build_pipeline(
+    build: ComponentBuild,
+    spec: JobSpec,
+    placement: Placement | None = None,
+    owner: str | None = None,
+) -> Any:
     """The pipeline function for `spec`'s job. `placement(task, step)` may add resources,
-    Secrets and scheduling to each task (remote mode); it does not change the DAG."""
+    Secrets and scheduling to each task (remote mode); it does not change the DAG. `owner`:
+    the submitting user's principal, named in the description (the KFP UI shows it)."""
     opts = dict(
         base_image=build.base_image,
         packages_to_install=list(build.packages_to_install),
@@ -62,6 +68,8 @@ def build_pipeline(build: ComponentBuild, spec: JobSpec, placement: Placement | 
     register_op = dsl.component(components.register, **opts)
 
     name, description = pipeline_name(spec)
+    if owner is not None:
+        description = f"{description}; submitted by {owner}"
     stages = spec.stages
 
     @dsl.pipeline(name=name, description=description)

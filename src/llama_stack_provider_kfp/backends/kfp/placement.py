@@ -23,6 +23,23 @@ CA_MOUNT = "/etc/llama-stack-kfp/s3-ca"
 # The key of registry.token_secret that holds the Kubeflow Model Registry's bearer token.
 REGISTRY_TOKEN_KEY = "MODEL_REGISTRY_TOKEN"
 SCRATCH_MOUNT = "/scratch"
+# Who submitted the job (llama-stack's principal), on every pod of its run: KFP v2 runs have no
+# labels, and a label value cannot hold every principal (an e-mail, a service account).
+OWNER_ANNOTATION = "llama-stack.io/owner"
+
+
+def with_owner(apply, principal: str | None):
+    """`apply` that also annotates each task's pod with the job's owner."""
+    if principal is None:
+        return apply
+    from kfp import kubernetes
+
+    def apply_owned(task, step: str) -> None:
+        if apply is not None:
+            apply(task, step)
+        kubernetes.add_pod_annotation(task, OWNER_ANNOTATION, principal)
+
+    return apply_owned
 
 
 def remote_placement(cfg: RemoteConfig):

@@ -14,6 +14,7 @@ from ...config import RemoteConfig
 from ...jobs.record import JobRecord, RunnerHandle
 from .connection import Connection, login_page
 from .observation import TERMINAL_STATES
+from .placement import with_owner
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,10 @@ class Runs:
         build = ComponentBuild(base_image=self.cfg.image, install_kfp_package=False)
         with tempfile.TemporaryDirectory() as tmp:
             package = Path(tmp) / "pipeline.yaml"
-            placement = self.placement(record.spec)
-            compiler.Compiler().compile(build_pipeline(build, record.spec, placement), str(package))
+            owner = record.owner.principal if record.owner else None
+            placement = with_owner(self.placement(record.spec), owner)
+            pipeline = build_pipeline(build, record.spec, placement, owner)
+            compiler.Compiler().compile(pipeline, str(package))
             try:
                 result = self.connection.call(lambda s: s.client.create_run_from_pipeline_package(
                     str(package),
