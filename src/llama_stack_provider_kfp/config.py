@@ -456,6 +456,13 @@ class KFPPostTrainingConfig(BaseModel):
         description="Jobs that train at the same time; later ones wait as `scheduled`, in "
         "submission order. One suits a CPU or a single GPU.",
     )
+    allowed_path_roots: list[Path] | None = Field(
+        default=None,
+        description="With the server's auth on: the directories under which a request may name "
+        "local paths (model, checkpoint_dir, dataset files, evaluation task files). None: "
+        "model_dirs and the Hugging Face cache. Inside work_dir only the folders of jobs the "
+        "access policy lets the user read, whatever this says.",
+    )
     max_jobs_per_user: int | None = Field(
         default=None,
         ge=1,

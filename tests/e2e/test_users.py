@@ -62,6 +62,10 @@ def auth_server(tmp_path_factory, pauses):
                             "endpoint": f"http://127.0.0.1:{endpoint.server_port}/auth"},
         "access_policy": POLICY,
     }  # fmt: skip
+    # The tests' models and data live under pytest's base folder (so does this server's work
+    # dir, where only the folders of jobs a user may read count).
+    provider = config["providers"]["post_training"][0]["config"]
+    provider["allowed_path_roots"] = [str(tmp_path_factory.getbasetemp())]
     (root / "run-auth.yaml").write_text(yaml.safe_dump(config))
     env = {**pauses.env, "KFP_MAX_JOBS_PER_USER": "1", "KFP_MAX_CONCURRENT_JOBS": "3"}
     server = Server(root, env=env, config=str(root / "run-auth.yaml")).start()
@@ -77,9 +81,9 @@ def _as(server: Server, who: str):
                             timeout=120)  # fmt: skip
 
 
-def _refused(call, *args) -> APIStatusError:
+def _refused(call, *args, **kwargs) -> APIStatusError:
     with pytest.raises(APIStatusError) as err:
-        call(*args)
+        call(*args, **kwargs)
     return err.value
 
 
@@ -133,6 +137,42 @@ def test_a_user_reaches_only_the_jobs_the_policy_permits(auth_server, pauses, ti
     del old["owner"]
     path.write_text(json.dumps(old))
     assert job in _ids(bob) and job_status(bob, job)["status"] == "cancelled"
+
+
+def test_paths_outside_the_roots_and_others_job_folders_are_refused(auth_server, tiny_models,
+                                                                   tmp_path):  # fmt: skip
+    alice, bob = _as(auth_server, "alice"), _as(auth_server, "bob")
+    model = str(tiny_models / "hf")
+    ds = register_rows(alice, tmp_path, instruct_rows(8))
+    job = new_id("job-a")
+    submit(alice, job, model, ds, training_config=training_config(ds, n_epochs=1))
+    assert wait_done(alice, job)["status"] == "completed"
+    epoch = str(auth_server.jobs_dir / job / "output" / "checkpoints" / "epoch_1")
+
+    bobs = register_rows(bob, tmp_path, instruct_rows(8))
+    outside = tmp_path.parent.parent.parent  # above pytest's base folder: not a root
+    for kw, what in (({"checkpoint_dir": epoch}, "checkpoint_dir"),  # Alice's checkpoint
+                     ({"model": epoch}, "model"),
+                     ({"model": str(outside)}, "model"),
+                     ({"hyperparam_search_config": {"kfp": {"evaluation": {
+                         "enabled": True, "task_files": ["/etc/hostname"]}}}},
+                      "evaluation task file")):  # fmt: skip
+        args = {"model": model, **kw}
+        err = _refused(submit, bob, new_id("job-b"), args.pop("model"), bobs, **args)
+        assert err.status_code == 403 and what in str(err), err
+        assert "allowed_path_roots" in str(err)
+    # A dataset whose file is outside the roots (llama-stack lets anyone register a URI).
+    bob.beta.datasets.register(purpose="post-training/messages", dataset_id=new_id("etc"),
+                               source={"type": "uri", "uri": "file:///etc/hostname"})  # fmt: skip
+    etc = [d.identifier for d in bob.beta.datasets.list() if d.identifier.startswith("etc-")][-1]
+    err = _refused(submit, bob, new_id("job-b"), model, etc)
+    assert err.status_code == 403 and "/etc/hostname" in str(err)
+    # Alice may start a new training from her own job's weights.
+    again = new_id("job-a")
+    submit(alice, again, model, ds, checkpoint_dir=f"{epoch}/merged",
+           training_config=training_config(ds, n_epochs=1))  # fmt: skip
+    assert wait_done(alice, again)["status"] == "completed"
+    assert not list(auth_server.jobs_dir.glob("job-b-*"))  # nothing was created for Bob
 
 
 def test_without_a_token_nothing_is_answered(auth_server):

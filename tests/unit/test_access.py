@@ -40,3 +40,34 @@ def test_a_custom_policy_is_applied_as_written():
               *default_policy()]  # fmt: skip
     assert not Access(scoped).allows(UPDATE, "j", OWNED, CAROL)  # reads still as the default
     assert Access(scoped).allows(READ, "j", OWNED, CAROL)
+
+
+def test_paths_under_auth_stay_under_the_roots_and_readable_job_folders(tmp_path):
+    import pytest
+
+    from llama_stack_provider_kfp.api.paths import PathRoots
+    from llama_stack_provider_kfp.core.errors import Forbidden
+
+    root, work, elsewhere = tmp_path / "models", tmp_path / "work", tmp_path / "elsewhere"
+    for d in (root / "m", work / "jobs" / "mine" / "output", work / "jobs" / "theirs",
+              elsewhere):  # fmt: skip
+        d.mkdir(parents=True)
+    (root / "escape").symlink_to(elsewhere)
+    paths = PathRoots([root], work, may_read_job=lambda job: job == "mine")
+    paths.check(str(root / "m"), "model")
+    paths.check(str(work / "jobs" / "mine" / "output"), "checkpoint_dir")
+    paths.check("s3://bucket/models/m", "checkpoint_dir")  # not local: not a path rule
+    paths.check_model("Llama3.2-1B-Instruct")  # a descriptor, not a path
+    paths.check_dataset(f"huggingface:///json?data_files={root}/m/rows.jsonl&split=train", "ds")
+    refused = [
+        (paths.check, str(elsewhere), "model"),
+        (paths.check, str(root / "escape"), "model"),  # a link out of a root leads out
+        (paths.check, str(work / "jobs" / "theirs"), "checkpoint_dir"),
+        (paths.check, str(work / "jobs"), "checkpoint_dir"),
+        (paths.check, f"file://{elsewhere}/t.yaml", "evaluation task file"),
+        (paths.check_dataset, "/etc/hostname", "dataset 'x': its file"),
+        (paths.check_dataset, "huggingface:///json?data_files=/etc/passwd", "dataset 'x'"),
+    ]
+    for check, location, what in refused:
+        with pytest.raises(Forbidden, match="allowed_path_roots"):
+            check(location, what)

@@ -8,6 +8,7 @@ pvc:// dataset, which the server cannot read.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from llama_stack_api import DatasetIO, Datasets
 from llama_stack_api.common.errors import DatasetNotFoundError
@@ -69,9 +70,10 @@ async def dataset_source(
     data_format: str,
     sample: int,
     reader: data_uri.SampleReader | None = None,
+    check_uri: Callable[[str, str], None] | None = None,
 ) -> DatasetSource:
     """The dataset's URI, or its rows when registered inline; checks the first `sample` rows
-    (read by `reader`)."""
+    (read by `reader`). `check_uri(uri, what)` may refuse the URI before anything is read."""
     try:
         dataset = await datasets.get_dataset(GetDatasetRequest(dataset_id=dataset_id))
     except DatasetNotFoundError:
@@ -88,6 +90,8 @@ async def dataset_source(
                 "credential through the environment (HF_TOKEN, AWS_*, data_sources.token_env), "
                 "which is never stored in job records or pipeline parameters"
             )
+        if check_uri is not None:
+            check_uri(source.uri, f"dataset {dataset_id!r}: its file")
         try:
             sampled = await asyncio.to_thread(data_uri.sample_rows, source.uri, sample, reader)
         except InvalidRequest as e:  # DataSourceError, a malformed location

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from llama_stack.core.access_control.datatypes import AccessRule
@@ -50,6 +51,7 @@ from . import responses, stages, translate
 from .access import READ, UPDATE, Access
 from .datasets import dataset_source, sample_reader
 from .errors import as_http_errors
+from .paths import PathRoots
 
 
 class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
@@ -138,6 +140,25 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         extensions": hyperparam_search_config["kfp"])."""
         return self.config.for_request((hyperparam_search_config or {}).get("kfp"))
 
+    def _paths(self, user: User | None) -> PathRoots | None:
+        if user is None:
+            return None
+        config = self.config
+        roots = config.allowed_path_roots
+        if roots is None:
+            from huggingface_hub.constants import HF_HUB_CACHE
+
+            roots = [*config.model_dirs, Path(HF_HUB_CACHE)]
+
+        def may_read(job_uuid: str) -> bool:
+            try:
+                found = self.store.entry(job_uuid)
+            except InvalidRequest:  # not a job folder's name
+                return False
+            return found is not None and self.access.allows(READ, job_uuid, found.owner, user)
+
+        return PathRoots(roots, config.work_dir, may_read)
+
     def _check_new_job(self, job_uuid: str, user: User | None) -> None:
         # Ids are global (the KFP backend finds runs by name): one taken by another user is
         # refused too, which tells the caller that it exists (README "Several users").
@@ -160,6 +181,12 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         """Everything that can be checked before anything is created, then the job."""
         config = sub.config
         stage_names = sub.stages  # refuses a bad `stages` before anything is read
+        paths = self._paths(user)  # with auth: which local paths this user may name
+        if paths is not None:
+            paths.check(sub.checkpoint_dir, "checkpoint_dir")
+            paths.check_model(sub.model)
+            for task_file in config.evaluation.task_files if "evaluate" in stage_names else []:
+                paths.check(task_file, "evaluation task file")
         # A checkpoint of this provider is resumed: its base weights are the model.
         where = sub.checkpoint_dir or sub.model
         trained = "train" not in stage_names  # evaluate/register checkpoint_dir, the tuned one
@@ -206,8 +233,9 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         translate.check_batch_split(dc.batch_size, config.world(), engine.name)
         fmt, sample = sub.data_format, config.submit_sample_rows
         reader = sample_reader(config)
+        check_uri = paths.check_dataset if paths is not None else None
         train = await dataset_source(
-            self.datasets_api, self.datasetio_api, dc.dataset_id, fmt, sample, reader
+            self.datasets_api, self.datasetio_api, dc.dataset_id, fmt, sample, reader, check_uri
         )
         validation = (
             await dataset_source(
@@ -217,6 +245,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
                 fmt,
                 sample,
                 reader,
+                check_uri,
             )
             if dc.validation_dataset_id
             else None

@@ -139,6 +139,18 @@ def has_credentials(uri: str) -> bool:
     )
 
 
+def local_paths(uri: str) -> list[Path]:
+    """The paths on this machine that `uri` would read, whether they exist or not (a path,
+    file://, a Hugging Face json/csv loader's data_files); none for remote locations."""
+    path = _local_path(uri)
+    if path is not None:
+        return [path]
+    if uri.startswith("huggingface://"):
+        files = parse_qs(urlparse(uri).query).get("data_files", [])
+        return [Path(f).expanduser() for f in files if "://" not in f]
+    return []
+
+
 def local_file(uri: str) -> Path | None:
     """The file on this machine that `uri` reads, if any (path, file://, local HF json/csv)."""
     path = _local_path(uri)
