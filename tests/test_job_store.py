@@ -84,6 +84,26 @@ def test_record_from_a_newer_release_is_read_and_saved_without_losing_fields(tmp
     assert again["lost"] == {"message": "x"} and again["format_version"] == 99
 
 
+def test_owners_are_kept_and_records_without_one_are_unowned(tmp_path):
+    from llama_stack_provider_kfp.jobs.record import Owner
+    from llama_stack_provider_kfp.jobs.store import UnreadableRecord
+
+    store, path = _saved(tmp_path)
+    assert store.load("job-1").owner is None  # as every record before owners (unowned)
+    alice = Owner(principal="alice", attributes={"roles": ["a"]})
+    store.save(store.load("job-1").model_copy(update={"owner": alice}))
+    assert store.load("job-1").owner == alice
+    # A record this release cannot read still says whose it is; a mangled owner is nobody's.
+    data = read_json(path)
+    data["spec"] = "garbled"
+    write_json(path, data)
+    found = store.entry("job-1")
+    assert isinstance(found, UnreadableRecord) and found.owner == alice
+    data["owner"] = {"principal": 7}
+    write_json(path, data)
+    assert store.entry("job-1").owner == Owner(principal="")
+
+
 def test_record_of_the_release_before_versions_is_migrated(tmp_path):
     from llama_stack_provider_kfp.jobs.record import RECORD_FORMAT
 
