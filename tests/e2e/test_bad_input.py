@@ -197,6 +197,38 @@ def test_bad_osft_requests(client, server, good, lora, extension, words):
                     hyperparam_search_config={"kfp": extension})  # fmt: skip
 
 
+def _damage(folder, how: str) -> str:
+    """Damage one file of a copied checkpoint as an interrupted copy or a bad disk would;
+    returns the file's name."""
+    weights = folder / "model.safetensors"
+    if how == "config.json":
+        (folder / "config.json").write_text('{"model_type": "llama", "hidden')
+        return "config.json"
+    if how == "weights cut":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        return "model.safetensors is truncated"
+    if how == "header garbled":
+        raw = bytearray(weights.read_bytes())
+        raw[8:16] = b"\xff\xfe{{{{{{"
+        weights.write_bytes(bytes(raw))
+        return "model.safetensors is damaged"
+    (folder / "training_state.json").write_text('{"engine": "hugging')
+    return "training_state.json is damaged"
+
+
+@pytest.mark.parametrize("how", ["config.json", "weights cut", "header garbled", "state"])
+def test_a_damaged_checkpoint_is_named(client, server, good, tiny_models, tmp_path, how):
+    """A corrupted checkpoint named in checkpoint_dir: a 400 naming the file, before anything
+    starts (not a crash in the train step)."""
+    import shutil
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(tiny_models / "hf", folder)
+    says = _damage(folder, how)
+    _expect_refusal(client, server, 400, [says], model="tiny", dataset_id=good["dataset"],
+                    checkpoint_dir=str(folder))  # fmt: skip
+
+
 @pytest.mark.parametrize("job_uuid", ["../escape", "a/b", ".hidden", "x" * 200])
 def test_unsafe_job_uuid(client, server, good, job_uuid):
     _expect_refusal(client, server, 400, ["job_uuid"], job_uuid=job_uuid,

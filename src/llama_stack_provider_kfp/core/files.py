@@ -36,6 +36,20 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
+def read_json_named(path: Path) -> Any | None:
+    """The file's content, None when it is missing; InvalidRequest naming it when it is there
+    but damaged (a request's file: the caller's to replace)."""
+    from .errors import InvalidRequest
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise InvalidRequest(f"{path} is damaged: not valid JSON ({e}); restore the file or "
+                             "name another checkpoint") from None  # fmt: skip
+
+
 def tail(path: Path, lines: int = 30, max_bytes: int = 16384) -> list[str]:
     """The last lines of a log file, read from its end (logs can be large)."""
     try:

@@ -133,18 +133,37 @@ def _local_reader(path: Path) -> _Reader:
         with (path / name).open("rb") as fh:
             return bool(_TIKTOKEN_LINE.match(fh.read(256)))
 
-    return _Reader(lambda n: json.loads((path / n).read_text()), modules, is_tiktoken)
+    return _Reader(lambda n: _json(path / n, (path / n).read_bytes()), modules, is_tiktoken)
+
+
+def _json(where: Path | str, body: bytes) -> Any:
+    """A model file's JSON; a damaged one is the caller's to replace, named."""
+    try:
+        return json.loads(body)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ModelError(f"{where} is damaged: not valid JSON ({e}); restore the file or name "
+                         "another checkpoint") from None  # fmt: skip
 
 
 def _safetensors_header(file: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (names, dtypes, shapes), read without torch."""
+    """The JSON header of a safetensors file (names, dtypes, shapes), read without torch; a
+    file shorter than its header says (an interrupted copy) is named as truncated."""
     with file.open("rb") as fh:
         size = int.from_bytes(fh.read(8), "little")
         if not 0 < size < 100_000_000:
             raise ModelError(f"{file} is not a safetensors file")
-        header = json.loads(fh.read(size))
+        raw = fh.read(size)
+    if len(raw) < size:
+        raise ModelError(f"{file} is truncated: its header is cut off; copy it again")
+    header = _json(file, raw)
     if not isinstance(header, dict):
         raise ModelError(f"{file} is not a safetensors file")
+    ends = [v["data_offsets"][1] for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]  # fmt: skip
+    need, have = 8 + size + max(ends, default=0), file.stat().st_size
+    if have < need:
+        raise ModelError(f"{file} is truncated: its header describes {need} bytes and the file "
+                         f"holds {have}; copy it again")  # fmt: skip
     return header
 
 
@@ -251,7 +270,7 @@ def inspect_s3_model(name: str, loc: Location, s3: Any = None) -> ModelSpec:
         body = storage.read_bytes(loc.join(n), s3)
         if body is None:
             raise ModelError(f"{loc.join(n)} was listed but is gone")
-        return json.loads(body)
+        return _json(str(loc.join(n)), body)
 
     reader = _Reader(
         load,

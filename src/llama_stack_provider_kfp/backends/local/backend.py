@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from ...core import data_uri
-from ...core.files import read_json
+from ...core.files import read_json_named
 from ...core.locations import parse
 from ...core.model_source import resolve_model
 from ...core.outputs import JobOutputs, StepError, write_cancel
@@ -69,7 +69,7 @@ class LocalBackend:
         folder = Path(where).expanduser()
         if not folder.is_dir():
             return None
-        return load_state(lambda name: read_json(folder / name), where)
+        return load_state(lambda name: read_json_named(folder / name), where)
 
     def stage(self, job_uuid: str, job_dir: Path, inputs: JobInputs) -> StagedInputs:
         (job_dir / OUTPUT_DIR).mkdir()
