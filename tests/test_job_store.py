@@ -127,6 +127,10 @@ def test_abandoned_reservations_are_removed_live_ones_kept(tmp_path):
     (young / "reserved.json").unlink()
     _, _ = _saved(tmp_path, "done")
     os.utime(store.job_dir("done"), (0, 0))
-    assert store.remove_abandoned() == ["died-half-way"]
+    # This machine's submit whose process is gone (a server killed mid-submit): at once.
+    killed = store.reserve("killed-here")
+    marker = json.loads((killed / "reserved.json").read_text())
+    (killed / "reserved.json").write_text(json.dumps({**marker, "create_time": 1.0}))
+    assert sorted(store.remove_abandoned()) == ["died-half-way", "killed-here"]
     assert sorted(p.name for p in store.root.iterdir()) == ["done", "in-flight", "young"]
     store.reserve("died-half-way")  # its id is free again

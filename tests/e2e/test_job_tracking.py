@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from llama_stack_client import APIConnectionError, APIStatusError
 
 from harness.demo_data import instruct_rows
 from harness.server import Server, any_alive, job_processes
@@ -90,6 +91,38 @@ def test_server_kill9_and_restart_reattaches(srv, pauses, tiny_models, tmp_path)
     st = wait_done(client, job)
     assert st["status"] == "completed", st["resources_allocated"]
     assert [c["epoch"] for c in st["checkpoints"]] == list(range(1, EPOCHS + 1))
+
+
+def test_server_kill9_mid_submit_leaves_no_half_job(srv, pauses, tiny_models, tmp_path):
+    """The server SIGKILLed after it reserved a job's folder and before the record was
+    complete: after a restart the job is absent (its id free again), never half there."""
+    import concurrent.futures
+
+    server = srv()
+    client = server.client()
+    ds = register_rows(client, tmp_path, instruct_rows(ROWS))
+    job = new_id("half")
+    pauses.arm(job, "submit.reserved")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(submit, client, job, str(tiny_models / "hf"), ds)
+        pauses.wait(job, "submit.reserved", going=lambda: not sent.done())
+        assert (server.jobs_dir / job).is_dir() and not (
+            server.jobs_dir / job / "job.json"
+        ).exists()
+        server.kill9()
+        with pytest.raises(APIConnectionError):  # the connection died with the server
+            sent.result(timeout=30)
+    pauses.release(job, "submit.reserved")
+    server.restart()
+    client = server.client()
+    assert not (server.jobs_dir / job).exists()
+    assert job not in [j.job_uuid for j in client.alpha.post_training.job.list()]
+    with pytest.raises(APIStatusError) as err:
+        job_status(client, job)
+    assert err.value.status_code == 404
+    submit(client, job, str(tiny_models / "hf"), ds,
+           training_config=training_config(ds, n_epochs=1))  # the id is free again  # fmt: skip
+    assert wait_done(client, job)["status"] == "completed"
 
 
 def _training_job(srv, pauses, tiny: Path, tmp: Path, point: str = "train.step:1", **env):

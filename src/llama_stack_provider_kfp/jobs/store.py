@@ -137,7 +137,9 @@ class JobStore:
 
     def remove_abandoned(self, min_age: float = ABANDONED_AFTER_SECONDS) -> list[str]:
         """Remove reserved folders without job.json (a submit that died half-way), freeing
-        their ids; a submit still in flight (its process alive) keeps its folder."""
+        their ids; a submit still in flight (its process alive) keeps its folder. A submit of
+        this machine whose process is gone is removed at once; `min_age` is for the others
+        (another machine's, or one that has not written its marker yet)."""
         removed = []
         for d in self.root.iterdir():
             if not d.is_dir() or (d / JOB_FILE).exists():
@@ -146,7 +148,8 @@ class JobStore:
                 age = time.time() - d.stat().st_mtime
             except FileNotFoundError:
                 continue
-            if age < min_age or _submitter_alive(read_json(d / RESERVED_FILE)):
+            marker = read_json(d / RESERVED_FILE)
+            if _submitter_alive(marker) or (age < min_age and not _from_here(marker)):
                 continue
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d.name)
@@ -163,6 +166,10 @@ def _owner(data: object) -> Owner | None:
         return Owner.model_validate(found) if found is not None else None
     except ValueError:
         return Owner(principal="")
+
+
+def _from_here(marker: object) -> bool:
+    return isinstance(marker, dict) and marker.get("host") == socket.gethostname()
 
 
 def _submitter_alive(marker: object) -> bool:
