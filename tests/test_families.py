@@ -176,3 +176,42 @@ def test_prompt_masking_follows_the_chat_template(family_models):
     # Exactly the answer and its end-of-turn: nothing of the system prompt or the question.
     assert tok.decode(learned) == "Hello, Ada!<|im_end|>\n"
     assert data.encode(tok, messages, 8, train_on_input=False).ids == full.ids[:8]
+
+
+@pytest.mark.parametrize("dpo", [False, True])
+def test_rows_that_leave_nothing_to_learn_are_refused_before_the_first_step(
+    dpo, family_models, tmp_path
+):
+    """A row whose answer is truncated away (or that encodes to under two tokens): named in
+    the train step's error before any optimizer step, for SFT and DPO alike (a DPO pair of
+    them used to crash the log-likelihood with an IndexError)."""
+    from llama_stack_provider_kfp.core.errors import InvalidRequest
+    from llama_stack_provider_kfp.core.spec import DPOSpec
+
+    long = "Tell me everything about the capital of France and the quick brown fox " * 40
+    if dpo:
+        rows = [{"prompt": long if i == 2 else "Greet Ada.", "chosen": "Hello, Ada!",
+                 "rejected": "Go away."} for i in range(6)]  # fmt: skip
+    else:
+        rows = instruct_rows(6, seed=1)
+        rows[2] = {**rows[2], "chat_completion_input": json.dumps(
+            [{"role": "user", "content": long}])}  # fmt: skip
+    model = inspect_model_dir("qwen2", family_models["qwen2"])
+    data = write_jsonl(rows, tmp_path / "rows.jsonl")
+    spec = JobSpec(
+        job_uuid="short", engine=EngineChoice(name="huggingface", reason="test"), model=model,
+        data=DataSpec(uri=str(data), data_format="preference" if dpo else "instruct"),
+        train=TrainSpec(epochs=1, max_steps_per_epoch=None, gradient_accumulation_steps=1,
+                        batch_size=2, shuffle=False, train_on_input=False, dtype="fp32",
+                        max_validation_steps=None, max_seq_len=400, seed=3, device="cpu"),
+        lora=None, dpo=DPOSpec(beta=0.1, loss_type="sigmoid") if dpo else None,
+        optim=OptimSpec(type="adamw", lr=1e-3, weight_decay=0.0, warmup_steps=0),
+        output_format="huggingface", output_uri=str(tmp_path / "out"),
+    )  # fmt: skip
+    prepare(spec, str(tmp_path / "t.jsonl"), str(tmp_path / "v.jsonl"))
+    with pytest.raises(InvalidRequest, match=r"training.* row\(s\) 3 leave no token to learn"):
+        train_step(spec.model_dump_json(), str(family_models["qwen2"]), str(tmp_path / "out"),
+                   str(tmp_path / "t.jsonl"), str(tmp_path / "v.jsonl"))  # fmt: skip
+    error = json.loads((tmp_path / "out" / "error.json").read_text())
+    assert "raise max_seq_len" in error["message"]
+    assert not (tmp_path / "out" / "checkpoints").exists()  # before any step

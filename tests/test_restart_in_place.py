@@ -59,7 +59,7 @@ def _spec(model: Path, data: Path, output_uri: str) -> JobSpec:
         data=DataSpec(uri=str(data), data_format="instruct"),
         train=TrainSpec(epochs=2, max_steps_per_epoch=None, gradient_accumulation_steps=1,
                         batch_size=1, shuffle=True, train_on_input=False, dtype="fp32",
-                        max_validation_steps=None, max_seq_len=64, seed=3, device="cpu",
+                        max_validation_steps=None, max_seq_len=256, seed=3, device="cpu",
                         checkpoint_every_steps=EVERY, keep_step_checkpoints=2),
         lora=LoraSpec(rank=4, alpha=8, attn_modules=["q_proj", "v_proj"], apply_to_mlp=False,
                       apply_to_output=False),

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ...core.errors import InvalidRequest
+
 IGNORE = -100
 # "role: content" lines; the answer ends with the end-of-sequence token so a model learns to stop.
 FALLBACK_CHAT_TEMPLATE = (
@@ -54,12 +56,36 @@ def encode(tokenizer: Any, messages: list[dict], max_len: int, train_on_input: b
     return Sample(ids[:max_len], labels[:max_len])
 
 
-def load(path: str | None, tokenizer: Any, max_len: int, train_on_input: bool) -> list[Sample]:
+def load(
+    path: str | None, tokenizer: Any, max_len: int, train_on_input: bool, split: str = "training"
+) -> list[Sample]:
     if not path or not Path(path).is_file():
         return []
     with open(path, encoding="utf-8") as fh:
         rows = [json.loads(line)["messages"] for line in fh if line.strip()]
-    return [encode(tokenizer, m, max_len, train_on_input) for m in rows]
+    samples = [encode(tokenizer, m, max_len, train_on_input) for m in rows]
+    check_learnable(samples, split, max_len)
+    return samples
+
+
+def learns_nothing(sample: Sample) -> bool:
+    """No token to predict: fewer than two tokens, or every answer token truncated away (a
+    label at position 0 is never predicted)."""
+    return len(sample.ids) < 2 or all(label == IGNORE for label in sample.labels[1:])
+
+
+def check_learnable(samples: list[Sample], split: str, max_len: int) -> None:
+    """Refuse rows that leave nothing to learn, naming them, before the first step: a DPO
+    pair of them crashes the log-likelihood, an SFT one trains on nothing."""
+    bad = [i for i, s in enumerate(samples, 1) if learns_nothing(s)]
+    if bad:
+        first = samples[bad[0] - 1]
+        raise InvalidRequest(
+            f"{split} row(s) {', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''} "
+            f"leave no token to learn (row {bad[0]} encodes to {len(first.ids)} token(s) with "
+            f"max_seq_len {max_len}: too short, or its answer was truncated away); drop or "
+            "shorten them, or raise max_seq_len"
+        )
 
 
 def collate(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:

@@ -183,11 +183,13 @@ class _Run:
         self.val_set: list[Any]
         if spec.dpo is not None:
             self.train_set = preference.load(train_path, self.tokenizer, t.max_seq_len)
-            self.val_set = preference.load(val_path, self.tokenizer, t.max_seq_len)
+            self.val_set = preference.load(val_path, self.tokenizer, t.max_seq_len, "validation")
             self.train_rows = len(self.train_set)
         else:
             self.train_set = data.load(train_path, self.tokenizer, t.max_seq_len, t.train_on_input)
-            self.val_set = data.load(val_path, self.tokenizer, t.max_seq_len, t.train_on_input)
+            self.val_set = data.load(
+                val_path, self.tokenizer, t.max_seq_len, t.train_on_input, "validation"
+            )
             self.train_rows = len(self.train_set)
             if t.packed:  # packed once, in file order; epochs shuffle the packed rows
                 self.train_set = data.pack(self.train_set, t.max_seq_len)

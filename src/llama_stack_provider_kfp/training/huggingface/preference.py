@@ -36,11 +36,14 @@ def encode(tokenizer: Any, row: dict, max_len: int) -> Pair:
     )
 
 
-def load(path: str | None, tokenizer: Any, max_len: int) -> list[Pair]:
+def load(path: str | None, tokenizer: Any, max_len: int, split: str = "training") -> list[Pair]:
     if not path or not Path(path).is_file():
         return []
     with open(path, encoding="utf-8") as fh:
-        return [encode(tokenizer, json.loads(line), max_len) for line in fh if line.strip()]
+        pairs = [encode(tokenizer, json.loads(line), max_len) for line in fh if line.strip()]
+    data.check_learnable([p.chosen for p in pairs], f"{split} (chosen answer)", max_len)
+    data.check_learnable([p.rejected for p in pairs], f"{split} (rejected answer)", max_len)
+    return pairs
 
 
 def loss(
