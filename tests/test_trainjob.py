@@ -92,7 +92,7 @@ def _spec(job: str, model) -> JobSpec:
         data=DataSpec(uri="unused", data_format="instruct"),
         train=TrainSpec(epochs=1, max_steps_per_epoch=3, gradient_accumulation_steps=1,
                         batch_size=4, shuffle=False, train_on_input=False, dtype="fp32",
-                        max_validation_steps=None, max_seq_len=64, seed=1, device="cpu",
+                        max_validation_steps=None, max_seq_len=256, seed=1, device="cpu",
                         ranks=1, nodes=2),
         lora=LoraSpec(rank=4, alpha=8, attn_modules=["q_proj", "v_proj"], apply_to_mlp=False,
                       apply_to_output=False, target_modules=["q_proj", "v_proj"]),
