@@ -16,6 +16,7 @@ from pydantic import (
 
 from .core.errors import InvalidRequest
 from .core.http_data import HttpPolicy
+from .core.mappings import deep_merge
 
 
 class RemoteResources(BaseModel):
@@ -602,7 +603,7 @@ class KFPPostTrainingConfig(BaseModel):
                     f"{where}.{section} may not set {', '.join(taken)}: where credentials come "
                     "from is the server's setting (provider config), never a request's"
                 )
-        merged = _merge(self.model_dump(), extension)
+        merged = deep_merge(self.model_dump(), extension)
         try:
             return type(self).model_validate(merged)
         except ValidationError as e:
@@ -619,13 +620,3 @@ class KFPPostTrainingConfig(BaseModel):
             "work_dir": "${env.KFP_WORK_DIR:=~/.llama/kfp-post-training}",
             "device": "${env.KFP_DEVICE:=auto}",
         }
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out

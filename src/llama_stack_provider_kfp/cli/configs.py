@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from ..core.mappings import deep_merge
+
 
 class ConfigError(ValueError):
     """A config the user gave cannot be read: the message says which and why."""
@@ -182,18 +184,6 @@ def stage_list(text: str | None) -> list[str] | None:
     return names
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`override` over `base` key by key, nested mappings too (as the server merges the
-    extension over its provider config)."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def _mapping(value: Any, what: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -239,7 +229,7 @@ def hyperparam_search_config(
     ext = dict(_mapping(cfg.get(EXTENSION), f'--hyperparam-search-config: "{EXTENSION}"'))
     where = f'--hyperparam-search-config: "{EXTENSION}".'
     if evaluation is not None or evaluate is not None or eval_tasks or eval_task_files:
-        ev = _merge(_mapping(ext.get("evaluation"), f"{where}evaluation"), evaluation or {})
+        ev = deep_merge(_mapping(ext.get("evaluation"), f"{where}evaluation"), evaluation or {})
         if eval_tasks:
             ev["tasks"] = list(eval_tasks)
         if eval_task_files:
@@ -250,7 +240,7 @@ def hyperparam_search_config(
             ev["enabled"] = True
         ext["evaluation"] = ev
     if registry is not None or register is not None or registry_uri is not None:
-        reg = _merge(_mapping(ext.get("registry"), f"{where}registry"), registry or {})
+        reg = deep_merge(_mapping(ext.get("registry"), f"{where}registry"), registry or {})
         _set(reg, kind=register, uri=registry_uri)
         ext["registry"] = reg
     _set(ext, validation_fraction=validation_fraction, max_rows=max_rows, stages=stages)

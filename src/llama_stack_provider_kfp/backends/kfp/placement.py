@@ -125,16 +125,7 @@ def _placement(cfg: RemoteConfig, spec: JobSpec | None):
             return
         if cfg.scratch_size:
             _scratch(task, cfg)
-        if res.cpu_request:
-            task.set_cpu_request(res.cpu_request)
-        if res.cpu_limit:
-            task.set_cpu_limit(res.cpu_limit)
-        if res.memory_request:
-            task.set_memory_request(res.memory_request)
-        if res.memory_limit:
-            task.set_memory_limit(res.memory_limit)
-        if res.gpu_count:
-            task.set_accelerator_type(res.accelerator).set_accelerator_limit(res.gpu_count)
+        _resources(task, cfg, res.gpu_count, cpu_limit=True)
         if res.gpu_count > 1:
             # One rank per GPU: NCCL and the ranks' data exchange use shared memory, which a
             # container gets only 64 MiB of unless /dev/shm is a memory volume.
@@ -162,14 +153,23 @@ def _evaluate(task, cfg: RemoteConfig, pvc) -> None:
         kubernetes.mount_pvc(task, pvc_name=pvc.root, mount_path=pvc.mount_path)
     if cfg.scratch_size:
         _scratch(task, cfg)
+    _resources(task, cfg, min(res.gpu_count, 1), cpu_limit=False)
+
+
+def _resources(task, cfg: RemoteConfig, accelerators: int, cpu_limit: bool) -> None:
+    """The configured CPU (limit too when asked), memory and `accelerators` of the
+    configured kind."""
+    res = cfg.resources
     if res.cpu_request:
         task.set_cpu_request(res.cpu_request)
+    if cpu_limit and res.cpu_limit:
+        task.set_cpu_limit(res.cpu_limit)
     if res.memory_request:
         task.set_memory_request(res.memory_request)
     if res.memory_limit:
         task.set_memory_limit(res.memory_limit)
-    if res.gpu_count:
-        task.set_accelerator_type(res.accelerator).set_accelerator_limit(1)
+    if accelerators:
+        task.set_accelerator_type(res.accelerator).set_accelerator_limit(accelerators)
 
 
 def _register_secrets(task, cfg: RemoteConfig, spec: JobSpec | None) -> None:
