@@ -29,15 +29,18 @@ from llama_stack_provider_kfp.training.prepare import prepare
 from llama_stack_provider_kfp.training.steps import train_step
 
 
-def _spec(model: Path, work: Path, out: Path, epochs: int) -> JobSpec:
+def _spec(
+    model: Path, work: Path, out: Path, epochs: int, job: str = "disk", **train: object
+) -> JobSpec:
     return JobSpec(
-        job_uuid="disk", engine=EngineChoice(name="huggingface", reason="test"),
+        job_uuid=job, engine=EngineChoice(name="huggingface", reason="test"),
         model=inspect_model_dir("qwen2", model),
         data=DataSpec(uri=str(write_jsonl(instruct_rows(8), work / "rows.jsonl")),
                       data_format="instruct"),
         train=TrainSpec(epochs=epochs, max_steps_per_epoch=None, gradient_accumulation_steps=1,
-                        batch_size=4, shuffle=False, train_on_input=False, dtype="fp32",
-                        max_validation_steps=None, max_seq_len=256, seed=1, device="cpu"),
+                        shuffle=False, train_on_input=False, dtype="fp32",
+                        max_validation_steps=None, max_seq_len=256, seed=1, device="cpu",
+                        **{"batch_size": 4, **train}),
         lora=None, optim=OptimSpec(type="adamw", lr=1e-3, weight_decay=0.0, warmup_steps=0),
         output_format="huggingface", output_uri=str(out),
     )  # fmt: skip
@@ -97,3 +100,54 @@ def test_disk_full_while_writing_a_checkpoint(small_disk, tmp_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(epoch / "merged")  # loads: not damaged
+
+
+def test_train_step_killed_from_outside_says_so_and_resumes(pauses, tmp_path):
+    """The OOM killer's way (SIGKILL, no error.json): the job's reason comes from the task's
+    exit status, with its peak memory; the step checkpoint before the kill resumes."""
+    import os
+    import signal
+    import sys
+    from datetime import UTC, datetime
+
+    from llama_stack_provider_kfp.jobs.record import JobRecord
+    from llama_stack_provider_kfp.jobs.store import JobStore, read_worker_state
+
+    model = make("qwen2", tmp_path / "qwen2")
+    store = JobStore(tmp_path / "work")
+    job = "oom-kill"
+    job_dir = store.reserve(job)
+    # 4 steps, each saved
+    spec = _spec(
+        model, tmp_path, job_dir / "output", 1, job, batch_size=2, checkpoint_every_steps=1
+    )
+    store.save(JobRecord(job_uuid=job, spec=spec, scheduled_at=datetime.now(UTC)))
+    pauses.arm(job, "train.step:2")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "llama_stack_provider_kfp.backends.local.worker", str(job_dir)],
+        cwd=job_dir, env={**os.environ, **pauses.env}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        pid = pauses.wait(job, "train.step:2", going=lambda: worker.poll() is None)
+        os.kill(pid, signal.SIGKILL)
+        assert worker.wait(120) == 1
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert not (job_dir / "output" / "error.json").exists()  # nothing written by the step
+    state = read_worker_state(job_dir)
+    assert state is not None and state.status == "failed" and state.error is not None
+    message = state.error.message
+    assert state.error.step == "train"
+    assert "the train step was killed (signal 9, likely out of memory)" in message
+    peak = float(message.split("peak memory was ")[1].split(" MB")[0])
+    assert peak > 100  # a python with torch and a model: far more than the shell around it
+    step_1 = str(job_dir / "output" / "checkpoints" / "step_1")
+    assert f"checkpoint_dir is {step_1!r} (optimizer step 1)" in message
+
+    # What was saved before the kill resumes: a new job continues from it to the end.
+    again = _spec(model, tmp_path, tmp_path / "again", 1, "resumed", batch_size=2,
+                  checkpoint_every_steps=1).model_copy(update={"resume_from": step_1})  # fmt: skip
+    result = _train(again, model, tmp_path)
+    assert result["global_step"] == 4 and result["resumed_from"]["step"] == 1

@@ -23,6 +23,7 @@ from ...core.outputs import PROGRESS, RESULT, JobOutputs, StepError
 from ...core.phases import Phases, add_phases
 from ...jobs.record import RunnerHandle, WorkerState, now
 from ...jobs.store import JOB_FILE, JobStore, write_worker_state
+from . import task_exits
 
 
 def run(job_dir: Path) -> int:
@@ -39,6 +40,7 @@ def run(job_dir: Path) -> int:
         _import_kfp_without_its_client()
         from kfp import local
 
+        task_exits.install()
         from ...pipeline.definition import ComponentBuild, build_pipeline, pipeline_arguments
 
         local.init(
@@ -56,8 +58,8 @@ def run(job_dir: Path) -> int:
         traceback.print_exc()
         sys.stdout.flush()
         # The log's tail is not copied here: the status reads it from the log itself.
-        step_error = JobOutputs(parse(spec.output_uri)).error()
-        error = step_error or StepError(message=f"{type(e).__name__}: {e}")
+        outputs = JobOutputs(parse(spec.output_uri))
+        error = outputs.error() or _killed(outputs) or StepError(message=f"{type(e).__name__}: {e}")
         write_worker_state(
             job_dir,
             WorkerState(
@@ -71,6 +73,22 @@ def run(job_dir: Path) -> int:
         WorkerState(status="completed", started_at=started, completed_at=now(), runner=me),
     )
     return 0
+
+
+def _killed(outputs: JobOutputs) -> StepError | None:
+    """A step ended by a signal (the OOM killer's SIGKILL) writes no error.json: say so from
+    its exit status, with its peak memory and the checkpoint a new job resumes from."""
+    ended = task_exits.last_killed()
+    message = ended.killed_message() if ended else None
+    if ended is None or message is None:
+        return None
+    newest = outputs.newest_resumable()
+    if newest is not None:
+        message += (
+            f"; resume from its newest checkpoint with a new job whose checkpoint_dir is "
+            f"{newest.path!r} (optimizer step {newest.global_step})"
+        )
+    return StepError(message=message, step=ended.step)
 
 
 def _import_kfp_without_its_client() -> None:
