@@ -85,3 +85,27 @@ def iam_enforced(endpoint: str) -> Iterator[None]:
         yield
     finally:
         reset("inf")
+
+
+class RestartableS3:
+    """moto on a fixed loopback port, stopped and started again on the same port by a test (an
+    S3 endpoint that goes away and comes back). Its objects survive a restart: moto keeps them
+    in this process, not in the server thread."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server = None
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None

@@ -17,9 +17,12 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .errors import Unavailable
 from .locations import Location
 from .s3_errors import boundary, code_of, missing
 
@@ -61,6 +64,46 @@ def client(
         else None,
         **keys,
     )
+
+
+# How long a step keeps trying a write while S3 cannot be reached (an endpoint restarting, a
+# dropped connection): seconds, read when the write fails. 0 tries once.
+RETRY_ENV = "KFP_S3_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 120.0
+_FIRST_WAIT, _MAX_WAIT = 0.5, 15.0
+
+
+def retry_seconds() -> float:
+    value = os.environ.get(RETRY_ENV, "")
+    try:
+        return max(0.0, float(value)) if value else DEFAULT_RETRY_SECONDS
+    except ValueError:
+        return DEFAULT_RETRY_SECONDS
+
+
+def retrying[T](call: Callable[[], T], s3: Any, what: str, bound: float | None = None) -> T:
+    """`call` (a write of a step's output), tried again while S3 cannot be reached
+    (Unavailable: no answer, a timeout, a 5xx after botocore's own retries), waiting 0.5 s
+    doubling up to 15 s, for `bound` seconds (RETRY_ENV); then Unavailable naming the endpoint.
+    A refusal (403, no bucket) is not retried: waiting does not change the answer."""
+    bound = retry_seconds() if bound is None else bound
+    started, wait, attempts = time.monotonic(), _FIRST_WAIT, 0
+    while True:
+        attempts += 1
+        try:
+            return call()
+        except Unavailable as e:
+            spent = time.monotonic() - started
+            if spent + wait > bound:
+                endpoint = getattr(getattr(s3, "meta", None), "endpoint_url", None) or "S3"
+                raise Unavailable(
+                    f"S3 at {endpoint} could not be reached for {what}: gave up after "
+                    f"{attempts} attempts in {spent:.1f} s ({RETRY_ENV}={bound:g}); what was "
+                    f"uploaded before is kept. Last error: {e}"
+                ) from e
+            print(f"s3: {what} failed, attempt {attempts}; trying again in {wait:.1f} s: {e}")
+            time.sleep(wait)
+            wait = min(wait * 2, _MAX_WAIT)
 
 
 def upload_file(path: Path, loc: Location, s3: Any = None) -> None:

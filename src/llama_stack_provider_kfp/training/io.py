@@ -20,7 +20,7 @@ from typing import Any
 
 from ..core import data_uri, storage
 from ..core.http_data import HttpPolicy
-from ..core.locations import parse
+from ..core.locations import Location, parse
 from ..core.outputs import METRICS, StepError, stage_file, write_error, write_output
 from ..core.stage_results import StageRecord
 
@@ -85,13 +85,20 @@ class Output:
             marker = src / METRICS
             for p in sorted(src.rglob("*")):
                 if p.is_file() and p != marker:
-                    storage.upload_file(p, dest.join(p.relative_to(src).as_posix()), self._s3)
+                    self._upload(p, dest.join(p.relative_to(src).as_posix()))
             if marker.is_file():
-                storage.upload_file(marker, dest.join(METRICS), self._s3)
+                self._upload(marker, dest.join(METRICS))
             # Uploaded: free the scratch space (an epoch of an 8B model is ~16 GB).
             shutil.rmtree(src, ignore_errors=True)
         elif src.is_file():
-            storage.upload_file(src, dest, self._s3)
+            self._upload(src, dest)
+
+    def _upload(self, path: Path, dest: Location) -> None:
+        """One file, tried again for a while when S3 cannot be reached (storage.retrying);
+        objects uploaded before stay as they are."""
+        storage.retrying(
+            lambda: storage.upload_file(path, dest, self._s3), self._s3, f"uploading {dest}"
+        )
 
     def remove(self, rel: str) -> None:
         """Delete a folder of the output, here and at the output location."""
@@ -125,7 +132,12 @@ def report_errors(output_uri: str, step: str) -> Iterator[None]:
                 message=f"{type(e).__name__}: {e}",
                 traceback=traceback.format_exc()[-4000:],
             )
-            write_error(parse(output_uri), error)
+            where = parse(output_uri)
+            s3 = None if where.is_local else storage.client()
+            try:  # S3 may be what failed: its outage must not hide the step's own error
+                storage.retrying(lambda: write_error(where, error, s3), s3, "writing error.json")
+            except Exception as lost:
+                print(f"{error.message}\n(error.json could not be written: {lost})")
         raise
 
 
