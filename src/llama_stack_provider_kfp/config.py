@@ -464,6 +464,12 @@ class KFPPostTrainingConfig(BaseModel):
         "model_dirs and the Hugging Face cache. Inside work_dir only the folders of jobs the "
         "access policy lets the user read, whatever this says.",
     )
+    allowed_claims: list[str] = Field(
+        default_factory=list,
+        description="With the server's auth on: the PersistentVolumeClaims a request may name "
+        "(pvc://<claim>/...: models, checkpoint_dir, datasets); any other claim is a 403. "
+        "Without auth, any claim of the namespace.",
+    )
     max_jobs_per_user: int | None = Field(
         default=None,
         ge=1,

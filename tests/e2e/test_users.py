@@ -66,6 +66,8 @@ def auth_server(tmp_path_factory, pauses):
     # dir, where only the folders of jobs a user may read count).
     provider = config["providers"]["post_training"][0]["config"]
     provider["allowed_path_roots"] = [str(tmp_path_factory.getbasetemp())]
+    # The job prefix remote mode writes (only checked here: this server runs jobs locally).
+    provider.setdefault("remote", {})["s3_bucket"] = "kfp"
     (root / "run-auth.yaml").write_text(yaml.safe_dump(config))
     env = {**pauses.env, "KFP_MAX_JOBS_PER_USER": "1", "KFP_MAX_CONCURRENT_JOBS": "3"}
     server = Server(root, env=env, config=str(root / "run-auth.yaml")).start()
@@ -161,6 +163,14 @@ def test_paths_outside_the_roots_and_others_job_folders_are_refused(auth_server,
         err = _refused(submit, bob, new_id("job-b"), args.pop("model"), bobs, **args)
         assert err.status_code == 403 and what in str(err), err
         assert "allowed_path_roots" in str(err)
+    # The provider's own S3 job folders and claims: Alice's job there is hers (403 before any
+    # S3 call: this server has no S3 at all), and no claim is allowed.
+    s3_epoch = f"s3://kfp/llama-stack-post-training/jobs/{job}/output/checkpoints/epoch_1"
+    for kw, why in (({"checkpoint_dir": s3_epoch}, "folders of jobs they may read"),
+                    ({"model": "pvc://team-models/m"}, "allowed_claims")):  # fmt: skip
+        args = {"model": model, **kw}
+        err = _refused(submit, bob, new_id("job-b"), args.pop("model"), bobs, **args)
+        assert err.status_code == 403 and why in str(err), err
     # A dataset whose file is outside the roots (llama-stack lets anyone register a URI).
     bob.beta.datasets.register(purpose="post-training/messages", dataset_id=new_id("etc"),
                                source={"type": "uri", "uri": "file:///etc/hostname"})  # fmt: skip

@@ -71,3 +71,37 @@ def test_paths_under_auth_stay_under_the_roots_and_readable_job_folders(tmp_path
     for check, location, what in refused:
         with pytest.raises(Forbidden, match="allowed_path_roots"):
             check(location, what)
+
+
+def test_the_providers_s3_job_folders_and_claims_under_auth(tmp_path):
+    """Another user's checkpoint in the provider's own S3 job prefix is not a model to start
+    from; claims only from allowed_claims; other S3 locations are S3's to allow."""
+    import pytest
+
+    from llama_stack_provider_kfp.api.paths import PathRoots
+    from llama_stack_provider_kfp.core.errors import Forbidden
+    from llama_stack_provider_kfp.core.locations import Location
+
+    jobs = Location("s3", "kfp", "llama-stack-post-training/jobs")
+    paths = PathRoots([], tmp_path, lambda job: job == "mine", jobs, ["team-data"])
+    mine = "s3://kfp/llama-stack-post-training/jobs/mine/output/checkpoints/epoch_1"
+    paths.check(mine, "checkpoint_dir")
+    paths.check_model(mine)
+    paths.check("s3://kfp/users/models/m", "model")  # the bucket, outside the job prefix
+    paths.check("s3://other/llama-stack-post-training/jobs/theirs", "model")  # another bucket
+    paths.check("pvc://team-data/models/m", "model")
+    paths.check_dataset("pvc://team-data/rows.jsonl", "dataset 'x': its file")
+    theirs = "s3://kfp/llama-stack-post-training/jobs/theirs/output/checkpoints/epoch_1"
+    for check, location in [(paths.check, theirs), (paths.check_model, theirs),
+                            (paths.check_dataset, f"{theirs}/../../input/train.jsonl"),
+                            (paths.check, "s3://kfp/llama-stack-post-training/jobs/"),
+                            (paths.check, "s3://kfp/llama-stack-post-training/jobs/mine/../t"),
+                            (paths.check, "s3://kfp/users/../llama-stack-post-training/jobs/t"),
+                            (paths.check, "s3://kfp/llama-stack-post-training/jobs")]:  # fmt: skip
+        with pytest.raises(Forbidden, match="folders of jobs they may read"):
+            check(location, "checkpoint_dir") if check != paths.check_model else check(location)
+    for location in ("pvc://other-team/models/m", "pvc://team-data-2/x"):
+        with pytest.raises(Forbidden, match="allowed_claims"):
+            paths.check(location, "model")
+    with pytest.raises(Forbidden, match="allowed_claims"):
+        paths.check_dataset("pvc://other-team/rows.jsonl", "dataset 'x': its file")

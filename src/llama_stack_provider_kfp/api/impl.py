@@ -39,6 +39,7 @@ from ..core.engines import JobTraits, select_engine
 from ..core.errors import Forbidden, InvalidRequest, JobNotFound, LimitReached, Unsupported
 from ..core.eval_tasks import check_evaluation, lm_eval_problem, read_task_file
 from ..core.http_data import HttpPolicy
+from ..core.locations import Location
 from ..core.registry_probe import check_registry_reachable
 from ..core.resume import check_resume, check_rows
 from ..core.spec import EngineChoice, EvaluationSpec, ModelSpec, algorithm
@@ -157,7 +158,13 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
                 return False
             return found is not None and self.access.allows(READ, job_uuid, found.owner, user)
 
-        return PathRoots(roots, config.work_dir, may_read)
+        remote = config.remote
+        s3_jobs = (
+            Location("s3", remote.s3_bucket, f"{remote.s3_prefix.strip('/')}/jobs".lstrip("/"))
+            if remote.s3_bucket
+            else None
+        )
+        return PathRoots(roots, config.work_dir, may_read, s3_jobs, config.allowed_claims)
 
     def _check_new_job(self, job_uuid: str, user: User | None) -> None:
         # Ids are global (the KFP backend finds runs by name): one taken by another user is
