@@ -45,8 +45,8 @@ def test_a_custom_policy_is_applied_as_written():
 def test_paths_under_auth_stay_under_the_roots_and_readable_job_folders(tmp_path):
     import pytest
 
-    from llama_stack_provider_kfp.api.paths import PathRoots
     from llama_stack_provider_kfp.core.errors import Forbidden
+    from llama_stack_provider_kfp.service.paths import PathRoots
 
     root, work, elsewhere = tmp_path / "models", tmp_path / "work", tmp_path / "elsewhere"
     for d in (root / "m", work / "jobs" / "mine" / "output", work / "jobs" / "theirs",
@@ -78,9 +78,9 @@ def test_the_providers_s3_job_folders_and_claims_under_auth(tmp_path):
     from; claims only from allowed_claims; other S3 locations are S3's to allow."""
     import pytest
 
-    from llama_stack_provider_kfp.api.paths import PathRoots
     from llama_stack_provider_kfp.core.errors import Forbidden
     from llama_stack_provider_kfp.core.locations import Location
+    from llama_stack_provider_kfp.service.paths import PathRoots
 
     jobs = Location("s3", "kfp", "llama-stack-post-training/jobs")
     paths = PathRoots([], tmp_path, lambda job: job == "mine", jobs, ["team-data"])

@@ -15,6 +15,7 @@ from llama_stack_provider_kfp.core.engines import JobTraits, select_engine
 from llama_stack_provider_kfp.core.errors import InvalidRequest, Unsupported
 from llama_stack_provider_kfp.core.osft_targets import resolve_osft
 from llama_stack_provider_kfp.core.spec import ModelSpec, OSFTSpec, algorithm
+from llama_stack_provider_kfp.service import submission
 
 LLAMA = ["embed_tokens", "lm_head", "mlp.down_proj", "mlp.gate_proj", "mlp.up_proj",
          "self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj",
@@ -61,7 +62,7 @@ def test_target_refusals_say_what_to_change():
     with pytest.raises(InvalidRequest, match=r"no attention or MLP projection.*name the matrices"):
         resolve_osft([], ["embed_tokens", "lm_head", "blocks.w1"], tied=False)
     with pytest.raises(InvalidRequest, match=r"invalid OSFT settings: osft\.target_modules"):
-        translate.osft_spec(OSFTConfig(target_modules=["gate"]), _model(GPT2, family="gpt2"))
+        submission.osft_spec(OSFTConfig(target_modules=["gate"]), _model(GPT2, family="gpt2"))
 
 
 @pytest.mark.parametrize("ratio", [0, -0.1, 1.5, "half"])
@@ -78,7 +79,7 @@ def test_a_request_asks_for_osft_through_the_extension():
     assert got.algorithm == "osft" and got.osft.unfreeze_rank_ratio == 0.5
     assert got.osft.target_modules is None  # every attention and MLP projection
     assert not got.osft.freeze_non_targets  # embeddings and norms train, as in mini-trainer
-    spec = translate.osft_spec(got.osft, _model(LLAMA))
+    spec = submission.osft_spec(got.osft, _model(LLAMA))
     assert spec == OSFTSpec(unfreeze_rank_ratio=0.5, requested_modules=[],
                             target_modules=resolve_osft([], LLAMA, False).modules)  # fmt: skip
     assert algorithm(None, None, spec) == "osft"

@@ -2,11 +2,11 @@
 
 import pytest
 
-from llama_stack_provider_kfp.api import stages
 from llama_stack_provider_kfp.config import KFPPostTrainingConfig
 from llama_stack_provider_kfp.core.errors import InvalidRequest
 from llama_stack_provider_kfp.core.stage_results import Comparison, StageRecord, stage_table
 from llama_stack_provider_kfp.core.tracking import MLflowTracking, TrackingSpec
+from llama_stack_provider_kfp.service import stages
 
 
 def test_a_request_overrides_nested_settings_key_by_key():

@@ -25,6 +25,7 @@ from llama_stack_provider_kfp.core.errors import InvalidRequest, Unsupported
 from llama_stack_provider_kfp.core.lora_targets import resolve
 from llama_stack_provider_kfp.core.spec import ModelArch, ModelSpec
 from llama_stack_provider_kfp.jobs.backend import StagedInputs
+from llama_stack_provider_kfp.service import submission
 
 TC = {
     "n_epochs": 2,
@@ -122,13 +123,13 @@ def test_algorithm_refusals_and_full_fine_tuning_by_default():
 
 
 def test_qlora_needs_nf4_sized_matrices_and_the_torchtune_engine():
-    qlora = LoraFinetuningConfig(**LORA, quantize_base=True)
+    qlora = translate.lora(LoraFinetuningConfig(**LORA, quantize_base=True))
     with pytest.raises(InvalidRequest, match=r"NF4.*k_proj 32x64.*quantize_base=false"):
-        translate.lora_targets(qlora, _model())  # 64 wide: too small for NF4 blocks
+        submission.lora_targets(qlora, _model())  # 64 wide: too small for NF4 blocks
     wide = _model().model_copy(update={"arch": _model().arch.model_copy(
         update={"embed_dim": 2048, "num_heads": 32, "num_kv_heads": 8,
                 "intermediate_dim": 8192})})  # fmt: skip
-    spec = translate.lora_spec(qlora, translate.lora_targets(qlora, wide))
+    spec = submission.lora_spec(qlora, submission.lora_targets(qlora, wide))
     assert spec is not None and spec.quantize_base
     assert select_engine(JobTraits.of(wide, "qlora", True)).name == "torchtune"
     with pytest.raises(Unsupported, match="bitsandbytes on a CUDA device"):
@@ -147,21 +148,26 @@ def test_qlora_needs_nf4_sized_matrices_and_the_torchtune_engine():
 )
 def test_lora_refusals(over, tied, words):
     with pytest.raises(InvalidRequest) as err:
-        translate.lora_targets(LoraFinetuningConfig(**{**LORA, **over}), _model(tied))
+        submission.lora_targets(
+            translate.lora(LoraFinetuningConfig(**{**LORA, **over})), _model(tied)
+        )
     for w in words:
         assert w in str(err.value)
 
 
 def test_all_problems_of_a_lora_config_at_once():
-    bad = LoraFinetuningConfig(**{**LORA, "lora_attn_modules": ["q_proj", "w9"], "rank": 0})
+    bad = translate.lora(
+        LoraFinetuningConfig(**{**LORA, "lora_attn_modules": ["q_proj", "w9"], "rank": 0})
+    )
     with pytest.raises(InvalidRequest) as err:
-        translate.lora_targets(bad, _model())
+        submission.lora_targets(bad, _model())
     assert "w9" in str(err.value) and "rank must be >= 1" in str(err.value)
 
 
 def test_lora_on_an_untied_output_is_fine():
-    targets = translate.lora_targets(
-        LoraFinetuningConfig(**{**LORA, "apply_lora_to_output": True}), _model(tied=False)
+    targets = submission.lora_targets(
+        translate.lora(LoraFinetuningConfig(**{**LORA, "apply_lora_to_output": True})),
+        _model(tied=False),
     )
     assert "lm_head" in targets.peft
 
@@ -230,11 +236,11 @@ def test_torchtune_runs_several_ranks_with_a_batch_they_divide():
         select_engine(JobTraits.of(llama3, "qlora", True, ranks=2), "torchtune")
     nodes = select_engine(JobTraits.of(llama3, "lora", True, ranks=4, nodes=2))
     assert nodes.name == "huggingface" and "several nodes" in nodes.reason
-    translate.check_batch_split(8, 4, "torchtune")
-    translate.check_batch_split(6, 4, "huggingface")  # DDP shares out any batch
+    submission.check_batch_split(8, 4, "torchtune")
+    submission.check_batch_split(6, 4, "huggingface")  # DDP shares out any batch
     with pytest.raises(InvalidRequest, match=r"batch_size \(6\) does not divide .* 4 devices"
                        r".*multiple of 4 \(e.g. 4\)"):  # fmt: skip
-        translate.check_batch_split(6, 4, "torchtune")
+        submission.check_batch_split(6, 4, "torchtune")
 
 
 def test_engine_selection_explains_itself():
@@ -265,13 +271,13 @@ def test_build_spec_carries_every_setting():
             data_config={"train_on_input": True}),
         hyperparam_search_config={}, logger_config={},
     )  # fmt: skip
-    lora = LoraFinetuningConfig(**{**LORA, "use_dora": True})
+    lora = translate.lora(LoraFinetuningConfig(**{**LORA, "use_dora": True}))
     staged = StagedInputs("/in/train.jsonl", None, "/out")
-    lspec = translate.lora_spec(lora, translate.lora_targets(lora, _model()))
+    lspec = submission.lora_spec(lora, submission.lora_targets(lora, _model()))
     engine = select_engine(_traits(_model(), "dora"))
-    sub = translate.Submission("j-1", "tiny", None, req.training_config, lora, None,
-                               config=config)  # fmt: skip
-    spec = translate.build_spec(sub, lspec, _model(), staged, engine)
+    sub = submission.Submission("j-1", "tiny", None, translate.training(req.training_config),
+                                lora, None, config=config)  # fmt: skip
+    spec = submission.build_spec(sub, lspec, _model(), staged, engine)
     assert spec.engine.name == "torchtune" and spec.data.uri == "/in/train.jsonl"
     assert spec.data.validation_fraction == 0.1 and spec.output_uri == "/out"
     t = spec.train
@@ -297,8 +303,9 @@ def test_omitted_fields_take_documented_defaults():
                                     hyperparam_search_config={}, logger_config={})  # fmt: skip
     staged = StagedInputs("/in", None, "/out")
     engine = select_engine(_traits(_model(), "full"))
-    sub = translate.Submission(req.job_uuid, "m", None, tc, None, None, config=config)
-    spec = translate.build_spec(sub, None, _model(), staged, engine)
+    sub = submission.Submission(req.job_uuid, "m", None, translate.training(tc), None, None,
+                                config=config)  # fmt: skip
+    spec = submission.build_spec(sub, None, _model(), staged, engine)
     assert spec.lora is None and spec.engine.name == "huggingface"
     assert spec.train.dtype == "bf16"  # the API's own default
     o = spec.optim
@@ -317,10 +324,11 @@ def test_dpo_checks_and_default_lora():
         translate.check_dpo(DPOAlignmentConfig(beta=0.0))
     config = KFPPostTrainingConfig(work_dir=Path("/tmp/w"))
     lora = translate.dpo_lora(config.dpo)
-    assert lora is not None and lora.lora_attn_modules == ["q_proj", "v_proj", "output_proj"]
+    assert lora is not None and lora.attn_modules == ["q_proj", "v_proj", "output_proj"]
     assert translate.dpo_lora(config.dpo.model_copy(update={"full": True})) is None
     # Preference rows are read as such whatever data_format says (upstream sends dialog).
     tc = _tc(data_config={"data_format": "dialog"})
-    assert translate.Submission("j", "m", None, tc, lora, dpo).data_format == "preference"
+    sub = submission.Submission("j", "m", None, translate.training(tc), lora, dpo)
+    assert sub.data_format == "preference"
     engine = select_engine(_traits(_model(), "dpo-lora"))
     assert engine.name == "huggingface"

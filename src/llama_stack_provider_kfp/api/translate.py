@@ -1,4 +1,5 @@
-"""A llama-stack request -> JobSpec: the checks (pure functions) and the translation.
+"""A llama-stack request -> service.submission's Submission: the checks of its own fields
+(pure functions, llama-stack's field names in the messages) and the translation.
 
 Everything here runs before anything is created; a problem is an InvalidRequest (400) or
 Unsupported (501) whose message says what to change.
@@ -7,7 +8,6 @@ Unsupported (501) whose message says what to change.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 from llama_stack_api import (
     AlgorithmConfig,
@@ -18,30 +18,10 @@ from llama_stack_api import (
     TrainingConfig,
 )
 
-from ..config import DPODefaults, KFPPostTrainingConfig, OSFTConfig
-from ..core.engines import ENGINES, JobTraits
+from ..config import DPODefaults, KFPPostTrainingConfig
 from ..core.errors import InvalidRequest, Unsupported
-from ..core.locations import parse
-from ..core.lora_targets import Targets, resolve, tied_output_problem
-from ..core.osft_targets import resolve_osft
-from ..core.outputs import MERGED
-from ..core.resume import TrainingState
-from ..core.spec import (
-    DataSpec,
-    DPOSpec,
-    EngineChoice,
-    JobSpec,
-    LoraSpec,
-    ModelArch,
-    ModelSpec,
-    OptimSpec,
-    OSFTSpec,
-    TrainSpec,
-    algorithm,
-)
-from ..core.tracking import TrackingSpec
-from ..jobs.backend import StagedInputs
-from . import stages
+from ..core.spec import DPOSpec
+from ..service.submission import Lora, Optimizer, Training
 
 
 def descriptor_repo(model: str) -> str | None:
@@ -62,14 +42,46 @@ def model_name(request: SupervisedFineTuneRequest) -> str:
     return name
 
 
-def check_algorithm(algo: AlgorithmConfig | None) -> LoraFinetuningConfig | None:
+def check_algorithm(algo: AlgorithmConfig | None) -> Lora | None:
     """The LoRA settings, or None for full-parameter fine-tuning (no algorithm_config, as
     llama-stack's inline::huggingface provider reads it)."""
     if algo is None:
         return None
     if isinstance(algo, QATFinetuningConfig):
         raise Unsupported("QAT fine-tuning is not supported yet; use LoRA or full fine-tuning")
-    return algo
+    return lora(algo)
+
+
+def lora(lc: LoraFinetuningConfig) -> Lora:
+    return Lora(rank=lc.rank, alpha=lc.alpha, attn_modules=list(lc.lora_attn_modules),
+                apply_to_mlp=lc.apply_lora_to_mlp, apply_to_output=lc.apply_lora_to_output,
+                use_dora=bool(lc.use_dora), quantize_base=bool(lc.quantize_base))  # fmt: skip
+
+
+def training(tc: TrainingConfig, data_format: str | None = None) -> Training:
+    """The request's hyper-parameters (check_training passed them)."""
+    dc, oc, ec = tc.data_config, tc.optimizer_config, tc.efficiency_config
+    assert dc is not None  # check_training refused it missing
+    optimizer = None if oc is None else Optimizer(
+        type=oc.optimizer_type.value, lr=oc.lr, weight_decay=oc.weight_decay,
+        warmup_steps=oc.num_warmup_steps)  # fmt: skip
+    return Training(
+        epochs=tc.n_epochs,
+        batch_size=dc.batch_size,
+        data_format=data_format or dc.data_format.value,
+        max_steps_per_epoch=tc.max_steps_per_epoch,
+        gradient_accumulation_steps=tc.gradient_accumulation_steps,
+        max_validation_steps=tc.max_validation_steps,
+        dtype=tc.dtype or "bf16",
+        shuffle=dc.shuffle,
+        packed=bool(dc.packed),
+        train_on_input=bool(dc.train_on_input),
+        optimizer=optimizer,
+        activation_checkpointing=bool(ec and ec.enable_activation_checkpointing),
+        activation_offloading=bool(ec and ec.enable_activation_offloading),
+        fsdp_cpu_offload=bool(ec and ec.fsdp_cpu_offload),
+        memory_efficient_fsdp_wrap=bool(ec and ec.memory_efficient_fsdp_wrap),
+    )
 
 
 EXTENSION = 'hyperparam_search_config["kfp"]'
@@ -100,18 +112,6 @@ def check_osft_settings(config: KFPPostTrainingConfig, osft: bool, extension: ob
             f'{config.algorithm or "with its default algorithm"}; add "algorithm": "osft" '
             "beside it"
         )
-
-
-def osft_spec(settings: OSFTConfig, model: ModelSpec) -> OSFTSpec:
-    """The OSFT settings resolved against the model's matrices (when known at submit)."""
-    requested = list(settings.target_modules or [])
-    try:
-        targets = resolve_osft(requested, model.modules, model.is_tied)
-    except InvalidRequest as e:
-        raise InvalidRequest(f"invalid OSFT settings: {e}") from None
-    return OSFTSpec(unfreeze_rank_ratio=settings.unfreeze_rank_ratio,
-                    requested_modules=requested, target_modules=targets.modules,
-                    freeze_non_targets=settings.freeze_non_targets)  # fmt: skip
 
 
 def check_training(tc: TrainingConfig, ranks: int = 1) -> None:
@@ -154,149 +154,6 @@ def check_training(tc: TrainingConfig, ranks: int = 1) -> None:
         raise InvalidRequest("invalid training_config: " + "; ".join(problems))
 
 
-def check_batch_split(batch_size: int, world: int, engine: str) -> None:
-    """torchtune's distributed recipe takes a per-device batch: the global batch must split
-    evenly over the devices (the huggingface engine shares out any batch)."""
-    if engine == "torchtune" and world > 1 and batch_size % world:
-        raise InvalidRequest(
-            f"data_config.batch_size ({batch_size}) does not divide over the {world} devices "
-            f"each job trains on: the torchtune engine gives every device batch_size / {world} "
-            f"rows; use a multiple of {world} (e.g. {batch_size - batch_size % world or world})"
-        )
-
-
-def lora_targets(lc: LoraFinetuningConfig, model: ModelSpec) -> Targets:
-    """Check the LoRA settings and resolve the modules they name on this model."""
-    problems = []
-    if lc.rank < 1:
-        problems.append(f"rank must be >= 1 (got {lc.rank})")
-    if lc.alpha <= 0:
-        problems.append(f"alpha must be > 0 (got {lc.alpha})")
-    if not (lc.lora_attn_modules or lc.apply_lora_to_mlp or lc.apply_lora_to_output):
-        problems.append("no module to adapt: name lora_attn_modules or set apply_lora_to_mlp")
-    tied = tied_output_problem(model.name, lc.apply_lora_to_output, model.is_tied)
-    if tied:
-        problems.append(tied)
-    if lc.quantize_base and model.arch is not None:
-        problems += _nf4_problems(model.arch)
-    try:
-        targets = resolve(
-            list(lc.lora_attn_modules),
-            lc.apply_lora_to_mlp,
-            lc.apply_lora_to_output,
-            model.modules,
-            model.is_tied,
-        )
-    except InvalidRequest as e:
-        problems.append(str(e))
-    if problems:
-        raise InvalidRequest("invalid LoRA algorithm_config: " + "; ".join(problems))
-    return targets
-
-
-NF4_BLOCK = 64 * 256  # torchao NF4: values per block x scalers per double-quantization block
-
-
-def _nf4_problems(arch: ModelArch) -> list[str]:
-    """QLoRA quantizes every attention and MLP matrix to NF4, which needs whole blocks."""
-    kv = arch.num_kv_heads * arch.head_dim
-    shapes = {"q_proj": (arch.embed_dim, arch.embed_dim), "k_proj": (kv, arch.embed_dim),
-              "v_proj": (kv, arch.embed_dim), "o_proj": (arch.embed_dim, arch.embed_dim),
-              "mlp": (arch.intermediate_dim, arch.embed_dim)}  # fmt: skip
-    bad = [f"{name} {r}x{c}" for name, (r, c) in shapes.items() if (r * c) % NF4_BLOCK]
-    if not bad:
-        return []
-    return [
-        f"quantize_base (NF4) needs matrices of a multiple of {NF4_BLOCK} values, and this "
-        f"model has {', '.join(bad)}; send quantize_base=false"
-    ]
-
-
-def optim_spec(tc: TrainingConfig, config: KFPPostTrainingConfig) -> OptimSpec:
-    oc = tc.optimizer_config
-    if oc is None:
-        d = config.optimizer_defaults
-        return OptimSpec(type=d.optimizer_type, lr=d.lr, weight_decay=d.weight_decay,
-                         warmup_steps=None, warmup_ratio=d.warmup_ratio)  # fmt: skip
-    return OptimSpec(type=oc.optimizer_type.value, lr=oc.lr, weight_decay=oc.weight_decay,
-                     warmup_steps=oc.num_warmup_steps)  # fmt: skip
-
-
-def lora_spec(lora: LoraFinetuningConfig | None, targets: Targets | None) -> LoraSpec | None:
-    if lora is None or targets is None:
-        return None
-    return LoraSpec(
-        rank=lora.rank,
-        alpha=lora.alpha,
-        attn_modules=targets.torchtune_attn or [],
-        apply_to_mlp=lora.apply_lora_to_mlp,
-        apply_to_output=lora.apply_lora_to_output,
-        use_dora=bool(lora.use_dora),
-        quantize_base=bool(lora.quantize_base),
-        requested_modules=list(lora.lora_attn_modules),
-        target_modules=targets.peft,
-    )
-
-
-def resume_engine(
-    state: TrainingState, traits: JobTraits, preference: str, where: str
-) -> EngineChoice:
-    """A resumed job runs on the engine that wrote its checkpoint."""
-    if preference not in ("auto", state.engine):
-        raise InvalidRequest(
-            f"checkpoint_dir {where} was trained by the {state.engine} engine, and the provider "
-            f"config sets engine: {preference}; resume it where engine is auto or {state.engine}"
-        )
-    why = ENGINES[state.engine].refusal(traits)
-    if why:
-        raise InvalidRequest(f"checkpoint_dir {where} cannot be resumed by this request: "
-                             f"the {state.engine} engine {why}")  # fmt: skip
-    return EngineChoice(name=state.engine, reason=f"resumes {where}, which it trained")
-
-
-def check_finished_checkpoint(checkpoint_dir: str | None) -> None:
-    """A request whose stages leave out train evaluates/registers the epoch checkpoint its
-    checkpoint_dir names (its `model` is the base to compare with). A local one must hold
-    merged/ weights; an s3:// one is checked by the step that reads it."""
-    how = ("name the epoch checkpoint to evaluate or register as checkpoint_dir "
-           "(<job>/checkpoints/epoch_<N>, as its artifacts list it) and its base model as model, "
-           "or add train to the stages")  # fmt: skip
-    if not checkpoint_dir:
-        raise InvalidRequest(f"no checkpoint to evaluate or register: {how}")
-    loc = parse(checkpoint_dir)
-    if loc.is_local and not (loc.path / MERGED).is_dir():
-        raise InvalidRequest(f"checkpoint_dir {checkpoint_dir} has no {MERGED}/ weights: {how}")
-
-
-@dataclass(frozen=True)
-class Submission:
-    """What the two submit routes have in common once their own fields are checked."""
-
-    job_uuid: str
-    model: str
-    checkpoint_dir: str | None
-    training: TrainingConfig
-    lora: LoraFinetuningConfig | None  # None: full-parameter training (or OSFT)
-    dpo: DPOSpec | None  # set for preference_optimize
-    tracking: TrackingSpec | None = None  # the request's logger_config
-    # The provider config with the request's hyperparam_search_config["kfp"] applied.
-    config: KFPPostTrainingConfig = field(default_factory=KFPPostTrainingConfig)
-    osft: bool = False  # OSFT with config.osft's settings (lora is then None)
-
-    @property
-    def stages(self) -> list[str]:
-        return stages.wanted(self.config)
-
-    @property
-    def data_format(self) -> str:
-        # Preference rows are read as prompt/chosen/rejected whatever data_format says
-        # (llama-stack's own DPO test sends `dialog`).
-        if self.dpo is not None:
-            return "preference"
-        assert self.training.data_config is not None
-        return self.training.data_config.data_format.value
-
-
 def check_dpo(algo: DPOAlignmentConfig) -> DPOSpec:
     loss = algo.loss_type.value
     if loss not in ("sigmoid", "hinge", "ipo"):
@@ -309,77 +166,10 @@ def check_dpo(algo: DPOAlignmentConfig) -> DPOSpec:
     return DPOSpec(beta=algo.beta, loss_type=loss)
 
 
-def dpo_lora(defaults: DPODefaults) -> LoraFinetuningConfig | None:
+def dpo_lora(defaults: DPODefaults) -> Lora | None:
     """The LoRA a DPO job trains (provider config), or None for full DPO."""
     if defaults.full:
         return None
-    return LoraFinetuningConfig(
-        type="LoRA",
-        lora_attn_modules=list(defaults.lora_modules),
-        apply_lora_to_mlp=defaults.apply_lora_to_mlp,
-        apply_lora_to_output=False,
-        rank=defaults.lora_rank,
-        alpha=defaults.lora_alpha,
-    )
-
-
-def build_spec(
-    sub: Submission,
-    lora: LoraSpec | None,
-    model: ModelSpec,
-    staged: StagedInputs,
-    engine: EngineChoice,
-    osft: OSFTSpec | None = None,
-) -> JobSpec:
-    """The JobSpec of a request that passed every check above."""
-    config = sub.config
-    tc = sub.training
-    registry = stages.registry_spec(
-        config, sub.stages, sub.job_uuid, model.name, algorithm(lora, sub.dpo, osft), sub.tracking
-    )
-    dc, ec = tc.data_config, tc.efficiency_config
-    assert dc is not None  # check_training refused it missing
-    return JobSpec(
-        job_uuid=sub.job_uuid,
-        engine=engine,
-        model=model,
-        data=DataSpec(
-            uri=staged.train_uri,
-            data_format=sub.data_format,  # type: ignore[arg-type]
-            validation_uri=staged.validation_uri,
-            validation_fraction=config.validation_fraction,
-            max_rows=config.max_rows,
-            http=config.data_sources.http_policy(),
-        ),
-        train=TrainSpec(
-            epochs=tc.n_epochs,
-            max_steps_per_epoch=tc.max_steps_per_epoch,
-            gradient_accumulation_steps=tc.gradient_accumulation_steps,
-            batch_size=dc.batch_size,
-            shuffle=dc.shuffle,
-            train_on_input=bool(dc.train_on_input),
-            packed=bool(dc.packed),
-            dtype=tc.dtype or "bf16",
-            max_validation_steps=tc.max_validation_steps,
-            max_seq_len=config.max_seq_len,
-            seed=config.seed,
-            device=config.device,
-            ranks=config.ranks(),
-            nodes=config.nodes(),
-            enable_activation_checkpointing=bool(ec and ec.enable_activation_checkpointing),
-            enable_activation_offloading=bool(ec and ec.enable_activation_offloading),
-            fsdp_cpu_offload=bool(ec and ec.fsdp_cpu_offload),
-            memory_efficient_fsdp_wrap=bool(ec and ec.memory_efficient_fsdp_wrap),
-            checkpoint_every_steps=config.checkpoint_every_steps,
-            keep_step_checkpoints=config.keep_step_checkpoints,
-        ),
-        lora=lora,
-        osft=osft,
-        dpo=sub.dpo,
-        optim=optim_spec(tc, config),
-        output_format=config.checkpoint_format or model.layout,
-        output_uri=staged.output_uri,
-        tracking=sub.tracking,
-        evaluation=stages.evaluation_spec(config, sub.stages),
-        registry=registry,
-    )
+    return Lora(rank=defaults.lora_rank, alpha=defaults.lora_alpha,
+                attn_modules=list(defaults.lora_modules),
+                apply_to_mlp=defaults.apply_lora_to_mlp)  # fmt: skip

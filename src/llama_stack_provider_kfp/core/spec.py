@@ -15,6 +15,8 @@ from .tracking import TrackingSpec
 Layout = Literal["meta", "huggingface"]
 # preference: prompt / chosen / rejected rows (DPO), whatever data_format the request named.
 DataFormat = Literal["instruct", "dialog", "preference"]
+OptimizerType = Literal["adam", "adamw", "sgd"]
+DType = Literal["fp32", "bf16", "fp16"]
 
 
 class _Strict(BaseModel):
@@ -108,7 +110,7 @@ class LoraSpec(_Strict):
 
 
 class OptimSpec(_Strict):
-    type: Literal["adam", "adamw", "sgd"]
+    type: OptimizerType
     lr: float
     weight_decay: float
     # Warm-up in optimizer steps; None: `warmup_ratio` of the job's steps (omitted optimizer).
@@ -130,7 +132,7 @@ class TrainSpec(_Strict):
     train_on_input: bool
     # Several samples per max_seq_len row, each attending only to itself.
     packed: bool = False
-    dtype: Literal["fp32", "bf16", "fp16"]
+    dtype: DType
     max_validation_steps: int | None
     max_seq_len: int
     seed: int

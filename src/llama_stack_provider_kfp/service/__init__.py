@@ -1,0 +1,1 @@
+"""What every front end shares: the jobs of a provider config and the one submit path."""
