@@ -5,7 +5,9 @@
 #
 # The venv is built from uv.lock (exact versions, resolved from pyproject.toml by uv; the
 # Containerfile installs the same set), lives outside the clone, and is keyed by a hash of
-# pyproject.toml + uv.lock, so clones share it and a dependency change builds a new one; the
+# uv.lock (which records pyproject.toml's dependencies: `uv lock --check` in scripts/test.sh
+# fails when they differ) and uv's version, so clones share it, a dependency change builds a
+# new one, and an edit of pyproject.toml's tool sections does not; the
 # venvs of other keys this script built earlier are removed (each is ~7 GB). KFP_VENV=<dir>
 # puts it elsewhere (and nothing is removed). Needs Python 3.12+: found on PATH, or through
 # pyenv, by itself.
@@ -29,7 +31,7 @@ find_python() {
   return 1
 }
 
-hash=$(cat "$here/pyproject.toml" "$here/uv.lock" | sha256sum | cut -c1-12)
+hash=$({ cat "$here/uv.lock"; echo "uv $UV_VERSION"; } | sha256sum | cut -c1-12)
 venvs=${XDG_CACHE_HOME:-$HOME/.cache}/llama-stack-provider-kfp
 venv=${KFP_VENV:-$venvs/venv-$hash}
 
