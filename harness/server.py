@@ -50,17 +50,14 @@ class Server:
         }
         self.proc: subprocess.Popen | None = None
 
+    def command(self) -> list[str]:
+        return [str(BIN / "llama"), "stack", "run", str(ROOT / self.config), "--port",
+                str(self.port)]  # fmt: skip
+
     def start(self) -> Server:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    str(BIN / "llama"),
-                    "stack",
-                    "run",
-                    str(ROOT / self.config),
-                    "--port",
-                    str(self.port),
-                ],
+                self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
@@ -115,6 +112,20 @@ class Server:
         stopping the server alone leaves them training)."""
         self.stop()
         kill_job_workers(self.jobs_dir)
+
+
+class OpenAIServer(Server):
+    """`llama-stack-kfp serve openai --config run.yaml` on a free loopback port."""
+
+    def command(self) -> list[str]:
+        return [str(BIN / "llama-stack-kfp"), "serve", "openai", "--config",
+                str(ROOT / self.config), "--port", str(self.port)]  # fmt: skip
+
+    def openai(self, api_key: str = "unused"):
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, max_retries=0,
+                      timeout=120, _strict_response_validation=True)  # fmt: skip
 
 
 def kill_job_workers(jobs_dir: Path) -> None:

@@ -381,7 +381,35 @@ REQUEST_OVERRIDABLE = ("evaluation", "registry", "validation_fraction", "max_row
 SERVER_ONLY = {"registry": ("token_env", "token_file", "token_secret")}
 
 
+class OpenAIFaceConfig(BaseModel):
+    """`llama-stack-kfp serve openai` (openai_api/): OpenAI's fine-tuning API on these jobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keys_file: Path | None = Field(
+        default=None,
+        description="API keys, one `<key> <owner>` per line (# comments); the file must not "
+        "be readable by group or others. None: one user, and the server binds loopback only",
+    )
+    max_file_bytes: int = Field(
+        default=512 * 2**20, ge=1, description="an uploaded file larger than this is a 413"
+    )
+    lora: bool = Field(
+        default=True,
+        description="method supervised/dpo train a LoRA adapter (rank/alpha below), as "
+        "OpenAI's hosted fine-tuning trains an adapter; false: every parameter",
+    )
+    lora_rank: int = Field(default=8, ge=1)
+    lora_alpha: float = Field(default=16.0, gt=0)
+    lora_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    default_epochs: int = Field(default=3, ge=1, description='n_epochs "auto"')
+
+
 class KFPPostTrainingConfig(BaseModel):
+    openai: OpenAIFaceConfig = Field(
+        default_factory=OpenAIFaceConfig,
+        description="the OpenAI-compatible face (`llama-stack-kfp serve openai`)",
+    )
     mode: Literal["local", "remote"] = Field(
         default="local",
         description="`local` runs the pipeline with kfp.local on this machine; `remote` "

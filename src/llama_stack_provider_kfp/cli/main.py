@@ -553,6 +553,35 @@ def plot(session: Session, job_uuid: str, out: Path | None, output: str) -> int:
     return 0
 
 
+# ---- servers --------------------------------------------------------------------------------
+
+
+@cli.group("serve")
+def serve() -> None:
+    """Run a server on this machine (the one part of this command that is not a client)."""
+
+
+@serve.command("openai")
+@click.option("--config", "config_file", required=True, type=click.Path(exists=True,
+              dir_okay=False, path_type=Path), help="llama-stack run.yaml with the kfp "
+              "post_training provider")  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--provider-id", default=None, help="the provider entry, when there are several")
+def serve_openai(config_file: Path, host: str, port: int, provider_id: str | None) -> int:
+    """OpenAI's fine-tuning API (/v1/fine_tuning/jobs, /v1/files, /v1/models) on this
+    provider's jobs."""
+    import importlib
+
+    # The server package is loaded by name, here only: the rest of the CLI stays a pure
+    # client (pyproject.toml's import contract; `serve` needs the server's dependencies).
+    server = importlib.import_module("llama_stack_provider_kfp.openai_api.serve")
+    try:
+        return int(server.serve(config_file, host, port, provider_id))
+    except ValueError as e:  # core.errors.InvalidRequest: a setting to change
+        raise click.UsageError(str(e)) from None
+
+
 # ---- entry point -------------------------------------------------------------------------
 
 

@@ -107,8 +107,11 @@ class JobService:
         owner: Owner | None,
         paths: PathRoots | None,
         find_datasets: FindDatasets,
+        before_start: Callable[[Path, JobRecord], None] | None = None,
     ) -> JobRecord:
-        """Everything that can be checked before anything is created, then the job."""
+        """Everything that can be checked before anything is created, then the job.
+        `before_start(job_dir, record)` writes what a front end keeps beside the record (it
+        runs before the scheduler may start the job; a failure there discards the job)."""
         config = sub.config
         stage_names = sub.stages  # refuses a bad `stages` before anything is read
         if paths is not None:  # with auth: which locations this user may name
@@ -183,6 +186,8 @@ class JobService:
                                                 not spec.data.validation_fraction):  # fmt: skip
                     check_rows(state, len(train), where)
             record = JobRecord(job_uuid=sub.job_uuid, spec=spec, scheduled_at=now(), owner=owner)
+            if before_start is not None:
+                await asyncio.to_thread(before_start, job_dir, record)
             await asyncio.to_thread(self.scheduler.submit, record)
         except BaseException:
             self.store.discard(sub.job_uuid)
