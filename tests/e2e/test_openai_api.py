@@ -251,3 +251,47 @@ def test_a_job_on_a_fine_tuned_model_and_on_a_checkpoint(alice, finished):
     assert _wait(alice, again.id).status == "succeeded"
     with pytest.raises(openai.NotFoundError):
         alice.fine_tuning.jobs.create(model=f"{first.fine_tuned_model}x", training_file=train)
+
+
+def test_both_faces_on_one_work_dir(tmp_path, pauses, tiny_models):
+    """A llama-stack server and an OpenAI-face server on one work dir: one dispatches, the
+    concurrency limit (1) holds across both, each job starts once, and both faces' jobs end.
+    The OpenAI face stops cleanly on SIGTERM."""
+    from harness.demo_data import instruct_rows, training_config
+    from harness.server import Server
+
+    from .helpers import new_id, register_rows, submit, wait_done
+
+    env = {**pauses.env, "KFP_MAX_CONCURRENT_JOBS": "1"}
+    stack = Server(tmp_path, env=env).start()
+    face = OpenAIServer(tmp_path, env=env).start()
+    try:
+        client, oai = stack.client(), face.openai()
+        ds = register_rows(client, tmp_path, instruct_rows(8))
+        first = new_id("both")
+        pauses.arm(first, "train.step:1")
+        submit(client, first, str(tiny_models / "hf"), ds,
+               training_config=training_config(ds, n_epochs=1))  # fmt: skip
+        pauses.wait(first, "train.step:1")
+        job = oai.fine_tuning.jobs.create(
+            model=str(tiny_models / "hf"), training_file=_upload(oai, messages_rows(10)).id,
+            hyperparameters={"n_epochs": 1, "batch_size": 5})  # fmt: skip
+        time.sleep(2.0)  # four dispatch rounds of either process: the limit holds it queued
+        assert oai.fine_tuning.jobs.retrieve(job.id).status == "queued"
+        assert not (stack.jobs_dir / job.id / "state.json").exists()
+        pauses.release(first, "train.step:1")
+        assert wait_done(client, first)["status"] == "completed"
+        assert _wait(oai, job.id).status == "succeeded"
+        # The llama-stack face lists the OpenAI face's job too (one store; no auth here).
+        assert job.id in {j.job_uuid for j in client.alpha.post_training.job.list()}
+        for job_id in (first, job.id):  # each started once: one worker, one pipeline run
+            log = (stack.jobs_dir / job_id / "worker.log").read_text()
+            assert log.count("Running pipeline:") == 1, log[-2000:]
+    finally:
+        face.stop()
+        stack.cleanup()
+    # SIGTERM: requests finished, the scheduler stopped (uvicorn then exits by the signal it
+    # caught, as its own docs say, so a supervisor sees why it stopped).
+    assert face.proc.returncode in (0, -15)
+    log = face.log.read_text()
+    assert "scheduler stopped; jobs keep running" in log and "Finished server process" in log

@@ -9,6 +9,10 @@ unfinished job ids) and rebuilds it from disk on start-up (`reconcile`).
 A daemon thread, not an asyncio task, drives dispatch: llama-stack builds providers inside a
 temporary event loop that is closed before the server starts serving.
 
+Several processes may serve one work dir (the llama-stack face, the OpenAI face): one of them
+dispatches (jobs.leader), the others only submit, cancel and observe; a job queued by one is
+started by the dispatcher at its next round.
+
 Locks. A backend call may be a network call that takes up to its timeout (a blackholed route to
 KFP). No such call runs under the lock that guards the job set (`_lock`): each job has its own
 lock, held while it is observed, started or cancelled, so a cancel waits at most for its own
@@ -20,11 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
+from collections.abc import Iterator
 
 from ..core.errors import InvalidRequest
 from ..core.outputs import StepError
 from .backend import JobRunner, Observed
+from .leader import WorkDirLock, job_lock
 from .observations import Observations
 from .record import TERMINAL, JobRecord, now
 from .store import JobStore, UnreadableRecord
@@ -56,6 +63,8 @@ class JobScheduler:
         self._round = threading.Lock()  # one dispatch round at a time
         self._job_locks: dict[str, threading.Lock] = {}
         self._active: set[str] = set()
+        self._known: set[str] = set()  # every id seen (active or settled): new ones are adopted
+        self._leader = WorkDirLock(store.root.parent)
         self._stop = threading.Event()
         self._wake = threading.Event()  # a round is wanted now (a slot was freed)
         self.reconcile()
@@ -66,6 +75,17 @@ class JobScheduler:
     def _job_lock(self, job_uuid: str) -> threading.Lock:
         with self._lock:
             return self._job_locks.setdefault(job_uuid, threading.Lock())
+
+    @contextlib.contextmanager
+    def _exclusive(self, job_uuid: str) -> Iterator[None]:
+        """The job's lock in this process, then across processes (jobs.leader.job_lock)."""
+        with self._job_lock(job_uuid), job_lock(self.store.job_dir(job_uuid)):
+            yield
+
+    @property
+    def dispatching(self) -> bool:
+        """Whether this process dispatches for the work dir (taking over when it is free)."""
+        return self._leader.acquire()
 
     def _discard(self, job_uuid: str) -> None:
         with self._lock:
@@ -85,7 +105,9 @@ class JobScheduler:
                     continue
                 with self._lock:
                     self._active.add(job_uuid)
-            self._dispatch()  # settles the jobs that ended while the server was down
+                self._known.add(job_uuid)
+            if self.dispatching:
+                self._dispatch()  # settles the jobs that ended while the server was down
         log.info("job scheduler: %d unfinished job(s) re-attached", len(self.active()))
 
     # ---- API ----------------------------------------------------------------------------
@@ -101,13 +123,15 @@ class JobScheduler:
         self.observations.invalidate(record.job_uuid)
         with self._lock:
             self._active.add(record.job_uuid)
+        self._known.add(record.job_uuid)
         with self._round:
-            self._dispatch(raise_for=record.job_uuid)
+            if self.dispatching:  # else the dispatching process starts it at its next round
+                self._dispatch(raise_for=record.job_uuid)
 
     def cancel(self, job_uuid: str, grace_seconds: float = 5.0) -> None:
         """Mark cancelled (durably, first), then stop the job. A job that has already ended
         is an InvalidRequest and keeps its outcome."""
-        with self._job_lock(job_uuid):  # waits for a start of this job in flight: its handle
+        with self._exclusive(job_uuid):  # waits for a start of this job in flight: its handle
             record = self.store.load(job_uuid)  # the current record: it may have just started
             if record is None:
                 return
@@ -145,11 +169,18 @@ class JobScheduler:
     def shutdown(self, cancel_jobs: bool) -> None:
         self._stop.set()
         self._wake.set()
-        if not cancel_jobs:
-            return
-        for job_uuid in self.active():
-            with contextlib.suppress(InvalidRequest):  # ended meanwhile
-                self.cancel(job_uuid, grace_seconds=1.0)  # llama-stack allows 5 s to stop
+        if cancel_jobs:
+            for job_uuid in self.active():
+                with contextlib.suppress(InvalidRequest):  # ended meanwhile
+                    self.cancel(job_uuid, grace_seconds=1.0)  # llama-stack allows 5 s to stop
+        # Another process may dispatch from now on (a round in flight saves its starts under
+        # each job's lock, so none is started twice).
+        got = self._round.acquire(timeout=2.0)
+        try:
+            self._leader.release()
+        finally:
+            if got:
+                self._round.release()
 
     def active(self) -> set[str]:
         with self._lock:
@@ -164,20 +195,52 @@ class JobScheduler:
             self.tick()
 
     def tick(self) -> None:
-        """One dispatch round: settle finished jobs, start queued ones within the limit."""
+        """One dispatch round: settle finished jobs, start queued ones within the limit (or,
+        in a process that does not dispatch, follow which jobs are unfinished)."""
         try:
             with self._round:
-                if not self._stop.is_set():
+                if self._stop.is_set():
+                    return
+                self._adopt()
+                if self.dispatching:
                     self._dispatch()
+                else:
+                    self._follow()
         except Exception:  # keep dispatching whatever one poll hit
             log.exception("job dispatch failed")
+
+    def _adopt(self) -> None:
+        """Jobs another process submitted to this work dir since the last round."""
+        try:
+            names = set(os.listdir(self.store.root)) - self._known
+        except OSError:
+            return
+        for job_uuid in names:
+            try:
+                found = self.store.entry(job_uuid)
+            except InvalidRequest:  # not a job's folder name
+                self._known.add(job_uuid)
+                continue
+            if found is None:  # reserved, record not written yet: next round
+                continue
+            self._known.add(job_uuid)
+            if isinstance(found, JobRecord):
+                with self._lock:
+                    self._active.add(job_uuid)
+
+    def _follow(self) -> None:
+        """Drop the jobs that ended (the dispatching process settles them)."""
+        for job_uuid in self.active():
+            record = self.store.load(job_uuid)
+            if record is None or self.observations.get(record).status in TERMINAL:
+                self._discard(job_uuid)
 
     def _dispatch(self, raise_for: str | None = None) -> None:
         """Called with `_round` held."""
         running, queued = 0, []
         for job_uuid in self.active():
             try:
-                with self._job_lock(job_uuid):
+                with self._exclusive(job_uuid):
                     if job_uuid not in self.active():
                         continue  # cancelled since the round began
                     record = self.store.load(job_uuid)
@@ -209,7 +272,7 @@ class JobScheduler:
     def _start(self, job_uuid: str, raise_for: str | None) -> bool:
         """Start one queued job; False when it was not started (cancelled meanwhile, or its
         start failed: the slot stays free for the next queued job)."""
-        with self._job_lock(job_uuid):
+        with self._exclusive(job_uuid):
             record = self.store.load(job_uuid)  # fresh: a cancel may have come in since
             if record is None or record.cancelled_at is not None or self.backend.handle(record):
                 return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -21,6 +22,8 @@ from .files import FileStore
 from .jobs import FaceJobs
 from .keys import Keys
 from .requests import CreateJob
+
+log = logging.getLogger(__name__)
 
 
 def page(items: list[dict], after: str | None, limit: int | None, default: int = 20,
@@ -58,6 +61,7 @@ def create_app(config: KFPPostTrainingConfig, keys: Keys | None = None) -> FastA
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await asyncio.to_thread(service.shutdown)
+        log.info("openai face: scheduler stopped; jobs keep running in their own processes")
 
     app = FastAPI(title="llama-stack-provider-kfp: OpenAI fine-tuning", lifespan=lifespan)
     app.state.service = service
