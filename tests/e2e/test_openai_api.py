@@ -22,6 +22,7 @@ from llama_stack_provider_kfp.core.pause_points import Pauses
 pytestmark = pytest.mark.e2e
 
 KEYS = {"alice": "sk-alice-0123456789", "bob": "sk-bob-9876543210"}
+MAX_FILE = 64 * 1024
 
 
 def messages_rows(n: int) -> list[dict]:
@@ -48,7 +49,8 @@ def face(tmp_path_factory, pauses: Pauses):
     keys = root / "keys"
     keys.write_text("".join(f"{key} {who}\n" for who, key in KEYS.items()))
     keys.chmod(0o600)
-    env = {**pauses.env, "KFP_OPENAI_KEYS_FILE": str(keys), "KFP_MAX_CONCURRENT_JOBS": "2"}
+    env = {**pauses.env, "KFP_OPENAI_KEYS_FILE": str(keys), "KFP_MAX_CONCURRENT_JOBS": "2",
+           "KFP_OPENAI_MAX_FILE_BYTES": str(MAX_FILE)}  # fmt: skip
     # With keys (several users) the path rules apply: the tests' models live under pytest's
     # base folder.
     config = yaml.safe_load((ROOT / "run.yaml").read_text())
@@ -162,6 +164,28 @@ def test_another_user_sees_nothing(alice, bob, finished):
                                     training_file=_upload(bob, messages_rows(10)).id)  # fmt: skip
 
 
+def test_files_and_their_limit(alice):
+    kept = {f.id for f in alice.files.list()}
+    with pytest.raises(openai.APIStatusError) as err:
+        alice.files.create(file=("big.jsonl", io.BytesIO(b"x" * (MAX_FILE + 1))),
+                           purpose="fine-tune")  # fmt: skip
+    assert err.value.status_code == 413 and "openai.max_file_bytes" in err.value.message
+    assert {f.id for f in alice.files.list()} == kept  # nothing half-stored
+    up = _upload(alice, messages_rows(2), "two.jsonl")
+    assert (up.filename, up.bytes, up.purpose, up.status) == (
+        "two.jsonl",
+        len(jsonl(messages_rows(2))),
+        "fine-tune",
+        "processed",
+    )
+    assert alice.files.content(up.id).content == jsonl(messages_rows(2))
+    assert alice.files.delete(up.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        alice.files.retrieve(up.id)
+    with pytest.raises(openai.BadRequestError, match="purpose"):
+        alice.files.create(file=("a.jsonl", io.BytesIO(b"{}")), purpose="assistants")
+
+
 def test_a_wrong_key_is_refused(face):
     with pytest.raises(openai.AuthenticationError) as err:
         face.openai("sk-nobody").fine_tuning.jobs.list()
@@ -251,6 +275,13 @@ def test_a_job_on_a_fine_tuned_model_and_on_a_checkpoint(alice, finished):
     assert _wait(alice, again.id).status == "succeeded"
     with pytest.raises(openai.NotFoundError):
         alice.fine_tuning.jobs.create(model=f"{first.fine_tuned_model}x", training_file=train)
+    # Deleting a fine-tuned model deletes its weights; the job stays, without a model.
+    assert alice.models.delete(done.fine_tuned_model).deleted
+    assert alice.fine_tuning.jobs.retrieve(job.id).fine_tuned_model is None
+    assert done.fine_tuned_model not in [m.id for m in alice.models.list()]
+    assert list(alice.fine_tuning.jobs.checkpoints.list(job.id)) == []
+    with pytest.raises(openai.NotFoundError):
+        alice.models.delete(done.fine_tuned_model)
 
 
 def test_both_faces_on_one_work_dir(tmp_path, pauses, tiny_models):

@@ -205,6 +205,10 @@ def create_app(config: KFPPostTrainingConfig, keys: Keys | None = None) -> FastA
             raise not_found("model", model_id, param="model")
         return found[0]
 
+    @app.delete("/v1/models/{model_id:path}")
+    async def delete_model(model_id: str, owner: Owner = Caller) -> dict:
+        return await run(jobs.delete_model, model_id, owner)
+
     @app.get("/v1/health")
     async def health() -> dict:
         return {"status": "OK"}

@@ -13,6 +13,7 @@ import asyncio
 import csv
 import io
 import math
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -21,11 +22,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..config import KFPPostTrainingConfig
+from ..core import storage
 from ..core.files import read_json, write_json
-from ..core.outputs import MERGED, CheckpointInfo, JobOutputs, epoch_dir
+from ..core.outputs import CHECKPOINTS, MERGED, CheckpointInfo, JobOutputs, epoch_dir
 from ..core.spec import DPOSpec
 from ..core.versioned import Unreadable, read_versioned
 from ..jobs.backend import DatasetSource, Observed
+from ..jobs.leader import job_lock
 from ..jobs.record import JobRecord, Owner
 from ..service.jobs import JobService
 from ..service.paths import PathRoots
@@ -57,6 +60,8 @@ class FaceJob(BaseModel):
     metadata: dict[str, str] | None = None
     integrations: list[dict[str, Any]] | None = None
     owner: Owner
+    # Set by DELETE /v1/models/{fine_tuned_model}: its weights are gone.
+    model_deleted_at: int | None = None
 
 
 def _epoch_count(value: object, default: int) -> int:
@@ -216,6 +221,25 @@ class FaceJobs:
                 (f.metadata or {}).get(k) == v for k, v in metadata.items())]  # fmt: skip
         return mine
 
+    def delete_model(self, model: str, owner: Owner) -> dict:
+        """The fine-tuned model's weights (every checkpoint of its job) are deleted; the job
+        stays, without a model to start from."""
+        for record, face in self._owned(owner):
+            if face.model_deleted_at is None and self.job_object(record, face)[
+                    "fine_tuned_model"] == model:  # fmt: skip
+                outputs = self.service.backend.outputs(record)
+                where = outputs.location.join(CHECKPOINTS)
+                with job_lock(self.service.store.job_dir(record.job_uuid)):
+                    face.model_deleted_at = int(time.time())
+                    write_json(self.service.store.job_dir(record.job_uuid) / FACE_FILE,
+                               face.model_dump(mode="json"))  # fmt: skip
+                if where.is_local:
+                    shutil.rmtree(where.path, ignore_errors=True)
+                else:
+                    storage.delete_prefix(where)
+                return {"id": model, "object": "model", "deleted": True}
+        raise not_found("model", model, param="model")
+
     def cancel(self, job_id: str, owner: Owner) -> dict:
         record, face = self.get(job_id, owner)
         self.service.scheduler.cancel(record.job_uuid)
@@ -252,7 +276,7 @@ class FaceJobs:
             error = {"code": code, "message": err.message if err else "the job failed",
                      "param": None}  # fmt: skip
             trained = code != "training_failed"
-        if trained:
+        if trained and face.model_deleted_at is None:
             fine_tuned = self.fine_tuned_model(record, face)
         result = _safe(outputs.result)
         progress: dict[str, Any] = _safe(outputs.progress) or {}
