@@ -172,7 +172,8 @@ def test_choose_follows_the_stated_rule(qwen2, tmp_path):
     # The auto rule's measure: 16 bytes a parameter for fp32 AdamW, the weights alone for LoRA.
     n = sum(p.numel() for p in model.parameters())
     assert sharding.training_bytes(model, spec) == 16 * n
-    lora = spec.model_copy(update={"lora": LoraSpec(rank=4, alpha=8, attn_modules=["q_proj"],
-                                                    apply_to_mlp=False, apply_to_output=False)})
+    adapter = LoraSpec(rank=4, alpha=8, attn_modules=["q_proj"], apply_to_mlp=False,
+                       apply_to_output=False)  # fmt: skip
+    lora = spec.model_copy(update={"lora": adapter})
     assert sharding.training_bytes(model, lora) == 4 * n
     assert len(sharding.decoder_layers(model)) == 2

@@ -111,6 +111,22 @@ def test_osft_settings_without_osft_are_refused():
     translate.check_osft_settings(config, True, {"osft": {"unfreeze_rank_ratio": 0.5}})
 
 
+def test_osft_with_fsdp_on_several_ranks_is_refused():
+    from llama_stack_api import DataConfig, EfficiencyConfig, TrainingConfig
+
+    def tc(**efficiency) -> TrainingConfig:
+        return TrainingConfig(n_epochs=1, data_config=DataConfig(
+            dataset_id="d", batch_size=2, shuffle=False, data_format="instruct"),
+            efficiency_config=EfficiencyConfig(**efficiency))  # fmt: skip
+
+    for flag in ("memory_efficient_fsdp_wrap", "fsdp_cpu_offload"):
+        with pytest.raises(Unsupported, match="OSFT does not shard across ranks"):
+            translate.check_osft_sharding(True, tc(**{flag: True}), 2)
+        translate.check_osft_sharding(True, tc(**{flag: True}), 1)  # one rank: nothing to shard
+        translate.check_osft_sharding(False, tc(**{flag: True}), 2)  # LoRA, full: they shard
+    translate.check_osft_sharding(True, tc(), 2)  # OSFT on DDP
+
+
 def test_osft_trains_on_the_huggingface_engine_only():
     llama3 = _model(LLAMA).model_copy(update={"tokenizer_file": "original/tokenizer.model"})
     for algo in ("osft", "dpo-osft"):

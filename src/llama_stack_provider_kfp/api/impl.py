@@ -102,6 +102,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         osft = request.algorithm_config is None and config.algorithm == "osft"
         translate.check_osft_settings(config, osft, extension)
         translate.check_training(request.training_config, config.world())
+        translate.check_osft_sharding(osft, request.training_config, config.world())
         tracking = parse_logger_config(request.logger_config, config.mode)
         name = translate.model_name(request)
         submission = translate.Submission(
@@ -128,6 +129,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         translate.check_osft_settings(
             config, osft, (request.hyperparam_search_config or {}).get("kfp")
         )
+        translate.check_osft_sharding(osft, request.training_config, config.world())
         lora = None if config.algorithm else translate.dpo_lora(config.dpo)
         submission = translate.Submission(
             request.job_uuid, request.finetuned_model, None, request.training_config, lora, dpo,

@@ -102,6 +102,18 @@ def check_osft_settings(config: KFPPostTrainingConfig, osft: bool, extension: ob
         )
 
 
+def check_osft_sharding(osft: bool, tc: TrainingConfig, world: int) -> None:
+    """OSFT's parametrized matrices do not shard: a request that asks for FSDP on several
+    ranks cannot have it (one rank shards nothing, so the flags are no-ops there)."""
+    ec = tc.efficiency_config
+    if osft and world > 1 and ec and (ec.fsdp_cpu_offload or ec.memory_efficient_fsdp_wrap):
+        raise Unsupported(
+            "OSFT does not shard across ranks (FSDP): send efficiency_config without "
+            "memory_efficient_fsdp_wrap and fsdp_cpu_offload (OSFT trains a whole copy of the "
+            "model on every rank)"
+        )
+
+
 def osft_spec(settings: OSFTConfig, model: ModelSpec) -> OSFTSpec:
     """The OSFT settings resolved against the model's matrices (when known at submit)."""
     requested = list(settings.target_modules or [])

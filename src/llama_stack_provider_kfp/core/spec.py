@@ -139,7 +139,8 @@ class TrainSpec(_Strict):
     enable_activation_offloading: bool = False
     # Processes training together (one per device), each on its share of every batch.
     ranks: int = 1
-    # torchtune's distributed recipe (FSDP) with several ranks: see training/torchtune/engine.py.
+    # Ask for FSDP with several ranks: torchtune's distributed recipe, and on the Hugging Face
+    # engine FSDP2 instead of DDP (training/huggingface/sharding.py says when it shards unasked).
     fsdp_cpu_offload: bool = False
     memory_efficient_fsdp_wrap: bool = False
     # A checkpoint with training state every N optimizer steps (besides each epoch's); the

@@ -3,7 +3,8 @@ is and sums what the ranks need to agree on.
 
 The train step stays one process when a job has one device. With N > 1 it starts
 `torchrun --standalone --nproc_per_node N` on `training.rank_main`; every rank trains on its
-share of each batch (DDP averages the gradients), and rank 0 alone writes progress, metrics,
+share of each batch (DDP averages the gradients; FSDP also shards the model:
+training/huggingface/sharding.py), and rank 0 alone writes progress, metrics,
 checkpoints and the result, exactly once.
 """
 

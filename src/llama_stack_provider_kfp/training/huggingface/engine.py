@@ -573,10 +573,8 @@ class _Run:
         )
 
     def _write_weights(self, folder: Path, whole: _Whole | None = None) -> None:
-        if whole is not None:  # FSDP: the gathered weights into a whole copy on the CPU
-            model = self._whole_model(whole.weights)
-        else:
-            model = self.model
+        # FSDP: the gathered weights into a whole copy on the CPU.
+        model = self.model if whole is None else self._whole_model(whole.weights)
         if self.osft is not None:  # plain matrices, loadable anywhere
             state = self.osft.folded_state_dict(self.model)
             self.model.save_pretrained(folder / MERGED, state_dict=state)

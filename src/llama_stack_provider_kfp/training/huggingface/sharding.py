@@ -122,7 +122,12 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     names: set[str] = set()
     for module in model.modules():
         names.update(getattr(module, "_no_split_modules", None) or [])
-    return [m for m in model.modules() if type(m).__name__ in names]
+    found: dict[str, torch.nn.Module] = {}
+    for path, module in model.named_modules():
+        inside = any(path.startswith(f"{outer}.") for outer in found)
+        if type(module).__name__ in names and not inside:  # the outermost: sharded once
+            found[path] = module
+    return list(found.values())
 
 
 def parameter_bytes(model: torch.nn.Module) -> int:
@@ -148,7 +153,7 @@ def full_weights(model: torch.nn.Module, main: bool) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = get_model_state_dict(model, options=options)
+    state: dict[str, Any] = get_model_state_dict(model, options=options)
     return state if main else {}
 
 
