@@ -177,3 +177,9 @@ def test_choose_follows_the_stated_rule(qwen2, tmp_path):
     lora = spec.model_copy(update={"lora": adapter})
     assert sharding.training_bytes(model, lora) == 4 * n
     assert len(sharding.decoder_layers(model)) == 2
+    # On GPUs: FSDP when a whole copy exceeds half the device (Llama-3.1-8B full fine-tuning in
+    # bf16 with AdamW: 8 bytes a parameter, 64 GB, on an 80 GB GPU); LoRA on it stays DDP.
+    gb = 10**9
+    assert sharding.on_gpus(64 * gb, 80 * gb).fsdp
+    assert not sharding.on_gpus(16 * gb, 80 * gb).fsdp
+    assert "exceed half of one GPU's" in sharding.on_gpus(64 * gb, 80 * gb).reason

@@ -76,10 +76,17 @@ def choose(spec: JobSpec, ranks: Ranks, device: torch.device, model: torch.nn.Mo
         return Plan("ddp", "CPU ranks share one memory: a whole copy on every rank (DDP)")
     need = training_bytes(model, spec)
     have = torch.cuda.get_device_properties(device).total_memory
+    plan = on_gpus(need, have)
     # Any rank short of memory decides for all of them.
-    short = ranks.sum(1.0 if need > have * (1 - _ACTIVATION_SHARE) else 0.0)[0] > 0
+    if ranks.sum(1.0 if plan.fsdp else 0.0)[0] > 0 and not plan.fsdp:
+        return Plan("fsdp", "another rank's GPU is too small for a whole copy")
+    return plan
+
+
+def on_gpus(need: int, have: int) -> Plan:
+    """The automatic choice on GPUs of `have` bytes for a whole training copy of `need`."""
     gib = f"{need / 2**30:.1f} GiB of weights, gradients and optimizer state"
-    if short:
+    if need > have * (1 - _ACTIVATION_SHARE):
         return Plan("fsdp", f"{gib} exceed half of one GPU's {have / 2**30:.0f} GiB")
     return Plan("ddp", f"{gib} fit in half of one GPU's {have / 2**30:.0f} GiB")
 
