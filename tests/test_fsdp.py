@@ -16,6 +16,7 @@ from harness.demo_data import instruct_rows
 from harness.tiny_families import make
 from llama_stack_provider_kfp.core.data_uri import write_jsonl
 from llama_stack_provider_kfp.core.model_source import inspect_model_dir
+from llama_stack_provider_kfp.core.outputs import TRAINING_STATE_TENSORS
 from llama_stack_provider_kfp.core.spec import (
     DataSpec,
     DPOSpec,
@@ -97,7 +98,7 @@ def test_fsdp_trains_the_one_rank_curve_like_ddp_and_resumes_exactly(qwen2, tmp_
     """Full fine-tuning (the optimizer state sharded too): 1 rank, DDP and FSDP on 2 ranks,
     then FSDP resumed from its own step checkpoint inside epoch 2."""
     _train(_spec(qwen2, tmp_path, "one"), qwen2, tmp_path)
-    ddp = _train(_spec(qwen2, tmp_path, "ddp", ranks=2), qwen2, tmp_path)
+    ddp = _train(_spec(qwen2, tmp_path, "ddp", ranks=2, every=3), qwen2, tmp_path)
     fsdp = _train(_spec(qwen2, tmp_path, "fsdp", ranks=2, fsdp=True, every=3), qwen2, tmp_path)
 
     assert ddp["sharding"]["strategy"] == "ddp" and fsdp["sharding"]["strategy"] == "fsdp"
@@ -121,6 +122,16 @@ def test_fsdp_trains_the_one_rank_curve_like_ddp_and_resumes_exactly(qwen2, tmp_
     assert _max_diff(_weights(tmp_path, "fsdp"), _weights(tmp_path, "ddp")) <= WEIGHT_ATOL
 
     assert fsdp["epochs"][-1]["validation_loss"] is not None
+    # The gathered optimizer state is DDP's, layout and values: either resumes the other's.
+    ddp_state, fsdp_state = (
+        torch.load(tmp_path / n / "checkpoints" / "step_6" / TRAINING_STATE_TENSORS,
+                   weights_only=True)["optimizer"] for n in ("ddp", "fsdp"))  # fmt: skip
+    assert fsdp_state["param_groups"] == ddp_state["param_groups"]
+    assert fsdp_state["state"].keys() == ddp_state["state"].keys()
+    for i, entry in ddp_state["state"].items():
+        assert entry.keys() == fsdp_state["state"][i].keys()
+        for key, value in entry.items():
+            assert torch.allclose(fsdp_state["state"][i][key], value, atol=WEIGHT_ATOL), (i, key)
     step = tmp_path / "fsdp" / "checkpoints" / "step_6"  # inside epoch 2 (5 steps an epoch)
     resumed = _train(_spec(qwen2, tmp_path, "resumed", ranks=2, fsdp=True,
                            resume_from=str(step)), qwen2, tmp_path)  # fmt: skip

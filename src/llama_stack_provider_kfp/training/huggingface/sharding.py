@@ -79,7 +79,9 @@ def choose(spec: JobSpec, ranks: Ranks, device: torch.device, model: torch.nn.Mo
     plan = on_gpus(need, have)
     # Any rank short of memory decides for all of them.
     if ranks.sum(1.0 if plan.fsdp else 0.0)[0] > 0 and not plan.fsdp:
-        return Plan("fsdp", "another rank's GPU is too small for a whole copy")
+        plan = Plan("fsdp", "another rank's GPU is too small for a whole copy")
+    if plan.fsdp and not decoder_layers(model):
+        return Plan("ddp", f"{type(model).__name__} has no decoder layers to shard")
     return plan
 
 
