@@ -142,12 +142,14 @@ def test_fsdp_trains_the_one_rank_curve_like_ddp_and_resumes_exactly(qwen2, tmp_
 
 
 def test_fsdp_lora_dpo_matches_ddp(tmp_path):
-    """LoRA DPO sharded: the reference is the sharded model with its adapter off; adapter and
-    merged weights as DDP writes them."""
+    """LoRA DPO sharded, with activation checkpointing: the reference is the sharded model
+    with its adapter off; adapter and merged weights as DDP writes them."""
     model_dir = make("smollm2", tmp_path / "smollm2")  # tied embeddings: shared by the root
     runs = {}
     for name, fsdp in (("ddp", False), ("fsdp", True)):
         spec = _spec(model_dir, tmp_path, name, ranks=2, fsdp=fsdp, lora=True, dpo=True)
+        checkpointed = spec.train.model_copy(update={"enable_activation_checkpointing": True})
+        spec = spec.model_copy(update={"train": checkpointed})
         runs[name] = _train(spec, model_dir, tmp_path)
     assert runs["fsdp"]["sharding"]["strategy"] == "fsdp"
     assert _curve(tmp_path, "fsdp") == pytest.approx(_curve(tmp_path, "ddp"), rel=LOSS_RTOL)
