@@ -67,7 +67,7 @@ def spec(model_dir: Path, data: Path, out: Path, fsdp: bool, lora: bool) -> JobS
         train=TrainSpec(epochs=1, max_steps_per_epoch=None, gradient_accumulation_steps=1,
                         batch_size=BATCH, shuffle=True, train_on_input=False, dtype="fp32",
                         max_validation_steps=None, max_seq_len=SEQ_LEN, seed=42, device="cpu",
-                        ranks=2, memory_efficient_fsdp_wrap=fsdp),
+                        ranks=2, memory_efficient_fsdp_wrap=fsdp, sharding="auto"),
         lora=LoraSpec(rank=8, alpha=16, attn_modules=["q_proj", "v_proj"], apply_to_mlp=True,
                       apply_to_output=False) if lora else None,
         optim=OptimSpec(type="adamw", lr=1e-3, weight_decay=0.0, warmup_steps=2),

@@ -55,7 +55,7 @@ def _spec(model_dir: Path, work: Path, out: str, *, ranks=1, fsdp=False, every=N
         train=TrainSpec(epochs=2, max_steps_per_epoch=None, gradient_accumulation_steps=1,
                         batch_size=4, shuffle=True, train_on_input=False, dtype="fp32",
                         max_validation_steps=None, max_seq_len=96, seed=3, device="cpu",
-                        ranks=ranks, memory_efficient_fsdp_wrap=fsdp,
+                        ranks=ranks, memory_efficient_fsdp_wrap=fsdp, sharding="auto",
                         checkpoint_every_steps=every, keep_step_checkpoints=8),
         lora=LoraSpec(rank=4, alpha=8, attn_modules=["q_proj", "v_proj"], apply_to_mlp=False,
                       apply_to_output=False) if lora else None,
@@ -182,6 +182,10 @@ def test_choose_follows_the_stated_rule(qwen2, tmp_path):
         sharding.choose(osft, two, cpu, model)
     auto_osft = spec.model_copy(update={"osft": OSFTSpec(unfreeze_rank_ratio=0.5)})
     assert sharding.choose(auto_osft, two, cpu, model).strategy == "ddp"
+    # A record from before this engine could shard: DDP as it was started, whatever it asked.
+    old = asked.model_copy(update={"train": asked.train.model_copy(update={"sharding": "ddp"})})
+    assert sharding.choose(old, two, cpu, model).strategy == "ddp"
+    assert TrainSpec.model_fields["sharding"].default == "ddp"
     # The auto rule's measure: 16 bytes a parameter for fp32 AdamW, the weights alone for LoRA.
     n = sum(p.numel() for p in model.parameters())
     assert sharding.training_bytes(model, spec) == 16 * n

@@ -382,6 +382,7 @@ def build_spec(
             enable_activation_offloading=bool(ec and ec.enable_activation_offloading),
             fsdp_cpu_offload=bool(ec and ec.fsdp_cpu_offload),
             memory_efficient_fsdp_wrap=bool(ec and ec.memory_efficient_fsdp_wrap),
+            sharding="auto",
             checkpoint_every_steps=config.checkpoint_every_steps,
             keep_step_checkpoints=config.keep_step_checkpoints,
         ),

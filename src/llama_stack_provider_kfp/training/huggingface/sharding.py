@@ -2,7 +2,8 @@
 (DDP), or each rank holding 1/N of the parameters, gradients and optimizer state (FSDP2:
 `torch.distributed.fsdp.fully_shard` on every decoder layer, then on the root).
 
-The choice (`choose`), for a job on more than one rank:
+The choice (`choose`), for a job on more than one rank (a job made before this engine could
+shard, TrainSpec.sharding "ddp", keeps DDP):
 - the request's `efficiency_config.memory_efficient_fsdp_wrap` or `fsdp_cpu_offload` asks for
   FSDP (`fsdp_cpu_offload` also keeps the shards and the optimizer step on the CPU; on CUDA
   only: on a CPU device the parameters are there already);
@@ -62,6 +63,13 @@ def choose(spec: JobSpec, ranks: Ranks, device: torch.device, model: torch.nn.Mo
         if asked:
             print("efficiency: one rank: nothing to shard (FSDP needs several ranks)")
         return Plan("single", "one rank")
+    if t.sharding == "ddp":  # a job from before FSDP existed on this engine
+        if asked:
+            print(
+                "efficiency: fsdp_cpu_offload / memory_efficient_fsdp_wrap: this job was made "
+                "before the huggingface engine could shard; it trains on DDP as it started"
+            )
+        return Plan("ddp", "a job made before this engine could shard (DDP, as it started)")
     if spec.osft is not None:
         if asked:  # refused at submit; a record or CLI job that reaches here anyway
             raise ValueError(_OSFT_REFUSAL)
