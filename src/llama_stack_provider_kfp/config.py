@@ -30,7 +30,7 @@ class RemoteResources(BaseModel):
         default=0,
         ge=0,
         description="accelerators for the train step; with more than one the step trains "
-        "with one rank per GPU (torchrun, DDP) on the huggingface engine",
+        "with one rank per GPU (torchrun; DDP or FSDP) on the huggingface engine",
     )
     nodes: int = Field(
         default=1,

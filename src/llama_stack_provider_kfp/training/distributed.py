@@ -44,8 +44,8 @@ class Ranks:
 
     def share(self, items: list[Any]) -> tuple[list[Any], bool]:
         """This rank's rows of a global batch (every world-th), and whether they count. A rank
-        left without rows (a short last batch) runs one row weighted zero: DDP needs every rank
-        in every backward."""
+        left without rows (a short last batch) runs one row weighted zero: DDP and FSDP need
+        every rank in every backward."""
         mine = items[self.rank :: self.world]
         return (mine, True) if mine else (items[:1], False)
 

@@ -386,8 +386,8 @@ class _Run:
                 total, summed, learned = self.ranks.sum(
                     weight, float(loss.detach()) * weight, counted if counts else 0
                 )
-                # Scaled so that the gradient DDP averages over the ranks is the mean over the
-                # whole batch, as one rank computes it (1 with one rank).
+                # Scaled so that the gradient DDP (or FSDP) averages over the ranks is the mean
+                # over the whole batch, as one rank computes it (1 with one rank).
                 (loss * (weight * self.ranks.world / max(total, 1e-12)) / len(group)).backward()
                 step_loss += summed / max(total, 1e-12) / len(group)
                 labelled += int(learned)
