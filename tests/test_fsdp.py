@@ -143,8 +143,11 @@ def test_fsdp_trains_the_one_rank_curve_like_ddp_and_resumes_exactly(qwen2, tmp_
 
 def test_fsdp_lora_dpo_matches_ddp(tmp_path):
     """LoRA DPO sharded, with activation checkpointing: the reference is the sharded model
-    with its adapter off; adapter and merged weights as DDP writes them."""
-    model_dir = make("smollm2", tmp_path / "smollm2")  # tied embeddings: shared by the root
+    with its adapter off; the curve, adapter and merged weights are DDP's."""
+    # GPT-2: tied embeddings (shared by the root unit), Conv1D projections, and dropout, whose
+    # masks draw from torch's generator: the same draws as DDP's only if nothing else (the
+    # main rank's whole copy for saving, made at epoch 1) draws from it.
+    model_dir = make("gpt2", tmp_path / "gpt2")
     runs = {}
     for name, fsdp in (("ddp", False), ("fsdp", True)):
         spec = _spec(model_dir, tmp_path, name, ranks=2, fsdp=fsdp, lora=True, dpo=True)

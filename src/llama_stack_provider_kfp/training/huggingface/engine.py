@@ -595,8 +595,12 @@ class _Run:
             from transformers import AutoModelForCausalLM
 
             dtype = _DTYPES[self.spec.train.dtype]
-            base = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype)
-            self._export = _with_lora(base, self.spec) if self.spec.lora else base
+            # Its initialisation (LoRA's) draws from torch's generator: on a forked one, so
+            # that the training draws (dropout) stay those of an unsharded run, and of a
+            # resumed one, which builds this copy at another step.
+            with torch.random.fork_rng(devices=[]):
+                base = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype)
+                self._export = _with_lora(base, self.spec) if self.spec.lora else base
         self._export.load_state_dict(weights)
         return self._export
 
