@@ -93,6 +93,18 @@ def main() -> None:
                      f"{fmt(g['torchtune_peak_rss_mb'], unit='MB')}; "
                      f"{g['huggingface_final_loss']['median']} / "
                      f"{g['torchtune_final_loss']['median']}"))  # fmt: skip
+    if z := load("sharding"):
+        header = header or z
+        st = z["strategies"]
+        for algo in ("full", "lora"):
+            ddp, fsdp = st[f"{algo}-ddp"], st[f"{algo}-fsdp"]
+            rows.append((f"HF engine, 2 CPU ranks, {algo}: DDP / FSDP label tokens/s "
+                         "(parameter bytes per rank)",
+                         f"{fmt(ddp['trained_tokens_per_second'], unit='tok/s')} "
+                         f"({ddp['parameter_bytes_per_rank'][0]:,}) / "
+                         f"{fmt(fsdp['trained_tokens_per_second'], unit='tok/s')} "
+                         f"({max(fsdp['parameter_bytes_per_rank']):,}); FSDP / DDP "
+                         f"{fmt(z[f'{algo}_fsdp_over_ddp'], unit='')}"))  # fmt: skip
     if h := load("intree_hf"):  # run outside CI, in a scratch environment (see its docstring)
         for name, v in h["runs"].items():
             rows.append((f"{name}, same {h['steps']}-step LoRA job: training call / process, "

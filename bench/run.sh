@@ -15,6 +15,7 @@ if [ "${1:-}" = "--quick" ]; then
   "$py" tracking.py --calls 200
   "$py" intree.py --repeats 2
   "$py" engines.py --repeats 3
+  "$py" sharding.py --repeats 1
   "$py" stages.py --quick
   "$py" forgetting.py --quick
 else
@@ -24,6 +25,7 @@ else
   "$py" tracking.py --calls 400
   "$py" intree.py --repeats 3
   "$py" engines.py --repeats 5
+  "$py" sharding.py --repeats 2
   "$py" stages.py --repeats 3
   "$py" forgetting.py --seeds 5
 fi

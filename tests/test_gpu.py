@@ -1,7 +1,7 @@
 """CUDA-only paths (`pytest -m gpu` on a machine with a GPU; skipped elsewhere): NCCL
 collectives of training.distributed, the CUDA RNG state a resumable checkpoint carries, and
-torchtune's distributed recipe with fsdp_cpu_offload (which does nothing on the CPU), and OSFT
-in bf16."""
+torchtune's distributed recipe with fsdp_cpu_offload (which does nothing on the CPU), OSFT
+in bf16, and the Hugging Face engine's FSDP2 in bf16 with CPU offload (2 GPUs)."""
 
 from __future__ import annotations
 
@@ -133,3 +133,32 @@ def test_osft_in_bf16_on_cuda(tmp_path):
         seen = s.U_high.float().T @ w @ s.V_high.float().T
         assert float((seen - torch.diag(s.S_high.float())).abs().max()) < 0.05
         assert float((w - before[f"{t.path}.weight"]).abs().max()) > 0
+
+
+def test_huggingface_fsdp_bf16_cpu_offload_on_two_gpus(tmp_path):
+    """The Hugging Face engine's FSDP2 on NCCL: bf16 parameters, fp32 gradient reductions,
+    parameters and optimizer steps offloaded to the CPU; each rank holds half the parameters
+    and trains DDP's curve to bf16 rounding."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs: NCCL takes one rank per GPU")
+    from test_fsdp import _curve, _spec, _train, _weights
+
+    from harness.tiny_families import make
+
+    model_dir = make("qwen2", tmp_path / "qwen2")
+    runs = {}
+    for name, offload in (("ddp", False), ("fsdp", True)):
+        spec = _spec(model_dir, tmp_path, name, ranks=2)
+        train = spec.train.model_copy(update={"device": "cuda", "dtype": "bf16",
+                                              "fsdp_cpu_offload": offload})  # fmt: skip
+        runs[name] = _train(spec.model_copy(update={"train": train}), model_dir, tmp_path)
+    sharded = runs["fsdp"]["sharding"]
+    assert sharded["strategy"] == "fsdp" and sharded["cpu_offload"] is True
+    whole = runs["ddp"]["sharding"]["parameter_bytes_per_rank"][0]
+    assert all(abs(h - whole / 2) <= 0.02 * whole for h in sharded["parameter_bytes_per_rank"])
+    assert runs["fsdp"]["device"].startswith("cuda")
+    ddp, fsdp = _curve(tmp_path, "ddp"), _curve(tmp_path, "fsdp")
+    assert all(math.isfinite(x) for x in fsdp) and fsdp[-1] < fsdp[0]
+    assert fsdp == pytest.approx(ddp, rel=2e-2)  # bf16: DDP reduces in bf16, FSDP in fp32
+    merged = _weights(tmp_path, "fsdp")
+    assert {t.dtype for t in merged.values()} == {torch.bfloat16}

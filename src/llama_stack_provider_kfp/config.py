@@ -30,7 +30,7 @@ class RemoteResources(BaseModel):
         default=0,
         ge=0,
         description="accelerators for the train step; with more than one the step trains "
-        "with one rank per GPU (torchrun, DDP) on the huggingface engine",
+        "with one rank per GPU (torchrun; DDP or FSDP) on the huggingface engine",
     )
     nodes: int = Field(
         default=1,
@@ -451,9 +451,11 @@ class KFPPostTrainingConfig(BaseModel):
     devices_per_job: int = Field(
         default=1,
         ge=1,
-        description="Local mode: ranks each job trains with (torchrun on this machine, DDP; one "
+        description="Local mode: ranks each job trains with (torchrun on this machine; one "
         "per GPU, or CPU processes with device cpu). Remote mode: remote.resources.gpu_count "
-        "sets it. Several ranks train on the huggingface engine.",
+        "sets it. The huggingface engine trains a whole copy per rank (DDP), or shards the "
+        "model (FSDP) when the request's efficiency_config asks or a whole copy would not fit "
+        "half a GPU.",
     )
     model_dirs: list[Path] = Field(
         default_factory=lambda: [Path("~/.llama/checkpoints")],

@@ -112,6 +112,27 @@ def test_osft_settings_without_osft_are_refused():
     translate.check_osft_settings(config, True, {"osft": {"unfreeze_rank_ratio": 0.5}})
 
 
+def test_osft_with_fsdp_on_several_ranks_is_refused():
+    from llama_stack_api import DataConfig, EfficiencyConfig, TrainingConfig
+
+    from llama_stack_provider_kfp.service.submission import Submission, check_osft_sharding
+
+    def sub(osft: bool, ranks: int, **efficiency) -> Submission:
+        tc = TrainingConfig(n_epochs=1, data_config=DataConfig(
+            dataset_id="d", batch_size=2, shuffle=False, data_format="instruct"),
+            efficiency_config=EfficiencyConfig(**efficiency))  # fmt: skip
+        config = KFPPostTrainingConfig(devices_per_job=ranks)
+        return Submission("j", "m", None, translate.training(tc), None, None, config=config,
+                          osft=osft)  # fmt: skip
+
+    for flag in ("memory_efficient_fsdp_wrap", "fsdp_cpu_offload"):
+        with pytest.raises(Unsupported, match="OSFT does not shard across ranks"):
+            check_osft_sharding(sub(True, 2, **{flag: True}))
+        check_osft_sharding(sub(True, 1, **{flag: True}))  # one rank: nothing to shard
+        check_osft_sharding(sub(False, 2, **{flag: True}))  # LoRA, full: they shard
+    check_osft_sharding(sub(True, 2))  # OSFT on DDP
+
+
 def test_osft_trains_on_the_huggingface_engine_only():
     llama3 = _model(LLAMA).model_copy(update={"tokenizer_file": "original/tokenizer.model"})
     for algo in ("osft", "dpo-osft"):

@@ -267,7 +267,8 @@ def test_build_spec_carries_every_setting():
                                    validation_fraction=0.1, device="cpu")  # fmt: skip
     req = SupervisedFineTuneRequest(
         job_uuid="j-1", model="tiny", training_config=_tc(
-            efficiency_config={"enable_activation_checkpointing": True},
+            efficiency_config={"enable_activation_checkpointing": True,
+                               "memory_efficient_fsdp_wrap": True},
             data_config={"train_on_input": True}),
         hyperparam_search_config={}, logger_config={},
     )  # fmt: skip
@@ -285,6 +286,8 @@ def test_build_spec_carries_every_setting():
     assert (t.max_seq_len, t.seed, t.device) == (512, 7, "cpu")
     assert t.train_on_input and t.enable_activation_checkpointing
     assert not t.enable_activation_offloading
+    # A new job may shard on the huggingface engine (a record without the field: DDP).
+    assert t.memory_efficient_fsdp_wrap and not t.fsdp_cpu_offload and t.sharding == "auto"
     assert spec.lora.use_dora and spec.lora.attn_modules == ["q_proj", "v_proj"]
     assert spec.lora.requested_modules == ["q_proj", "v_proj"]
     assert spec.lora.target_modules[:2] == ["self_attn.q_proj", "self_attn.v_proj"]

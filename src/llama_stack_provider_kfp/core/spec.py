@@ -141,9 +141,14 @@ class TrainSpec(_Strict):
     enable_activation_offloading: bool = False
     # Processes training together (one per device), each on its share of every batch.
     ranks: int = 1
-    # torchtune's distributed recipe (FSDP) with several ranks: see training/torchtune/engine.py.
+    # Ask for FSDP with several ranks: torchtune's distributed recipe, and on the Hugging Face
+    # engine FSDP2 instead of DDP (training/huggingface/sharding.py says when it shards unasked).
     fsdp_cpu_offload: bool = False
     memory_efficient_fsdp_wrap: bool = False
+    # How the Hugging Face engine spreads the model over several ranks: "auto" picks DDP or
+    # FSDP (training/huggingface/sharding.py); "ddp" always replicates it, as every job did
+    # before FSDP existed there (records from then keep training as they were started).
+    sharding: Literal["ddp", "auto"] = "ddp"
     # A checkpoint with training state every N optimizer steps (besides each epoch's); the
     # newest `keep_step_checkpoints` of them are kept. None: per epoch only.
     checkpoint_every_steps: int | None = None

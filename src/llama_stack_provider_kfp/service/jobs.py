@@ -37,6 +37,7 @@ from .submission import (
     build_spec,
     check_batch_split,
     check_finished_checkpoint,
+    check_osft_sharding,
     lora_spec,
     lora_targets,
     osft_spec,
@@ -114,6 +115,7 @@ class JobService:
         runs before the scheduler may start the job; a failure there discards the job)."""
         config = sub.config
         stage_names = sub.stages  # refuses a bad `stages` before anything is read
+        check_osft_sharding(sub)
         if paths is not None:  # with auth: which locations this user may name
             paths.check(sub.checkpoint_dir, "checkpoint_dir")
             paths.check_model(sub.model)

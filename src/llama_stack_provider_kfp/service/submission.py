@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..config import KFPPostTrainingConfig, OSFTConfig
 from ..core.engines import ENGINES, JobTraits
-from ..core.errors import InvalidRequest
+from ..core.errors import InvalidRequest, Unsupported
 from ..core.locations import parse
 from ..core.lora_targets import Targets, resolve, tied_output_problem
 from ..core.osft_targets import resolve_osft
@@ -117,6 +117,19 @@ def osft_spec(settings: OSFTConfig, model: ModelSpec) -> OSFTSpec:
     return OSFTSpec(unfreeze_rank_ratio=settings.unfreeze_rank_ratio,
                     requested_modules=requested, target_modules=targets.modules,
                     freeze_non_targets=settings.freeze_non_targets)  # fmt: skip
+
+
+def check_osft_sharding(sub: Submission) -> None:
+    """OSFT's parametrized matrices do not shard: a request that asks for FSDP on several
+    ranks cannot have it (one rank shards nothing, so the flags are no-ops there)."""
+    t = sub.training
+    if sub.osft and sub.config.world() > 1 and (t.fsdp_cpu_offload or
+                                                 t.memory_efficient_fsdp_wrap):  # fmt: skip
+        raise Unsupported(
+            "OSFT does not shard across ranks (FSDP): send efficiency_config without "
+            "memory_efficient_fsdp_wrap and fsdp_cpu_offload (OSFT trains a whole copy of the "
+            "model on every rank)"
+        )
 
 
 def check_batch_split(batch_size: int, world: int, engine: str) -> None:
@@ -278,6 +291,7 @@ def build_spec(
             enable_activation_offloading=t.activation_offloading,
             fsdp_cpu_offload=t.fsdp_cpu_offload,
             memory_efficient_fsdp_wrap=t.memory_efficient_fsdp_wrap,
+            sharding="auto",
             checkpoint_every_steps=config.checkpoint_every_steps,
             keep_step_checkpoints=config.keep_step_checkpoints,
         ),

@@ -3,7 +3,8 @@ is and sums what the ranks need to agree on.
 
 The train step stays one process when a job has one device. With N > 1 it starts
 `torchrun --standalone --nproc_per_node N` on `training.rank_main`; every rank trains on its
-share of each batch (DDP averages the gradients), and rank 0 alone writes progress, metrics,
+share of each batch (DDP averages the gradients; FSDP also shards the model:
+training/huggingface/sharding.py), and rank 0 alone writes progress, metrics,
 checkpoints and the result, exactly once.
 """
 
@@ -43,8 +44,8 @@ class Ranks:
 
     def share(self, items: list[Any]) -> tuple[list[Any], bool]:
         """This rank's rows of a global batch (every world-th), and whether they count. A rank
-        left without rows (a short last batch) runs one row weighted zero: DDP needs every rank
-        in every backward."""
+        left without rows (a short last batch) runs one row weighted zero: DDP and FSDP need
+        every rank in every backward."""
         mine = items[self.rank :: self.world]
         return (mine, True) if mine else (items[:1], False)
 

@@ -22,6 +22,7 @@ import random
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from ..io import Output
 from ..progress import ProgressLogger
 from ..result import summary
 from ..stop import GracefulStop, TrainingStopped
-from . import data, logits, osft, preference
+from . import data, logits, osft, preference, sharding
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -139,7 +140,9 @@ class _Run:
         full = spec.lora is None
         trained_dir = resume.folder / MERGED if resume is not None and full else model_dir
         model: Any = AutoModelForCausalLM.from_pretrained(trained_dir, dtype=_DTYPES[t.dtype])
-        model = model.to(self.device)
+        self.plan = sharding.choose(spec, self.ranks, self.device, model)
+        if not self.plan.fsdp:  # FSDP moves each rank's shards to the device itself
+            model = model.to(self.device)
         if t.enable_activation_checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -149,11 +152,6 @@ class _Run:
                 "efficiency: activation offloading is a torchtune feature; "
                 "this engine trains without it"
             )
-        if t.fsdp_cpu_offload or t.memory_efficient_fsdp_wrap:
-            print(
-                "efficiency: fsdp_cpu_offload / memory_efficient_fsdp_wrap shard the model on "
-                "the torchtune engine (FSDP); this engine keeps a whole copy on every rank (DDP)"
-            )
         # Full DPO compares with a frozen copy of the base; LoRA DPO with the adapter off.
         self.reference: Any = None
         if spec.dpo is not None and full:
@@ -162,23 +160,37 @@ class _Run:
                 if trained_dir == model_dir
                 else AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[t.dtype])
             )
-            self.reference = base.to(self.device).eval().requires_grad_(False)
+            base = base.eval().requires_grad_(False)
+            if self.plan.fsdp:  # sharded as the trained model is
+                sharding.shard(base, self.plan, self.device, _DTYPES[t.dtype])
+            self.reference = base if self.plan.fsdp else base.to(self.device)
         self.osft: osft.OSFT | None = None
+        self._export: Any = None  # FSDP: the main rank's whole copy for saving
         if spec.osft is not None:
             self.osft = self._with_osft(model, resume)
         self.model: Any = _with_lora(model, spec) if spec.lora else model
         if resume is not None and spec.lora is not None:  # LoRA: the adapter on the base
             _load_adapter(self.model, resume.folder / ADAPTER)
         ctx.phases.mark("model_loaded")
-        # What the training forward goes through: DDP averages the ranks' gradients.
+        # What the training forward goes through: DDP averages the ranks' gradients; FSDP
+        # shards the model in place and reduce-scatters them.
         self.train_model: Any = self.model
-        if self.ranks.world > 1:
+        if self.plan.fsdp:
+            sharding.shard(self.model, self.plan, self.device, _DTYPES[t.dtype])
+        elif self.ranks.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             # OSFT's frozen factors are buffers that never change: synced once (osft.broadcast)
             self.train_model = DistributedDataParallel(
                 self.model, broadcast_buffers=self.osft is None
             )
+        held = sharding.per_rank(self.ranks, sharding.parameter_bytes(self.model))
+        self.sharding = {"strategy": self.plan.strategy, "reason": self.plan.reason,
+                         "cpu_offload": self.plan.cpu_offload,
+                         "parameter_bytes_per_rank": held}  # fmt: skip
+        if self.ranks.main:
+            print(f"sharding: {self.plan.strategy} ({self.plan.reason}); parameter bytes per "
+                  f"rank: {held}", flush=True)  # fmt: skip
         self.train_set: list[Any]
         self.val_set: list[Any]
         if spec.dpo is not None:
@@ -268,7 +280,10 @@ class _Run:
     def _restore(self, resume: resuming.Resume) -> None:
         state, saved = resume.state, resume.tensors
         check_rows(state, self.train_rows, resume.where)
-        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.plan.fsdp:  # whole tensors in the checkpoint: each rank takes its shard
+            sharding.load_optimizer(self.optimizer, saved["optimizer"])
+        else:
+            self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.generator.set_state(saved["generator"])  # as it was at that epoch's start
         resuming.set_rng_state(saved["rng"])
@@ -303,6 +318,7 @@ class _Run:
             device=str(self.device),
             dtype=t.dtype,
             rows={"train": self.train_rows, "validation": len(self.val_set)},
+            sharding=self.sharding,
             **self._resumed_from(),
         )
         started = time.perf_counter()
@@ -327,6 +343,7 @@ class _Run:
             progress=self.progress,
             train_seconds=time.perf_counter() - started,
             steps_run=self.global_step - first_step,
+            sharding=self.sharding,
             **self._resumed_from(),
             **({"osft": self.osft_info} if self.osft is not None else {}),
         )
@@ -369,8 +386,8 @@ class _Run:
                 total, summed, learned = self.ranks.sum(
                     weight, float(loss.detach()) * weight, counted if counts else 0
                 )
-                # Scaled so that the gradient DDP averages over the ranks is the mean over the
-                # whole batch, as one rank computes it (1 with one rank).
+                # Scaled so that the gradient DDP (or FSDP) averages over the ranks is the mean
+                # over the whole batch, as one rank computes it (1 with one rank).
                 (loss * (weight * self.ranks.world / max(total, 1e-12)) / len(group)).backward()
                 step_loss += summed / max(total, 1e-12) / len(group)
                 labelled += int(learned)
@@ -480,13 +497,31 @@ class _Run:
         return val_loss, math.exp(min(nll, 50.0)), summary
 
     def _save(self, epoch: int, train_loss: float | None) -> None:
-        """Validate and write the epoch's checkpoint: on the main rank, once."""
+        """Validate and write the epoch's checkpoint: on the main rank, once (under FSDP every
+        rank takes part in the validation's forward passes and the gathering of the weights)."""
+        validated = self._validate() if self.plan.fsdp else None
+        whole = self._gather()
         if self.ranks.main:
-            self._write_epoch(epoch, train_loss)
+            self._write_epoch(epoch, train_loss, validated, whole)
         self.ranks.barrier()
 
-    def _write_epoch(self, epoch: int, train_loss: float | None) -> None:
-        val_loss, perplexity, val_rewards = self._validate()
+    def _gather(self) -> _Whole | None:
+        """FSDP: the whole weights and optimizer state on the main rank (every rank calls
+        this); None otherwise (the main rank's own copy is whole)."""
+        if not self.plan.fsdp:
+            return None
+        main = self.ranks.main
+        return _Whole(sharding.full_weights(self.model, main),
+                      sharding.full_optimizer(self.optimizer, main))  # fmt: skip
+
+    def _write_epoch(
+        self,
+        epoch: int,
+        train_loss: float | None,
+        validated: tuple[float | None, float | None, dict[str, float]] | None = None,
+        whole: _Whole | None = None,
+    ) -> None:
+        val_loss, perplexity, val_rewards = validated if validated is not None else self._validate()
         train_rewards = _mean(self.epoch_rewards)
         train_rewards.pop("chosen_nll", None)
         metrics: dict[str, Any] = {
@@ -502,9 +537,9 @@ class _Run:
         exporting = time.perf_counter()
         fields = {"format": "huggingface", **metrics}
         with epoch_writer(self.output.local, epoch, fields, self.spec.job_uuid) as tmp:
-            self._write_weights(tmp)
+            self._write_weights(tmp, whole)
             # Continues at the next epoch's start; the generator is already there.
-            self._write_state(tmp, epoch + 1, 0, self.generator.get_state())
+            self._write_state(tmp, epoch + 1, 0, self.generator.get_state(), whole)
         self.output.push(epoch_dir(epoch))
         self.saved_step, self.saved_at = (
             self.global_step,
@@ -516,18 +551,19 @@ class _Run:
     def _save_step(self, epoch: int, position: int) -> None:
         """A checkpoint after `position` optimizer steps of `epoch`: periodic or SIGTERM; on
         the main rank, once."""
+        whole = self._gather()
         if self.ranks.main:
-            self._write_step(epoch, position)
+            self._write_step(epoch, position, whole)
         self.ranks.barrier()
 
-    def _write_step(self, epoch: int, position: int) -> None:
+    def _write_step(self, epoch: int, position: int, whole: _Whole | None = None) -> None:
         rel = step_dir(self.global_step)
         losses = self.epoch_losses
         metrics = {"epoch": epoch, "global_step": self.global_step, "format": "huggingface",
                    "train_loss": sum(losses) / len(losses) if losses else None}  # fmt: skip
         with checkpoint_writer(self.output.local, rel, metrics, self.spec.job_uuid) as tmp:
-            self._write_weights(tmp)
-            self._write_state(tmp, epoch, position, self.epoch_start)
+            self._write_weights(tmp, whole)
+            self._write_state(tmp, epoch, position, self.epoch_start, whole)
         self.output.push(rel)
         self.saved_step, self.saved_at = self.global_step, str(self.output.location.join(rel))
         self.step_checkpoints = prune_step_checkpoints(
@@ -536,22 +572,43 @@ class _Run:
             self.spec.train.keep_step_checkpoints,
         )
 
-    def _write_weights(self, folder: Path) -> None:
+    def _write_weights(self, folder: Path, whole: _Whole | None = None) -> None:
+        # FSDP: the gathered weights into a whole copy on the CPU.
+        model = self.model if whole is None else self._whole_model(whole.weights)
         if self.osft is not None:  # plain matrices, loadable anywhere
             state = self.osft.folded_state_dict(self.model)
             self.model.save_pretrained(folder / MERGED, state_dict=state)
             self.tokenizer.save_pretrained(folder / MERGED)
             return
         if self.spec.lora is not None:
-            self.model.save_pretrained(folder / ADAPTER)  # PEFT: the adapter only
-            merged = copy.deepcopy(self.model).merge_and_unload()
+            model.save_pretrained(folder / ADAPTER)  # PEFT: the adapter only
+            merged = copy.deepcopy(model).merge_and_unload()
         else:
-            merged = self.model
+            merged = model
         merged.save_pretrained(folder / MERGED)
         self.tokenizer.save_pretrained(folder / MERGED)
 
-    def _write_state(self, folder: Path, epoch: int, position: int, generator: Any) -> None:
-        """What a resumed run needs beside the weights (core.resume.TrainingState)."""
+    def _whole_model(self, weights: dict[str, torch.Tensor]) -> Any:
+        """A CPU model built as the trained one (LoRA: with its adapter) holding `weights`:
+        made on the first save, then reused (one whole copy on the main rank)."""
+        if self._export is None:
+            from transformers import AutoModelForCausalLM
+
+            dtype = _DTYPES[self.spec.train.dtype]
+            # Its initialisation (LoRA's) draws from torch's generator: on a forked one, so
+            # that the training draws (dropout) stay those of an unsharded run, and of a
+            # resumed one, which builds this copy at another step.
+            with torch.random.fork_rng(devices=[]):
+                base = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype)
+                self._export = _with_lora(base, self.spec) if self.spec.lora else base
+        self._export.load_state_dict(weights)
+        return self._export
+
+    def _write_state(
+        self, folder: Path, epoch: int, position: int, generator: Any, whole: _Whole | None = None
+    ) -> None:
+        """What a resumed run needs beside the weights (core.resume.TrainingState); the same
+        layout under DDP and FSDP (whole tensors), so either resumes the other's."""
         spec = self.spec
         state = TrainingState(
             engine="huggingface",
@@ -567,7 +624,7 @@ class _Run:
             spec=spec.model_dump(mode="json"),
         )
         tensors = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": whole.optimizer if whole is not None else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": generator,
             "rng": resuming.rng_state(),
@@ -580,6 +637,14 @@ class _Run:
         if self.osft is not None:  # the factors: folding them back into matrices loses them
             tensors["osft"] = self.osft.factors()
         resuming.write_state(folder, state, tensors)
+
+
+@dataclass(frozen=True)
+class _Whole:
+    """What FSDP's ranks gathered for a checkpoint: whole tensors, on the main rank's CPU."""
+
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
 
 
 def _load_adapter(model: Any, adapter_dir: Path) -> None:
