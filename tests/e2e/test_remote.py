@@ -57,9 +57,9 @@ def stub():
 
 
 @pytest.fixture
-def remote(s3, stub, tmp_path, monkeypatch, tiny_models):
+def remote_env(s3, stub, tmp_path, monkeypatch, tiny_models) -> dict[str, str]:
     monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
-    env = {
+    return {
         # A Hugging Face cache holding the tiny model as acme/tiny-llama (no Hub here).
         **make_hf_cache(tmp_path / "hf", "acme/tiny-llama", tiny_models / "hf"),
         "KFP_MODE": "remote",
@@ -80,7 +80,11 @@ def remote(s3, stub, tmp_path, monkeypatch, tiny_models):
         # The Kubernetes API (the same stand-in) for the runs' pods and events.
         "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig", stub.url, "team-a")),
     }
-    server = Server(tmp_path, env=env).start()
+
+
+@pytest.fixture
+def remote(remote_env, tmp_path):
+    server = Server(tmp_path, env=remote_env).start()
     yield server
     server.cleanup()
 
@@ -652,3 +656,65 @@ def test_several_nodes_need_trainer_v2_and_cancel_deletes_the_trainjob(
         assert stub.terminated == [run["run_id"]]
         assert stub.deleted_trainjobs == [body["metadata"]["name"]]
         assert job_status(client, job)["status"] == "cancelled"
+
+
+def test_openai_face_remote(remote_env, stub, s3, tmp_path):
+    """An unchanged OpenAI fine-tuning script against `serve openai` in remote mode: the job
+    is a KFP run (stand-in), its file staged to S3, its progress, checkpoints and end read
+    from there; a cancel terminates the run."""
+    import io
+    import time
+
+    import openai  # noqa: F401  (the SDK is the client)
+
+    from harness.server import OpenAIServer
+
+    root = tmp_path / "oai"
+    root.mkdir()
+    face = OpenAIServer(root, env=remote_env).start()
+    try:
+        oai = face.openai()
+        rows = [{"messages": [{"role": "user", "content": f"Greet {n}."},
+                              {"role": "assistant", "content": f"Hello, {n}!"}]}
+                for n in "abcdefghijkl"]  # fmt: skip
+        body = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        train = oai.files.create(file=("t.jsonl", io.BytesIO(body)), purpose="fine-tune")
+        job = oai.fine_tuning.jobs.create(model=MODEL, training_file=train.id,
+                                          hyperparameters={"n_epochs": 1})  # fmt: skip
+        assert job.status == "queued"
+        run = stub.run_for(job.id)
+        params = json.loads(run["runtime_config"]["parameters"]["job_spec"])
+        out = f"s3://kfp/llama-stack-post-training/jobs/{job.id}/output"
+        assert params["output_uri"] == out and params["model"]["path"] == MODEL
+        staged = params["data"]["uri"]
+        assert staged.startswith(f"s3://kfp/llama-stack-post-training/jobs/{job.id}/input/")
+        assert storage.read_bytes(parse(staged)) == body  # the uploaded file, staged
+
+        stub.set_state(run["run_id"], "RUNNING")
+        storage.write_json(parse(f"{out}/progress.json"), {
+            "progress": {"step": 2, "loss": 1.5, "eta_seconds": 30}, "total_steps": 3,
+            "loss_history": [[1, 2.0], [2, 1.5]]})  # fmt: skip
+        assert oai.fine_tuning.jobs.retrieve(job.id).status == "running"
+        metrics = [e.data for e in oai.fine_tuning.jobs.list_events(job.id)
+                   if e.type == "metrics"]  # fmt: skip
+        assert sorted(m["step"] for m in metrics) == [1, 2]
+        storage.write_json(parse(f"{out}/checkpoints/epoch_1/merged/config.json"), {})
+        storage.write_json(parse(f"{out}/checkpoints/epoch_1/metrics.json"), {
+            "epoch": 1, "global_step": 3, "created_at": "2026-12-05T00:09:00+00:00",
+            "train_loss": 1.2, "validation_loss": 1.4})  # fmt: skip
+        stub.set_state(run["run_id"], "SUCCEEDED")
+        deadline = time.monotonic() + 30
+        while (done := oai.fine_tuning.jobs.retrieve(job.id)).status != "succeeded":
+            assert time.monotonic() < deadline, done.status
+            time.sleep(0.2)
+        assert done.fine_tuned_model == f"ft:tiny-hf.tar.gz:local:local:{job.id}"
+        (ckpt,) = oai.fine_tuning.jobs.checkpoints.list(job.id)
+        assert ckpt.step_number == 3 and ckpt.metrics.valid_loss == 1.4
+
+        other = oai.fine_tuning.jobs.create(model=MODEL, training_file=train.id)
+        other_run = stub.run_for(other.id)
+        stub.set_state(other_run["run_id"], "RUNNING")
+        assert oai.fine_tuning.jobs.cancel(other.id).status == "cancelled"
+        assert other_run["run_id"] in stub.terminated
+    finally:
+        face.cleanup()
