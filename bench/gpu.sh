@@ -137,6 +137,7 @@ device_run() {
   for a in "$@"; do
     if [ "$a" = --with-tests ]; then tests=1; else args+=("$a"); fi
   done
+  "$PY" "$ROOT/bench/gpu_train.py" --parse-only "${args[@]}"
   echo "== $(date -u +%FT%TZ) $(uname -m), $("$PY" --version), $(command -v "$PY")"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
     || true

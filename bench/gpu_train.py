@@ -102,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hf-path", default="", help="PYTHONPATH entries for Hugging Face runs")
     p.add_argument("--torchtune-path", default="", help="PYTHONPATH entries for torchtune runs")
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--parse-only", action="store_true", help=argparse.SUPPRESS)  # gpu.sh
     args = p.parse_args(argv)
     names = DEFAULT_MODELS if not args.models else (
         list(MODELS) if args.models == "all" else args.models.split(","))  # fmt: skip
@@ -171,6 +172,7 @@ def run_children(name: str, jobs: list[dict], env_path: str, timeout: float,
     jobs_file.write_text(json.dumps({"jobs": jobs, "results": str(out)}, indent=2))
     env = {k: v for k, v in os.environ.items() if k not in NO_TRACKING}
     env.update(OFFLINE)
+    env["HF_DATASETS_CACHE"] = str(work / "hf-datasets-cache")  # torchtune's rows, not ~/.cache
     paths = [str(ROOT / "src"), str(ROOT), *[p for p in env_path.split(os.pathsep) if p]]
     env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).strip(os.pathsep)
     # -S passes on: `bench/gpu.sh gather` runs without site-packages, on a restricted path.
@@ -238,6 +240,8 @@ def _row_head(run: dict, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.parse_only:  # bad options fail before gpu.sh installs anything
+        return 0
     if args.child:
         return child_main(args.child)
     import torch
@@ -338,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         save()
     order = [r["name"] for r in runs]
     rows.sort(key=lambda r: order.index(r["name"]))
+    for row in rows:  # rows measured before the GPU's name was known
+        row["mfu"] = mfu(row, results["peak_flops"])
     results["seconds"] = round(time.perf_counter() - started, 1)
     save()
     print(markdown(results))

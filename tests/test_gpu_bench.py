@@ -77,7 +77,9 @@ def test_without_cuda_the_real_run_says_so_and_exits_0(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("CUDA is here: bench/gpu.sh would run the benchmark itself")
+    results = ROOT / "bench" / "results"
+    before = sorted(results.rglob("*"))
     done = _gpu_sh(cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "no CUDA device here" in done.stdout
-    assert not (ROOT / "bench" / "results" / "gpu_train.log").exists()
+    assert sorted(results.rglob("*")) == before  # nothing written
