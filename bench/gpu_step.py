@@ -136,7 +136,21 @@ def train_run(cfg: dict, one_job_process: bool) -> dict:
         "losses": [round(s["loss"], 4) for s in steps],
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "imported": imported_distributions(),
+        "versions": versions(),
     }
+
+
+def versions() -> dict[str, str | None]:
+    """What this run trained with (the carried sites included)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for n in ("torch", "transformers", "peft", "torchtune", "torchao", "pydantic", "datasets"):
+        try:
+            found[n] = version(n)
+        except PackageNotFoundError:
+            found[n] = None
+    return found
 
 
 @functools.cache

@@ -54,6 +54,7 @@ import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -163,8 +164,8 @@ def child_main(jobs_file: Path) -> int:
     return 0
 
 
-def run_children(name: str, jobs: list[dict], env_path: str, timeout: float,
-                 work: Path) -> list[dict]:  # fmt: skip
+def run_children(name: str, jobs: list[dict], env_path: str, timeout: float, work: Path,
+                 threads: int | None = None) -> list[dict]:  # fmt: skip
     """`jobs` in one child process, in its own process group, killed with it at `timeout`:
     one result per job, in order; a job left without one gets the child's failure."""
     jobs_file, out, log = (work / f"{name}.{x}" for x in ("jobs.json", "results.jsonl", "log"))
@@ -173,6 +174,8 @@ def run_children(name: str, jobs: list[dict], env_path: str, timeout: float,
     env = {k: v for k, v in os.environ.items() if k not in NO_TRACKING}
     env.update(OFFLINE)
     env["HF_DATASETS_CACHE"] = str(work / "hf-datasets-cache")  # torchtune's rows, not ~/.cache
+    if threads:  # processes side by side (the dry run): one core each
+        env["OMP_NUM_THREADS"] = str(threads)
     paths = [str(ROOT / "src"), str(ROOT), *[p for p in env_path.split(os.pathsep) if p]]
     env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).strip(os.pathsep)
     # -S passes on: `bench/gpu.sh gather` runs without site-packages, on a restricted path.
@@ -219,18 +222,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
 # ---------------------------------------------------------------- the call
 
 
-def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found: dict[str, str | None] = {}
-    for n in ("torch", "transformers", "peft", "torchtune", "torchao", "pydantic"):
-        try:
-            found[n] = version(n)
-        except PackageNotFoundError:
-            found[n] = None
-    return found
-
-
 def _row_head(run: dict, args: argparse.Namespace) -> dict[str, Any]:
     return {"name": run["name"], "model": run["model"], "algorithm": run["algorithm"],
             "engine": run["engine"], "packed": run["packed"], "batch_size": run["batch"],
@@ -268,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "dry_run": args.dry_run,
         "machine": {"platform": f"{platform.machine()}, {os.cpu_count()} cores", "gpu": None,
                     "python": platform.python_version()},
-        "versions": _versions(), "max_seq_len": args.max_seq_len, "warmup": args.warmup,
+        "versions": {}, "max_seq_len": args.max_seq_len, "warmup": args.warmup,
         "steps": args.steps, "peak_flops": None,
         "tokens_per_second": "non-padding tokens fed / wall seconds of the measured steps",
         "mfu": "k x parameters x tokens_per_second / peak_flops; k = 6 full, 4 LoRA "
@@ -300,24 +291,31 @@ def main(argv: list[str] | None = None) -> int:
                              "weights_of": owner, "rows": str(rows_path), "work": str(work),
                              "device": device, "warmup": args.warmup, "steps": args.steps,
                              "max_seq_len": args.max_seq_len})  # fmt: skip
-    # The dry run: one process for the weights and the Hugging Face runs, one for torchtune's
-    # (each with its own PYTHONPATH, as on the GPU).
-    groups = [[j] for j in jobs]
+    # Stages, one after the other; the groups of a stage run side by side, each in a process of
+    # its own with its engine's PYTHONPATH. On the GPU every job is a stage of its own; the dry
+    # run makes the weights, then trains the Hugging Face and torchtune runs side by side (the
+    # CPU's two cores; imports dominate its time).
+    stages = [[[j]] for j in jobs]
     if args.dry_run:
         tt = [j for j in jobs if j.get("engine") == "torchtune"]
-        groups = [g for g in ([j for j in jobs if j not in tt], tt) if g]
+        make = [j for j in jobs if j["kind"] == "make"]
+        hf = [j for j in jobs if j not in tt and j not in make]
+        stages = [[make], [g for g in (hf, tt) if g]]
     print(f"{len(runs)} runs; work folder {work}; results {json_path}", flush=True)
     made: dict[str, dict] = {}
-    for group in groups:
+
+    def run_group(group: list[dict]) -> list[dict]:
         if time.perf_counter() - started > args.budget:
-            got = [{"skipped": f"not started: the time budget ({args.budget:.0f} s) was spent"}
-                   for _ in group]  # fmt: skip
-        else:
-            tt = any(j.get("engine") == "torchtune" for j in group)
-            path = args.torchtune_path if tt else args.hf_path
-            left = args.budget + 50 - (time.perf_counter() - started)
-            timeout = max(min(args.run_timeout * len(group), left), 30.0)
-            got = run_children(group[0]["name"], group, path, timeout, work)
+            return [{"skipped": f"not started: the time budget ({args.budget:.0f} s) was spent"}
+                    for _ in group]  # fmt: skip
+        tt = any(j.get("engine") == "torchtune" for j in group)
+        path = args.torchtune_path if tt else args.hf_path
+        left = args.budget + 50 - (time.perf_counter() - started)
+        timeout = max(min(args.run_timeout * len(group), left), 30.0)
+        threads = 1 if args.dry_run else None
+        return run_children(group[0]["name"], group, path, timeout, work, threads)
+
+    def record(group: list[dict], got: list[dict]) -> None:
         for job, result in zip(group, got, strict=True):
             if job["kind"] == "make":
                 made[job["model"]] = result
@@ -332,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             if weights.get("error") and row.get("error"):
                 row["error"] = f"weights not made ({weights['error']}); {row['error']}"
             results["machine"]["gpu"] = results["machine"]["gpu"] or row.get("gpu")
+            for name, v in (row.get("versions") or {}).items():  # the runs' own, sites included
+                results["versions"][name] = results["versions"].get(name) or v
             results["peak_flops"] = peak_flops(results["machine"]["gpu"], args.peak_tflops)
             row["mfu"] = mfu(row, results["peak_flops"])
             rows.append(row)
@@ -340,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"MFU {row['mfu']}")  # fmt: skip
             print(f"[{job['name']}] {status}", flush=True)
         save()
+
+    for stage in stages:
+        with ThreadPoolExecutor(len(stage)) as pool:
+            done = list(zip(stage, pool.map(run_group, stage), strict=True))
+        for group, got in done:
+            record(group, got)
     order = [r["name"] for r in runs]
     rows.sort(key=lambda r: order.index(r["name"]))
     for row in rows:  # rows measured before the GPU's name was known
