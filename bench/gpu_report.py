@@ -66,7 +66,8 @@ def markdown(results: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if v)
         + f". bf16, max_seq_len {results['max_seq_len']}, {results['warmup']} warm-up + "
         f"{results['steps']} measured steps per run. MFU = k x N x tokens/s / "
-        f"{(results['peak_flops'] or 0) / 1e12:.0f} TFLOP/s (k = 6 full, 4 LoRA; attention "
+        + (f"{results['peak_flops'] / 1e12:.0f} TFLOP/s" if results["peak_flops"]
+           else "the GPU's dense bf16 peak") + " (k = 6 full, 4 LoRA; attention "
         "not counted). Published: torchtune's README (other GPUs, torch.compile on): a "
         "reference, not a target.", "",
         "| model | algorithm | packed | engine | batch | tokens/s | label tok/s | peak GiB "
@@ -79,7 +80,10 @@ def markdown(results: dict) -> str:
         if r.get("error") or r.get("skipped"):
             lines.append(f"{head} {r.get('error') or r.get('skipped')} | | | | | |")
             continue
-        pub = PUBLISHED.get((r["model"], r["algorithm"], r["packed"]))
+        # (a scaled-down dry run compares with nothing)
+        pub = (
+            None if results["dry_run"] else PUBLISHED.get((r["model"], r["algorithm"], r["packed"]))
+        )
         ref = f"{pub[0]:,.0f} tok/s" + (f", {pub[1]} GiB" if pub[1] else "") + f" ({pub[2]})" \
             if pub else ""  # fmt: skip
         ratio = f"{r['tokens_per_second'] / pub[0]:.2f}" if pub else ""
