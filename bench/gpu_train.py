@@ -208,15 +208,12 @@ def run_children(name: str, jobs: list[dict], env_path: str, timeout: float, wor
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=10)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGKILL at once: on SIGTERM an engine would first write a checkpoint (training.stop)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    proc.wait()
 
 
 # ---------------------------------------------------------------- the call
@@ -305,15 +302,26 @@ def main(argv: list[str] | None = None) -> int:
     made: dict[str, dict] = {}
 
     def run_group(group: list[dict]) -> list[dict]:
-        if time.perf_counter() - started > args.budget:
-            return [{"skipped": f"not started: the time budget ({args.budget:.0f} s) was spent"}
-                    for _ in group]  # fmt: skip
-        tt = any(j.get("engine") == "torchtune" for j in group)
-        path = args.torchtune_path if tt else args.hf_path
-        left = args.budget + 50 - (time.perf_counter() - started)
-        timeout = max(min(args.run_timeout * len(group), left), 30.0)
-        threads = 1 if args.dry_run else None
-        return run_children(group[0]["name"], group, path, timeout, work, threads)
+        got: dict[str, dict] = {}
+        for job in group:  # runs whose weights were not made are not started
+            weights = made.get(job.get("weights_of", ""), {})
+            if job["kind"] == "train" and weights.get("error"):
+                got[job["name"]] = {"error": f"weights not made: {weights['error']}"}
+            elif job["kind"] == "train" and weights.get("skipped"):
+                got[job["name"]] = {"skipped": weights["skipped"]}
+        todo = [j for j in group if j["name"] not in got]
+        if todo and time.perf_counter() - started > args.budget:
+            spent = f"not started: the time budget ({args.budget:.0f} s) was spent"
+            got.update((j["name"], {"skipped": spent}) for j in todo)
+        elif todo:
+            tt = any(j.get("engine") == "torchtune" for j in todo)
+            path = args.torchtune_path if tt else args.hf_path
+            left = args.budget + 50 - (time.perf_counter() - started)
+            timeout = min(args.run_timeout * len(todo), max(left, 30.0))
+            threads = 1 if args.dry_run else None
+            ran = run_children(todo[0]["name"], todo, path, timeout, work, threads)
+            got.update((j["name"], r) for j, r in zip(todo, ran, strict=True))
+        return [got[j["name"]] for j in group]
 
     def record(group: list[dict], got: list[dict]) -> None:
         for job, result in zip(group, got, strict=True):
@@ -327,8 +335,6 @@ def main(argv: list[str] | None = None) -> int:
             if job["weights_of"] != job["model"]:
                 results["models"][job["model"]] = {"weights_of": job["weights_of"]}
             row = {**_row_head(job, args), "parameters": weights.get("parameters"), **result}
-            if weights.get("error") and row.get("error"):
-                row["error"] = f"weights not made ({weights['error']}); {row['error']}"
             results["machine"]["gpu"] = results["machine"]["gpu"] or row.get("gpu")
             for name, v in (row.get("versions") or {}).items():  # the runs' own, sites included
                 results["versions"][name] = results["versions"].get(name) or v
