@@ -26,13 +26,14 @@
 #
 # Without CUDA (and without --dry-run) it says so and exits 0.
 #
-# Two scratch sites, because torchao 0.15 (torchtune's) beside peft >= 0.19 breaks peft's LoRA
-# (FACTS.md): Hugging Face runs see pydantic and peft 0.18.1 (uv.lock's), torchtune runs those
-# and torchtune with what it imports. The image's own versions (KINDS.md: torch 2.11,
+# Two scratch sites: Hugging Face runs see only pydantic and peft 0.18.1 (uv.lock's: peft >= 0.19
+# refuses torchao 0.15, FACTS.md), which shows that engine needs nothing more; torchtune runs see
+# those and torchtune with what it imports. The image's own versions (KINDS.md: torch 2.11,
 # transformers 5.17, huggingface-hub, pyarrow, pandas, fsspec, ...) are used as they are; the
 # device part prints them first. If the import check there fails on one (datasets 5.2 wants
-# pyarrow >= 24 and fsspec <= 2026.9.0), gather again with it added, e.g.
+# pyarrow >= 24 and fsspec <= 2026.9.0), gather again with a fitting version added, e.g.
 #   GPU_BENCH_EXTRA="fsspec==2026.9.0" bash bench/gpu.sh gather
+# (pyarrow itself cannot travel: its wheel is 52 MiB; take an older datasets instead).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -175,6 +176,6 @@ EOF
 case "${1:-}" in
   gather) gather ;;
   --dry-run) exec "$PY" "$ROOT/bench/gpu_train.py" "$@" ;;
-  -h | --help) sed -n '2,33p' "${BASH_SOURCE[0]}"; exec "$PY" "$ROOT/bench/gpu_train.py" --help ;;
+  -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}"; exec "$PY" "$ROOT/bench/gpu_train.py" --help ;;
   *) device "$@" ;;
 esac
