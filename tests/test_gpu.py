@@ -25,9 +25,9 @@ pytestmark = pytest.mark.gpu
 # Ranks(world=2) forces Ranks.sum through its collective (a one-rank Ranks returns its values).
 RANKS = """
 import torch, torch.distributed as dist
-from llama_stack_provider_kfp.training.distributed import Ranks, current
+from llama_stack_provider_kfp.training.distributed import Ranks, join_ranks
 
-r = current()
+r = join_ranks()
 assert r.device("cuda").type == "cuda"
 if r.world == 1:
     dist.init_process_group("nccl")
@@ -86,7 +86,7 @@ def test_torchtune_fsdp_cpu_offload_on_two_gpus(tiny_models, tmp_path):
                                           "fsdp_cpu_offload": True})  # fmt: skip
     spec = spec.model_copy(update={"train": train})
     js, work = spec.model_dump_json(), tmp_path
-    prepare(js, spec.data.uri, "", str(work / "train.jsonl"), str(work / "val.jsonl"))
+    prepare(spec, str(work / "train.jsonl"), str(work / "val.jsonl"))
     cfg = build_config(spec, spec.model.path, tmp_path, str(work / "train.jsonl"), None,
                        str(tmp_path), world=2)  # fmt: skip
     assert cfg["fsdp_cpu_offload"] is True  # on the CPU it is turned off
