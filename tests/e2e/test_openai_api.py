@@ -259,12 +259,24 @@ def test_dpo(alice, tmp_path_factory):
 def test_a_job_on_a_fine_tuned_model_and_on_a_checkpoint(alice, finished):
     _, _, first = finished
     train = _upload(alice, messages_rows(10)).id
+    # The provider's own settings ride in extra_body["kfp"] (as hyperparam_search_config
+    # ["kfp"] on the llama-stack face): here the evaluate stage on held-out rows.
+    kfp = {"evaluation": {"enabled": True, "samples": 0}, "validation_fraction": 0.3}
     job = alice.fine_tuning.jobs.create(model=first.fine_tuned_model, training_file=train,
-                                        hyperparameters={"n_epochs": 1})  # fmt: skip
+                                        hyperparameters={"n_epochs": 1},
+                                        extra_body={"kfp": kfp})  # fmt: skip
     done = _wait(alice, job.id)
     assert done.status == "succeeded", done.error
     assert done.model == first.fine_tuned_model
     assert done.hyperparameters.batch_size == 1  # "auto": 0.2 % of 10 rows, at least 1
+    (evaluated,) = [e.data for e in alice.fine_tuning.jobs.list_events(job.id, limit=100)
+                    if e.type == "metrics" and "evaluation" in e.data]  # fmt: skip
+    assert {"held_out/loss/base", "held_out/loss/tuned"} <= set(evaluated["evaluation"])
+    _, evaluation_csv = done.result_files
+    assert "held_out/loss/tuned," in alice.files.content(evaluation_csv).text
+    with pytest.raises(openai.BadRequestError, match="unknown_setting"):
+        alice.fine_tuning.jobs.create(model=first.fine_tuned_model, training_file=train,
+                                      extra_body={"kfp": {"unknown_setting": 1}})  # fmt: skip
     # A checkpoint's name is a model too; a name that is no job's is not.
     (older,) = [c for c in alice.fine_tuning.jobs.checkpoints.list(first.id)
                 if c.step_number == 3]  # fmt: skip

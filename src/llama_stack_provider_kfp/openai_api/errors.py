@@ -19,6 +19,7 @@ from ..core.errors import (
     Refused,
     Unavailable,
     Unsupported,
+    Upstream,
 )
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,11 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, e: HTTPException) -> JSONResponse:
         return APIError(e.status_code, str(e.detail)).response()
 
-    @app.exception_handler(Exception)
-    async def _other(_: Request, e: Exception) -> JSONResponse:
+    async def _core(_: Request, e: Exception) -> JSONResponse:
         return from_core(e).response()
+
+    # The core's errors by class (handled where the request is answered); anything else is a
+    # bug: a 500 in OpenAI's shape, logged with its traceback.
+    for kind in (InvalidRequest, Unsupported, Forbidden, LimitReached, JobNotFound, Upstream):
+        app.add_exception_handler(kind, _core)
+    app.add_exception_handler(Exception, _core)

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from ..config import KFPPostTrainingConfig
 from ..core import storage
+from ..core.errors import InvalidRequest
 from ..core.files import read_json, write_json
 from ..core.outputs import CHECKPOINTS, MERGED, CheckpointInfo, JobOutputs, epoch_dir
 from ..core.spec import DPOSpec
@@ -97,7 +98,11 @@ class FaceJobs:
                  and body.method and body.method.supervised else None) or (
                  body.method.dpo.hyperparameters if method == "dpo" and body.method
                  and body.method.dpo else None) or body.hyperparameters  # fmt: skip
-        config = self.config.for_request(body.kfp)
+        try:
+            config = self.config.for_request(body.kfp)
+        except InvalidRequest as e:
+            raise bad(str(e).replace('hyperparam_search_config["kfp"]', '"kfp"'),
+                      param="kfp") from None  # fmt: skip
         train_path = await asyncio.to_thread(self.files.path, body.training_file, owner)
         val_id = body.validation_file
         val_path = await asyncio.to_thread(self.files.path, val_id, owner) if val_id else None
@@ -290,6 +295,12 @@ class FaceJobs:
             body = _metrics_csv(progress, _safe(outputs.checkpoints) or [])
             result_files = [self.files.add_result(record.job_uuid, "step_metrics.csv", body,
                                                   face.owner).id]  # fmt: skip
+            evaluation = _safe(outputs.evaluation)
+            if evaluation is not None and evaluation.results:
+                flat = "".join(f"{k},{v}\n" for k, v in sorted(evaluation.flat().items()))
+                result_files.append(self.files.add_result(
+                    record.job_uuid, "evaluation.csv", f"metric,value\n{flat}".encode(),
+                    face.owner).id)  # fmt: skip
         return {
             "id": record.job_uuid, "object": "fine_tuning.job", "created_at": face.created_at,
             "error": error, "fine_tuned_model": fine_tuned,
@@ -340,6 +351,12 @@ class FaceJobs:
                 data["tokens_per_second"] = tps
             at = started + (span * step // last if last else 0)
             events.append((at, "info", "metrics", f"Step {step}: training loss={loss:.4f}", data))
+        evaluation = _safe(outputs.evaluation)
+        if evaluation is not None and evaluation.results:
+            # The evaluate stage: each task's metrics, tuned against base (extension "kfp").
+            events.append((ended or started, "info", "metrics",
+                           f"Evaluated against {evaluation.base_model}",
+                           {"step": last, "evaluation": evaluation.flat()}))  # fmt: skip
         if seen.status == "completed":
             events.append((ended or started, "info", "message",
                            f"New fine-tuned model created: {self.fine_tuned_model(record, face)}",
