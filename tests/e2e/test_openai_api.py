@@ -13,6 +13,7 @@ import time
 import openai
 import pytest
 import yaml
+from openai import OpenAI
 
 from harness.demo_data import NAMES
 from harness.server import ROOT, OpenAIServer
@@ -338,3 +339,52 @@ def test_both_faces_on_one_work_dir(tmp_path, pauses, tiny_models):
     assert face.proc.returncode in (0, -15)
     log = face.log.read_text()
     assert "scheduler stopped; jobs keep running" in log and "Finished server process" in log
+
+
+def test_pause_and_resume(face, pauses, tmp_path_factory):
+    """Pause stops the job with a checkpoint; resume continues it under the same id from
+    there, to the same end as a job never paused. The SDK's status literal lacks "paused"
+    (OpenAI's API reference lists it), so this reads the job with a lenient client."""
+    alice = face.openai(KEYS["alice"])
+    lenient = OpenAI(base_url=f"{face.base_url}/v1", api_key=KEYS["alice"], max_retries=0,
+                     timeout=120)  # fmt: skip
+    model = str(make("qwen2", tmp_path_factory.mktemp("qwen2-pause") / "m"))  # HF engine
+    train = _upload(alice, messages_rows(12)).id
+    hyper = {"n_epochs": 1, "batch_size": 2}  # 6 steps
+    job = alice.fine_tuning.jobs.create(model=model, training_file=train, hyperparameters=hyper)
+    whole = alice.fine_tuning.jobs.create(model=model, training_file=train,
+                                          hyperparameters=hyper)  # fmt: skip
+    pauses.arm(job.id, "train.step:2")
+    pauses.wait(job.id, "train.step:2")
+    paused = lenient.fine_tuning.jobs.pause(job.id)
+    assert paused.status == "paused"
+    pauses.release(job.id, "train.step:2")  # it saves at the next step boundary, then stops
+    deadline = time.monotonic() + 120
+    while True:  # resume is refused while the job is still saving its checkpoint
+        try:
+            resumed = lenient.fine_tuning.jobs.resume(job.id)
+            break
+        except openai.BadRequestError as e:
+            assert "still stopping" in e.message and time.monotonic() < deadline
+            time.sleep(0.3)
+    assert resumed.id == job.id and resumed.status in ("queued", "running")
+    done, ref = _wait(alice, job.id), _wait(alice, whole.id)
+    assert done.status == ref.status == "succeeded", (done.error, ref.error)
+    names = [c.fine_tuned_model_checkpoint.rsplit(":", 1)[-1]
+             for c in alice.fine_tuning.jobs.checkpoints.list(job.id)]  # fmt: skip
+    assert "ckpt-step-2" in names and "ckpt-step-6" in names  # the pause's, and the end's
+    events = list(alice.fine_tuning.jobs.list_events(job.id, limit=100))
+    steps = [e.data["step"] for e in events if e.type == "metrics"]
+    assert sorted(steps) == list(range(1, 7))  # the curve continues: no gap, no repeat
+    assert any(e.message.startswith("Fine-tuning job resumed") for e in events)
+    losses = {
+        j: {e.data["step"]: e.data["train_loss"] for e in
+            alice.fine_tuning.jobs.list_events(j, limit=100) if e.type == "metrics"}
+        for j in (job.id, whole.id)
+    }  # fmt: skip
+    for step in range(1, 7):  # LOSS_TOLERANCE of tests/e2e/test_resume.py
+        assert abs(losses[job.id][step] - losses[whole.id][step]) <= 1e-5, step
+    with pytest.raises(openai.BadRequestError, match="not paused"):
+        alice.fine_tuning.jobs.resume(job.id)
+    with pytest.raises(openai.BadRequestError, match="already ended"):
+        lenient.fine_tuning.jobs.pause(job.id)

@@ -76,8 +76,14 @@ class JobRunner(Protocol):
         recorded before any other outcome makes it `cancelled`."""
         ...
 
-    def kill(self, record: JobRecord, grace_seconds: float = 5.0) -> None:
-        """Stop the job; return when nothing of it runs any more."""
+    def kill(self, record: JobRecord, grace_seconds: float = 5.0, save: bool = False) -> None:
+        """Stop the job; return when nothing of it runs any more. `save`: a pause, so the
+        train step checkpoints before it stops (no cancel marker; the full grace period)."""
+        ...
+
+    def rerun(self, record: JobRecord) -> None:
+        """Before a paused job runs again: set aside what its last run left that would read
+        as the new run's outcome."""
         ...
 
     def forget(self, record: JobRecord) -> None:

@@ -77,6 +77,12 @@ class JobRecord(_Stored):
     lost_at: datetime | None = None
     # None without auth, and in records written before jobs had owners: an unowned resource.
     owner: Owner | None = None
+    # Paused (stopped with a checkpoint, never started again until resumed); a resume is a
+    # new run of the same job continuing from its own newest checkpoint: `runs` keeps the
+    # runners of the runs before the current one, oldest first.
+    paused_at: datetime | None = None
+    resumed_at: datetime | None = None
+    runs: list[RunnerHandle] = []
 
 
 class WorkerState(_Stored):

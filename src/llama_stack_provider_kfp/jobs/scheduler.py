@@ -136,7 +136,9 @@ class JobScheduler:
             if record is None:
                 return
             seen = self.observations.fresh(record)
-            if seen.status in TERMINAL:
+            # A paused job has stopped (its run ended) without ending: it may be cancelled.
+            if seen.status in TERMINAL and (record.paused_at is None or
+                                            seen.status == "completed"):  # fmt: skip
                 raise InvalidRequest(f"job {job_uuid!r} has already ended ({seen.status})")
             record.cancelled_at = now()
             self.store.save(record)
@@ -152,6 +154,69 @@ class JobScheduler:
         self.backend.forget(record)
         self._discard(job_uuid)
         self._slot_freed()
+
+    def pause(self, job_uuid: str, can_pause: str | None) -> JobRecord:
+        """Stop the job with a checkpoint (its engine saves on SIGTERM) and never start it
+        again until `resume`; a queued job is only held. `can_pause` is why this job cannot
+        be paused (its engine), or None. Returns at once: the job stops in the background."""
+        with self._exclusive(job_uuid):
+            record = self.store.load(job_uuid)
+            if record is None:
+                raise InvalidRequest(f"job {job_uuid!r} cannot be paused: its record is unreadable")
+            seen = self.observations.fresh(record)
+            if record.paused_at is not None:
+                raise InvalidRequest(f"job {job_uuid!r} is already paused")
+            if seen.status in TERMINAL or record.cancelled_at is not None:
+                raise InvalidRequest(f"job {job_uuid!r} has already ended ({seen.status})")
+            started = self.backend.handle(record) is not None
+            if started and can_pause:
+                raise InvalidRequest(f"job {job_uuid!r} cannot be paused: {can_pause}")
+            record.paused_at = now()
+            self.store.save(record)
+            self.observations.invalidate(job_uuid)
+        if started:
+            threading.Thread(target=self._stop_paused, args=(record,), daemon=True,
+                             name=f"pause-{job_uuid}").start()  # fmt: skip
+        return record
+
+    def _stop_paused(self, record: JobRecord) -> None:
+        try:
+            self.backend.kill(record, save=True)
+        except Exception as e:  # the dispatching process settles it at a later round
+            log.warning("job %s: pausing: %s", record.job_uuid, e)
+        self.observations.invalidate(record.job_uuid)
+        self._slot_freed()
+
+    def resume(self, job_uuid: str) -> JobRecord:
+        """A paused job queued again: its next run continues from its own newest checkpoint
+        (the train step looks there first), under the same id."""
+        with self._exclusive(job_uuid):
+            record = self.store.load(job_uuid)
+            if record is None or record.paused_at is None:
+                raise InvalidRequest(f"job {job_uuid!r} is not paused: only a paused job resumes")
+            seen = self.observations.fresh(record)
+            handle = self.backend.handle(record)
+            if handle is not None and seen.status not in TERMINAL:
+                raise InvalidRequest(
+                    f"job {job_uuid!r} is still stopping (saving its checkpoint); resume it "
+                    "once its status says paused and it has stopped"
+                )
+            if seen.status == "completed":
+                raise InvalidRequest(f"job {job_uuid!r} completed before it could pause")
+            if handle is not None:
+                record.runs.append(handle)
+            self.backend.forget(record)
+            self.backend.rerun(record)
+            record.runner, record.lost, record.lost_at = None, None, None
+            record.paused_at, record.resumed_at = None, now()
+            self.store.save(record)
+            self.observations.invalidate(job_uuid)
+            with self._lock:
+                self._active.add(job_uuid)
+        with self._round:
+            if self.dispatching:
+                self._dispatch()
+        return record
 
     def _slot_freed(self) -> None:
         """Start the next queued job now: in this thread when no round is running, else the
@@ -253,6 +318,9 @@ class JobScheduler:
                         self._discard(job_uuid)
                     elif record.cancelled_at is not None:
                         continue  # being cancelled: never (re)started, not counted
+                    elif record.paused_at is not None:
+                        # Held: counted while it still stops (saves its checkpoint).
+                        running += self.backend.handle(record) is not None
                     elif self.backend.handle(record) is None:
                         queued.append(record)
                     else:
@@ -274,7 +342,8 @@ class JobScheduler:
         start failed: the slot stays free for the next queued job)."""
         with self._exclusive(job_uuid):
             record = self.store.load(job_uuid)  # fresh: a cancel may have come in since
-            if record is None or record.cancelled_at is not None or self.backend.handle(record):
+            if (record is None or record.cancelled_at is not None or record.paused_at is not None
+                    or self.backend.handle(record)):  # fmt: skip
                 return False
             if record.ignored_fields:
                 # Started without what it asked for, it would train something else.

@@ -172,15 +172,12 @@ def create_app(config: KFPPostTrainingConfig, keys: Keys | None = None) -> FastA
         return page(await run(checkpoints), after, limit, default=10)
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/pause")
+    async def pause_job(job_id: str, owner: Owner = Caller) -> dict:
+        return await run(jobs.pause, job_id, owner)
+
     @app.post("/v1/fine_tuning/jobs/{job_id}/resume")
-    async def pause_or_resume(job_id: str, request: Request, owner: Owner = Caller) -> dict:
-        await run(jobs.get, job_id, owner)  # someone else's job: 404 first
-        action = request.url.path.rsplit("/", 1)[-1]
-        raise errors.bad(
-            f"{action} is not offered yet by this server: cancel the job and start a new one "
-            "from its newest checkpoint (model=<its fine_tuned_model_checkpoint>)",
-            code="unsupported",
-        )
+    async def resume_job(job_id: str, owner: Owner = Caller) -> dict:
+        return await run(jobs.resume, job_id, owner)
 
     # ---- models ---------------------------------------------------------------------------
 

@@ -245,6 +245,21 @@ class FaceJobs:
                 return {"id": model, "object": "model", "deleted": True}
         raise not_found("model", model, param="model")
 
+    def pause(self, job_id: str, owner: Owner) -> dict:
+        record, face = self.get(job_id, owner)
+        engine = record.spec.engine.name
+        why = None if engine == "huggingface" else (
+            f"the {engine} engine does not save a checkpoint when it is stopped, so the job "
+            "could not continue where it stopped; the huggingface engine does (provider "
+            "config engine: huggingface, KFP_ENGINE)")  # fmt: skip
+        record = self.service.scheduler.pause(record.job_uuid, why)
+        return self.job_object(record, face)
+
+    def resume(self, job_id: str, owner: Owner) -> dict:
+        record, face = self.get(job_id, owner)
+        record = self.service.scheduler.resume(record.job_uuid)
+        return self.job_object(record, face)
+
     def cancel(self, job_id: str, owner: Owner) -> dict:
         record, face = self.get(job_id, owner)
         self.service.scheduler.cancel(record.job_uuid)
@@ -270,9 +285,11 @@ class FaceJobs:
         seen = seen or self.service.scheduler.observe(record)
         outputs = self.service.backend.outputs(record)
         status = STATUS[seen.status]
+        if record.paused_at is not None and seen.status != "completed" and not record.cancelled_at:
+            status = "paused"  # OpenAI's API lists it; the SDK's status literal does not
         error, fine_tuned = None, None
         trained = seen.status == "completed"
-        if seen.status == "failed":
+        if status == "failed":
             err = seen.error
             stage = err.stage if err else None
             code = {"evaluate": "evaluation_failed", "register": "registration_failed"}.get(
@@ -304,7 +321,7 @@ class FaceJobs:
         return {
             "id": record.job_uuid, "object": "fine_tuning.job", "created_at": face.created_at,
             "error": error, "fine_tuned_model": fine_tuned,
-            "finished_at": _ts(seen.completed_at) if status in (
+            "finished_at": _ts(seen.completed_at or record.cancelled_at) if status in (
                 "succeeded", "failed", "cancelled") else None,
             "hyperparameters": face.hyperparameters if face.method["type"] == "supervised"
             else {k: face.hyperparameters[k] for k in ("batch_size", "learning_rate_multiplier",
@@ -332,8 +349,17 @@ class FaceJobs:
              None),
             (created, "info", "message", "Files validated, moving job to queued state", None),
         ]  # fmt: skip
-        if seen.status != "scheduled":
-            events.append((started, "info", "message", "Fine-tuning job started", None))
+        if seen.status != "scheduled" or record.runs:
+            first = _ts(record.scheduled_at) if record.runs else started
+            events.append((first or started, "info", "message", "Fine-tuning job started",
+                           None))  # fmt: skip
+        if record.resumed_at is not None:
+            run = len(record.runs) + 1
+            events.append((_ts(record.resumed_at) or started, "info", "message",
+                           f"Fine-tuning job resumed (run {run})", None))  # fmt: skip
+        if record.paused_at is not None:
+            events.append((_ts(record.paused_at) or started, "info", "message",
+                           "Fine-tuning job paused", None))  # fmt: skip
         history = progress.get("loss_history") or []
         ended = _ts(seen.completed_at)
         last = max((int(s) for s, _ in history), default=0)

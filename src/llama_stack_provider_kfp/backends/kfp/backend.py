@@ -103,7 +103,10 @@ class KFPBackend:
         if record.runner is not None and record.runner.run_id is not None:
             self.observer.forget(record.runner.run_id)
 
-    def kill(self, record: JobRecord, grace_seconds: float = 5.0) -> None:
+    def rerun(self, record: JobRecord) -> None:
+        pass  # the next run has a name of its own (runs.run_name): none is adopted twice
+
+    def kill(self, record: JobRecord, grace_seconds: float = 5.0, save: bool = False) -> None:
         if record.runner is None or record.runner.run_id is None:
             return
         run_id = record.runner.run_id
@@ -111,7 +114,7 @@ class KFPBackend:
             self._delete_trainjobs(record)
         if self.observer.last_state(run_id) in TERMINAL_STATES:
             return  # KFP refuses to terminate a run that has ended
-        if not self.save_on_cancel:
+        if not (self.save_on_cancel or save):
             try:  # the train step then stops on SIGTERM without saving a checkpoint
                 write_cancel(parse(record.spec.output_uri), self.staging.s3)
             except Exception as e:

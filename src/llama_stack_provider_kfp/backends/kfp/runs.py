@@ -19,6 +19,13 @@ from .placement import with_owner
 log = logging.getLogger(__name__)
 
 
+def run_name(record: JobRecord) -> str:
+    """The KFP run of a job's first run is named after the job; a resumed job's later runs
+    are `<job>.run<N>`, so that finding a run again never adopts an earlier one."""
+    n = len(record.runs) + 1
+    return record.job_uuid if n == 1 else f"{record.job_uuid}.run{n}"
+
+
 class Runs:
     def __init__(self, cfg: RemoteConfig, connection: Connection, placement: Callable) -> None:
         self.cfg, self.connection, self.placement = cfg, connection, placement
@@ -45,7 +52,7 @@ class Runs:
                 result = self.connection.call(lambda s: s.client.create_run_from_pipeline_package(
                     str(package),
                     arguments=pipeline_arguments(record.spec),
-                    run_name=job_uuid,
+                    run_name=run_name(record),
                     experiment_name=self.cfg.experiment,
                     namespace=s.namespace,
                     service_account=self.cfg.service_account,
@@ -66,14 +73,11 @@ class Runs:
         return RunnerHandle(run_id=result.run_id)
 
     def find(self, record: JobRecord) -> str | None:
-        """The id of a run KFP already has for this job (run name = job_uuid, created after
-        the job was submitted here), or None; None too when KFP cannot be asked."""
+        """The id of a run KFP already has for this run of the job (run_name, created after
+        the job was submitted or resumed here), or None; None too when KFP cannot be asked."""
+        wanted = run_name(record)
         name = json.dumps(
-            {
-                "predicates": [
-                    {"key": "display_name", "operation": "EQUALS", "string_value": record.job_uuid}
-                ]
-            }
+            {"predicates": [{"key": "display_name", "operation": "EQUALS", "string_value": wanted}]}
         )
         try:
             listed = self.connection.call(lambda s: s.client.list_runs(
@@ -81,10 +85,11 @@ class Runs:
         except Exception as e:
             log.warning("job %s: cannot list runs to find it again: %s", record.job_uuid, e)
             return None
-        since = record.scheduled_at.timestamp() - 60  # clock skew between server and KFP
+        # 60 s: clock skew between server and KFP.
+        since = (record.resumed_at or record.scheduled_at).timestamp() - 60
         for run in getattr(listed, "runs", None) or []:
             created = getattr(run, "created_at", None)
-            if run.display_name == record.job_uuid and (created is None or
+            if run.display_name == wanted and (created is None or
                                                         created.timestamp() >= since):  # fmt: skip
                 return str(run.run_id)
         return None

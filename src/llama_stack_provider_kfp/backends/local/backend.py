@@ -22,12 +22,12 @@ from ...core import data_uri
 from ...core.files import read_json_named
 from ...core.locations import parse
 from ...core.model_source import resolve_model
-from ...core.outputs import JobOutputs, StepError, write_cancel
+from ...core.outputs import CANCEL, JobOutputs, StepError, write_cancel
 from ...core.resume import TrainingState, load_state
 from ...core.spec import ModelSpec
 from ...jobs.backend import DatasetSource, JobInputs, Observed, StagedInputs
 from ...jobs.record import TERMINAL, JobRecord, RunnerHandle
-from ...jobs.store import INPUT_DIR, OUTPUT_DIR, WORKER_LOG, JobStore
+from ...jobs.store import INPUT_DIR, OUTPUT_DIR, STATE_FILE, WORKER_LOG, JobStore
 
 WORKER_MODULE = "llama_stack_provider_kfp.backends.local.worker"
 # After SIGTERM and the grace period, SIGKILL; then wait at most this long for the group.
@@ -154,12 +154,22 @@ class LocalBackend:
     def forget(self, record: JobRecord) -> None:
         pass  # workers are reaped by their own waiter thread; nothing else is cached
 
-    def kill(self, record: JobRecord, grace_seconds: float = 5.0) -> None:
+    def rerun(self, record: JobRecord) -> None:
+        job_dir = self.store.job_dir(record.job_uuid)
+        state = job_dir / STATE_FILE
+        if state.exists():  # kept beside the record's runs, numbered as they are
+            os.replace(state, job_dir / f"state.run{len(record.runs)}.json")
+        where = parse(record.spec.output_uri)
+        if where.is_local:
+            (where.path / CANCEL).unlink(missing_ok=True)
+
+    def kill(self, record: JobRecord, grace_seconds: float = 5.0, save: bool = False) -> None:
         """Stop the worker's whole process group (kfp.local tasks included), then wait.
 
         The train step saves a checkpoint on SIGTERM unless cancel.json tells it that this
-        is a cancel; with save_on_cancel it may take stop_grace_seconds to do so."""
-        if self.save_on_cancel:
+        is a cancel; with save_on_cancel (or a pause: `save`) it may take stop_grace_seconds
+        to do so."""
+        if self.save_on_cancel or save:
             grace_seconds = max(grace_seconds, self.stop_grace_seconds)
         else:
             with contextlib.suppress(OSError):

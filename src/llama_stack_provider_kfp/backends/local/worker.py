@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -26,7 +27,20 @@ from ...jobs.store import JOB_FILE, JobStore, write_worker_state
 from . import task_exits
 
 
+def _outlive_sigterm() -> None:
+    """A cancel or pause signals the job's whole process group. The worker stays until its
+    steps have stopped: it relays their output (a train step saving its checkpoint on
+    SIGTERM writes to the worker's pipe) and records how the pipeline ended. A Python handler,
+    not SIG_IGN, so that the steps it starts get the default disposition."""
+
+    def note(signum: int, frame: object) -> None:
+        print("worker: SIGTERM: waiting for the pipeline's steps to stop", flush=True)
+
+    signal.signal(signal.SIGTERM, note)
+
+
 def run(job_dir: Path) -> int:
+    _outlive_sigterm()
     record = JobStore(job_dir.parent.parent).load(job_dir.name)
     if record is None:
         print(f"{job_dir / JOB_FILE}: missing or unreadable", file=sys.stderr)
