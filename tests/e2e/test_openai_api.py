@@ -51,7 +51,7 @@ def face(tmp_path_factory, pauses: Pauses):
     keys.write_text("".join(f"{key} {who}\n" for who, key in KEYS.items()))
     keys.chmod(0o600)
     env = {**pauses.env, "KFP_OPENAI_KEYS_FILE": str(keys), "KFP_MAX_CONCURRENT_JOBS": "2",
-           "KFP_OPENAI_MAX_FILE_BYTES": str(MAX_FILE)}  # fmt: skip
+           "KFP_OPENAI_MAX_FILE_BYTES": str(MAX_FILE), "WANDB_MODE": "offline"}  # fmt: skip
     # With keys (several users) the path rules apply: the tests' models live under pytest's
     # base folder.
     config = yaml.safe_load((ROOT / "run.yaml").read_text())
@@ -241,7 +241,7 @@ def test_cancel_a_running_job(alice, pauses, tiny_models, face):
         alice.fine_tuning.jobs.cancel(job.id)
 
 
-def test_dpo(alice, tmp_path_factory):
+def test_dpo(alice, face, tmp_path_factory):
     # A family with its own Hugging Face tokenizer: DPO runs on the Hugging Face engine.
     model = make("qwen2", tmp_path_factory.mktemp("qwen2") / "m")
     train = _upload(alice, dpo_rows(10)).id
@@ -249,12 +249,17 @@ def test_dpo(alice, tmp_path_factory):
         model=str(model), training_file=train,
         method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1,
                                                            "batch_size": 5}}},
+        integrations=[{"type": "wandb", "wandb": {"project": "greeters", "tags": ["dpo"]}}],
     )  # fmt: skip
     done = _wait(alice, job.id)
     assert done.status == "succeeded", done.error
     assert done.method.type == "dpo" and done.method.dpo.hyperparameters.beta == 0.2
     assert done.fine_tuned_model == f"ft:m:alice:local:{job.id}"
     assert len(list(alice.fine_tuning.jobs.checkpoints.list(job.id))) == 1
+    # The wandb integration became the job's W&B tracking (offline here: WANDB_MODE).
+    assert done.integrations[0].wandb.project == "greeters"
+    runs = list((face.jobs_dir / job.id / "output").glob("wandb/offline-run-*"))
+    assert len(runs) == 1, list((face.jobs_dir / job.id / "output").iterdir())
 
 
 def test_a_job_on_a_fine_tuned_model_and_on_a_checkpoint(alice, finished):

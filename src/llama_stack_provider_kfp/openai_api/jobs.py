@@ -13,6 +13,7 @@ import asyncio
 import csv
 import io
 import math
+import os
 import shutil
 import time
 import uuid
@@ -27,6 +28,7 @@ from ..core.errors import InvalidRequest
 from ..core.files import read_json, write_json
 from ..core.outputs import CHECKPOINTS, MERGED, CheckpointInfo, JobOutputs, epoch_dir
 from ..core.spec import DPOSpec
+from ..core.tracking import TrackingSpec, parse_logger_config
 from ..core.versioned import Unreadable, read_versioned
 from ..jobs.backend import DatasetSource, Observed
 from ..jobs.leader import job_lock
@@ -143,7 +145,8 @@ class FaceJobs:
         model, checkpoint = self._base(body.model, owner)
         sub = Submission(job_id, model, checkpoint, Training(epochs=epochs, batch_size=batch,
                          data_format="dialog"), lora, dpo, config=config,
-                         osft=config.algorithm == "osft")  # fmt: skip
+                         osft=config.algorithm == "osft",
+                         tracking=_tracking(body, config))  # fmt: skip
         hyper = {"batch_size": batch, "learning_rate_multiplier": multiplier, "n_epochs": epochs}
         method_body: dict[str, Any] = {"type": method}
         method_body[method] = {"hyperparameters": {**hyper, **(
@@ -418,6 +421,27 @@ class FaceJobs:
                             "full_valid_loss": _num(c.validation_loss)},
             })  # fmt: skip
         return list(reversed(out))
+
+
+def _tracking(body: CreateJob, config: KFPPostTrainingConfig) -> TrackingSpec | None:
+    """OpenAI's `wandb` integration as the provider's W&B tracking (training.tracking): the
+    project, entity, run name and tags it gives; W&B's mode from the server's WANDB_MODE
+    (online when unset); the API key from the server's (or the step's) WANDB_API_KEY."""
+    wandb = next((i.wandb for i in body.integrations or [] if i.type == "wandb"), None)
+    if wandb is None:
+        return None
+    section: dict[str, Any] = {"project": wandb.project, "tags": wandb.tags or []}
+    if wandb.entity:
+        section["entity"] = wandb.entity
+    if wandb.name:
+        section["name"] = wandb.name
+    if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
+        section["mode"] = os.environ["WANDB_MODE"]
+    try:
+        return parse_logger_config({"wandb": section}, config.mode)
+    except InvalidRequest as e:
+        raise bad(str(e).replace("logger_config.wandb", "integrations[0].wandb"),
+                  param="integrations") from None  # fmt: skip
 
 
 def _num(v: float | None) -> float | None:
