@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 
 import openai
@@ -190,7 +191,26 @@ def test_files_and_their_limit(alice):
 def test_a_wrong_key_is_refused(face):
     with pytest.raises(openai.AuthenticationError) as err:
         face.openai("sk-nobody").fine_tuning.jobs.list()
-    assert err.value.code == "invalid_api_key"
+    assert err.value.code == "invalid_api_key" and "sk-nobody" not in err.value.message
+    log = face.log.read_text()  # keys are never logged, right or wrong
+    assert "fine_tuning/jobs" in log
+    assert not any(key in log for key in (*KEYS.values(), "sk-nobody"))
+
+
+def test_without_keys_only_loopback(tmp_path):
+    """No keys file: one user, and the server refuses to listen beyond this machine."""
+    import subprocess
+
+    from harness.server import BIN
+
+    done = subprocess.run(
+        [str(BIN / "llama-stack-kfp"), "serve", "openai", "--config", str(ROOT / "run.yaml"),
+         "--host", "0.0.0.0", "--port", "1"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "KFP_WORK_DIR": str(tmp_path), "KFP_OPENAI_KEYS_FILE": ""},
+    )  # fmt: skip
+    assert done.returncode == 64, done.stderr
+    assert "binds loopback only" in done.stderr and "openai.keys_file" in done.stderr
 
 
 def test_bad_requests_in_openais_shape(alice, tiny_models):
@@ -234,6 +254,8 @@ def test_cancel_a_running_job(alice, pauses, tiny_models, face):
     pauses.wait(job.id, "train.step:1",
                 going=lambda: alice.fine_tuning.jobs.retrieve(job.id).status
                 in ("queued", "running"))  # fmt: skip
+    with pytest.raises(openai.BadRequestError, match="the huggingface engine does"):
+        alice.fine_tuning.jobs.pause(job.id)  # the tiny Llama trains on torchtune
     cancelled = alice.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled"
     assert alice.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
