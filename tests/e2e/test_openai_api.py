@@ -146,7 +146,15 @@ def test_list_pages_and_metadata_filter(alice, finished):
     _, _, job = finished
     listed = alice.fine_tuning.jobs.list(limit=100)
     assert job.id in [j.id for j in listed.data]
+    ids = [j.id for j in listed.data]  # newest first
+    first = alice.fine_tuning.jobs.list(limit=1)
+    assert [j.id for j in first.data] == ids[:1] and first.has_more == (len(ids) > 1)
+    rest = alice.fine_tuning.jobs.list(limit=100, after=ids[0])
+    assert [j.id for j in rest.data] == ids[1:] and not rest.has_more
+    assert [j.id for j in alice.fine_tuning.jobs.list(limit=1)] == ids  # the SDK pages on
     assert [j.id for j in alice.fine_tuning.jobs.list(metadata={"team": "a"})] == [job.id]
+    with pytest.raises(openai.BadRequestError, match="limit must be from 1 to 100"):
+        alice.fine_tuning.jobs.list(limit=101)
     assert list(alice.fine_tuning.jobs.list(metadata={"team": "b"})) == []
 
 
