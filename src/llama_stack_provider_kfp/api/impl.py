@@ -106,7 +106,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         name = translate.model_name(request)
         submission = translate.Submission(
             request.job_uuid, name, request.checkpoint_dir, request.training_config, lora, None,
-            tracking=tracking, config=config, osft=osft,
+            tracking=tracking, config=config, osft=osft, named=frozenset(extension or ()),
         )  # fmt: skip
         return await self._submit(submission, user)
 
@@ -125,13 +125,12 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         # The 0.6.1 DPO request has no LoRA fields: the provider's (or the request's extension's)
         # algorithm, else dpo.full / dpo's LoRA.
         osft = config.algorithm == "osft"
-        translate.check_osft_settings(
-            config, osft, (request.hyperparam_search_config or {}).get("kfp")
-        )
+        extension = (request.hyperparam_search_config or {}).get("kfp")
+        translate.check_osft_settings(config, osft, extension)
         lora = None if config.algorithm else translate.dpo_lora(config.dpo)
         submission = translate.Submission(
             request.job_uuid, request.finetuned_model, None, request.training_config, lora, dpo,
-            tracking=tracking, config=config, osft=osft,
+            tracking=tracking, config=config, osft=osft, named=frozenset(extension or ()),
         )  # fmt: skip
         return await self._submit(submission, user)
 
@@ -275,6 +274,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
                 spec = spec.model_copy(update={"trained_checkpoint": sub.checkpoint_dir})
             elif state is not None:
                 spec = spec.model_copy(update={"resume_from": where})
+                spec = translate.resumed_clipping(spec, state, sub.named)
                 check_resume(state, spec, where)
                 if isinstance(train, list) and (validation is not None or
                                                 not spec.data.validation_fraction):  # fmt: skip

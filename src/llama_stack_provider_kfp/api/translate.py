@@ -282,6 +282,8 @@ class Submission:
     # The provider config with the request's hyperparam_search_config["kfp"] applied.
     config: KFPPostTrainingConfig = field(default_factory=KFPPostTrainingConfig)
     osft: bool = False  # OSFT with config.osft's settings (lora is then None)
+    # The keys the request's hyperparam_search_config["kfp"] set (the rest are the provider's).
+    named: frozenset[str] = frozenset()
 
     @property
     def stages(self) -> list[str]:
@@ -320,6 +322,18 @@ def dpo_lora(defaults: DPODefaults) -> LoraFinetuningConfig | None:
         apply_lora_to_output=False,
         rank=defaults.lora_rank,
         alpha=defaults.lora_alpha,
+    )
+
+
+def resumed_clipping(spec: JobSpec, state: TrainingState, named: frozenset[str]) -> JobSpec:
+    """A resumed job clips as its checkpoint was trained (records from before clipping existed:
+    not at all), unless the request names max_grad_norm itself (check_resume then refuses a
+    value other than the checkpoint's)."""
+    if "max_grad_norm" in named:
+        return spec
+    trained = JobSpec.model_validate(state.spec).train.max_grad_norm
+    return spec.model_copy(
+        update={"train": spec.train.model_copy(update={"max_grad_norm": trained})}
     )
 
 
@@ -372,6 +386,7 @@ def build_spec(
             memory_efficient_fsdp_wrap=bool(ec and ec.memory_efficient_fsdp_wrap),
             checkpoint_every_steps=config.checkpoint_every_steps,
             keep_step_checkpoints=config.keep_step_checkpoints,
+            max_grad_norm=config.max_grad_norm or None,  # 0: off
         ),
         lora=lora,
         osft=osft,

@@ -39,7 +39,7 @@ from ..io import Output
 from ..progress import ProgressLogger
 from ..result import summary
 from ..stop import GracefulStop, TrainingStopped
-from . import data, logits, osft, preference
+from . import clipping, data, logits, osft, preference
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -381,6 +381,7 @@ class _Run:
             self.progress.add_input_tokens(int(self.ranks.sum(self._inputs)[0]))
             if self.osft is not None:
                 self.osft.project_gradients()
+            grad_norm = clipping.clip(self.optimizer, t.max_grad_norm)
             self.optimizer.step()
             if self.osft is not None:
                 self.osft.project_parameters()
@@ -395,6 +396,7 @@ class _Run:
                     "loss": step_loss,
                     "lr": self.scheduler.get_last_lr()[0],
                     "tokens_per_second_per_gpu": labelled / elapsed,
+                    **({"grad_norm": grad_norm} if grad_norm is not None else {}),
                     **_mean(rewards),
                 },
                 self.global_step,
