@@ -13,9 +13,21 @@ import torch
 import torch.nn.functional as F
 
 from harness.tiny_families import FAMILIES, make
+from llama_stack_provider_kfp.core.data_uri import write_jsonl
+from llama_stack_provider_kfp.core.model_source import inspect_model_dir
+from llama_stack_provider_kfp.core.spec import (
+    DataSpec,
+    DPOSpec,
+    EngineChoice,
+    JobSpec,
+    OptimSpec,
+    TrainSpec,
+)
 from llama_stack_provider_kfp.training.huggingface import data, head, logits
 from llama_stack_provider_kfp.training.huggingface.data import IGNORE
 from llama_stack_provider_kfp.training.huggingface.engine import _load_tokenizer
+from llama_stack_provider_kfp.training.prepare import prepare
+from llama_stack_provider_kfp.training.steps import train_step
 
 TOL = 1e-5
 ROWS = [
@@ -143,3 +155,46 @@ def test_a_transform_not_reproduced_falls_back_to_the_whole_logits(models, monke
     assert head.find(model, batch, torch.arange(1)) is None
     assert "does not reproduce 'granite''s logits (they differ by up to" in capsys.readouterr().out
     assert float((got - want).abs().detach()) <= TOL * float(want.abs().detach())
+
+
+def _dpo_job(model_dir: Path, work: Path) -> dict:
+    rows = [{"prompt": f"Greet {name}.", "chosen": f"Hello, {name}! Nice to meet you.",
+             "rejected": "Go away."} for name in ("Ada", "Alan", "Grace", "Linus") * 2]  # fmt: skip
+    spec = JobSpec(
+        job_uuid="c", engine=EngineChoice(name="huggingface", reason="test"),
+        model=inspect_model_dir("smollm2", model_dir),
+        data=DataSpec(uri=str(write_jsonl(rows, work / "rows.jsonl")), data_format="preference",
+                      validation_fraction=0.25),
+        train=TrainSpec(epochs=1, max_steps_per_epoch=2, gradient_accumulation_steps=1,
+                        batch_size=3, shuffle=True, train_on_input=False, dtype="fp32",
+                        max_validation_steps=None, max_seq_len=96, seed=3, device="cpu",
+                        max_grad_norm=1.0),
+        lora=None, dpo=DPOSpec(beta=0.1, loss_type="sigmoid"),
+        optim=OptimSpec(type="adamw", lr=1e-3, weight_decay=0.0, warmup_steps=0),
+        output_format="huggingface", output_uri=str(work / "out"),
+    )  # fmt: skip
+    train, val = str(work / "t.jsonl"), str(work / "v.jsonl")
+    prepare(spec, train, val)
+    return train_step(spec.model_dump_json(), str(model_dir), spec.output_uri, train, val)
+
+
+def test_the_engine_trains_the_same_model_with_the_loss_chunked(models, tmp_path, monkeypatch):
+    """Full DPO (the policy and its frozen reference copy), validation included, through the
+    train step: the whole logits, then three positions a chunk."""
+    from safetensors.torch import load_file
+
+    whole = _dpo_job(models["smollm2"], tmp_path / "whole")
+    vocab = head.vocab_size(_load(models["smollm2"])[0])
+    monkeypatch.setattr(logits, "CHUNK_ELEMENTS", 3 * 3 * vocab)
+    calls = []
+    nll = head.Head.nll
+    monkeypatch.setattr(head.Head, "nll", lambda *a: calls.append(1) or nll(*a))
+    chunked = _dpo_job(models["smollm2"], tmp_path / "chunked")
+    assert calls  # the chunks ran (policy, reference and validation)
+    for key in ("first_loss", "final_loss"):
+        assert chunked[key] == pytest.approx(whole[key], rel=TOL)
+    (a,), (b,) = whole["epochs"], chunked["epochs"]
+    assert b["validation_loss"] == pytest.approx(a["validation_loss"], rel=TOL)
+    merged = [load_file(tmp_path / run / "out" / "checkpoints" / "epoch_1" / "merged" /
+                        "model.safetensors") for run in ("whole", "chunked")]  # fmt: skip
+    assert max(float((merged[0][k] - merged[1][k]).abs().max()) for k in merged[0]) <= 1e-5

@@ -46,10 +46,11 @@ def labelled(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
 
 
 def token_nll(
-    model: Any, batch: dict[str, torch.Tensor], chunk_elements: int = CHUNK_ELEMENTS
+    model: Any, batch: dict[str, torch.Tensor], chunk_elements: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(negative log-likelihood of each kept position's target [B, K] in fp32, 0 where it is
-    not learned; the targets [B, K])."""
+    not learned; the targets [B, K]). `chunk_elements`: CHUNK_ELEMENTS unless given."""
+    chunk_elements = chunk_elements or CHUNK_ELEMENTS
     keep, targets = _keep(batch)
     vocab = head.vocab_size(model)
     if targets.numel() * vocab > chunk_elements:
@@ -65,7 +66,7 @@ def token_nll(
 
 
 def mean_nll(
-    model: Any, batch: dict[str, torch.Tensor], chunk_elements: int = CHUNK_ELEMENTS
+    model: Any, batch: dict[str, torch.Tensor], chunk_elements: int | None = None
 ) -> torch.Tensor:
     """Mean negative log-likelihood over the labelled tokens (what the model's own loss is)."""
     nll, targets = token_nll(model, batch, chunk_elements)
@@ -73,7 +74,7 @@ def mean_nll(
 
 
 def sequence_logps(
-    model: Any, batch: dict[str, torch.Tensor], chunk_elements: int = CHUNK_ELEMENTS
+    model: Any, batch: dict[str, torch.Tensor], chunk_elements: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the summed log-probability of its labelled tokens, and how many there are."""
     nll, targets = token_nll(model, batch, chunk_elements)
