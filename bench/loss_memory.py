@@ -7,9 +7,11 @@ A Llama-3.2-shaped model, random weights, made in memory: vocabulary 128256, 2 l
 64 (so the logits, not the body, decide the memory), fp32 on the CPU; 2 rows of 1024 tokens,
 the first 64 of each a prompt. Each variant runs in a fresh process: forward + backward,
 --steps times; reported per variant: the process's peak RSS above its RSS before the first
-step (ru_maxrss), the median step time, and the loss (equal across variants).
+step (ru_maxrss), the median step time, and the loss (equal across variants). The time ratio
+comes from one more process per loss that alternates whole and chunked steps (--pairs), so
+that other load on the machine hits both alike.
 
-    python bench/loss_memory.py [--steps 3] [--rows 2] [--tokens 1024]
+    python bench/loss_memory.py [--steps 3] [--pairs 7] [--rows 2] [--tokens 1024]
 """
 
 from __future__ import annotations
@@ -60,6 +62,19 @@ def whole_dpo():
 loss_fn = {("whole", "sft"): whole_sft, ("whole", "dpo"): whole_dpo,
            ("chunked", "sft"): lambda: logits.mean_nll(model, batch),
            ("chunked", "dpo"): lambda: -logits.sequence_logps(model, batch)[0].sum()}
+if variant == "paired":  # time only: whole and chunked steps alternate in one process
+    ratios = []
+    for i in range(steps):
+        took = {}
+        for v in (("whole", "chunked") if i % 2 else ("chunked", "whole")):
+            tick = time.perf_counter()
+            loss_fn[(v, loss_kind)]().backward()
+            model.zero_grad(set_to_none=True)
+            took[v] = time.perf_counter() - tick
+        ratios.append(took["chunked"] / took["whole"])
+    print(json.dumps({"chunked_over_whole_step_time": [round(r, 3) for r in ratios],
+                      "median": round(statistics.median(ratios[1:] or ratios), 3)}))
+    sys.exit(0)
 fn = loss_fn[(variant, loss_kind)]
 before = psutil.Process().memory_info().rss
 times, value = [], None
@@ -78,10 +93,10 @@ print(json.dumps({"peak_above_start_mb": round((peak - before) / 2**20, 1),
 """
 
 
-def run(variant: str, loss: str, args: argparse.Namespace) -> dict:
+def run(variant: str, loss: str, args: argparse.Namespace, steps: int = 0) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, variant, loss, str(args.rows), str(args.tokens),
-         str(args.steps), str(VOCAB)],
+         str(steps or args.steps), str(VOCAB)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -92,24 +107,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rows", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=1024)
+    parser.add_argument("--pairs", type=int, default=7, help="alternating steps timed")
     args = parser.parse_args()
     results: dict[str, dict] = {}
     for loss in ("sft", "dpo"):
         for variant in ("whole", "chunked"):
             results[f"{loss}/{variant}"] = got = run(variant, loss, args)
             print(f"{loss:4} {variant:8} {json.dumps(got)}", flush=True)
+    for loss in ("sft", "dpo"):  # step 1 (the chunked path's one-off check) left out
+        results[f"{loss}/paired_time"] = got = run("paired", loss, args, args.pairs)
+        print(f"{loss:4} paired   {json.dumps(got)}", flush=True)
     drops = {
         loss: round(1 - results[f"{loss}/chunked"]["peak_above_start_mb"]
                     / results[f"{loss}/whole"]["peak_above_start_mb"], 3)
         for loss in ("sft", "dpo")
     }  # fmt: skip
     print(f"peak memory above the start, chunked vs whole: {drops}")
+    slower = {loss: results[f"{loss}/paired_time"]["median"] for loss in ("sft", "dpo")}
+    print(f"step time, chunked / whole (median of alternating steps): {slower}")
     save("loss_memory", {
         "model": {"layers": 2, "dim": 64, "heads": 4, "kv_heads": 2, "vocab": VOCAB,
                   "tied": True},
         "batch_size": args.rows, "max_seq_len": args.tokens, "dtype": "fp32",
         "prompt_tokens_per_row": 64, "steps": args.steps,
-        "variants": results, "peak_drop": drops,
+        "variants": results, "peak_drop": drops, "step_time_ratio": slower,
     })  # fmt: skip
 
 
