@@ -116,6 +116,27 @@ def test_sft_loss_and_gradients_equal_the_whole_logits(family, models):
     _same_grads(_grads(model, want), _grads(model, got))
 
 
+@pytest.mark.parametrize("path", ["fused", "checkpointed"])
+def test_sft_with_lora_on_the_output_projection(path, models, monkeypatch):
+    """The fused sum (gradients taken in the forward) and the checkpointed chunks (what FSDP's
+    sharded parameters take) give the whole-logits loss and gradients, with PEFT's LoRA
+    layer as the output module (its A and B get their gradients from the chunks)."""
+    if path == "checkpointed":
+        monkeypatch.setattr(head, "_sharded", lambda p: True)
+    fused = []
+    monkeypatch.setattr(
+        head._FusedSum, "apply", lambda *a, f=head._FusedSum.apply: fused.append(1) or f(*a)
+    )
+    model, batch = _load(models["mistral"], ["q_proj", "lm_head"])
+    want = _old_mean_nll(model, batch)
+    got = logits.mean_nll(model, batch, chunk_elements=_chunk(batch, model))
+    assert bool(fused) == (path == "fused")
+    assert float((got - want).abs().detach()) <= TOL * float(want.abs().detach())
+    grads = _grads(model, got)
+    assert any("lm_head" in n and float(g.abs().max()) > 0 for n, g in grads.items())
+    _same_grads(_grads(model, want), grads)
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_dpo_sequence_logps_and_gradients_equal_the_whole_logits(family, models):
     # LoRA on the attention (PEFT wraps the model); untied families adapt the output too.

@@ -109,6 +109,20 @@ class Head:
                 parts.append(self._nll(h, t))
         return torch.cat(parts, dim=1)
 
+    def summed_nll(self, model: Any, inputs: dict[str, torch.Tensor], keep: torch.Tensor,
+                   targets: torch.Tensor, positions: int) -> torch.Tensor:  # fmt: skip
+        """The NLL summed over every position (SFT's loss is this over the labelled count).
+        With gradients, each chunk's gradients are taken in the forward (_FusedSum: nothing
+        is recomputed); FSDP's sharded parameters take nll()'s checkpointed chunks."""
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if not torch.is_grad_enabled() or any(_sharded(p) for p in params):
+            return self.nll(model, inputs, keep, targets, positions).sum()
+        hidden = self.hidden(model, inputs, keep)
+        if not (hidden.requires_grad or params):
+            return self.nll(model, inputs, keep, targets, positions).sum()
+        total: torch.Tensor = _FusedSum.apply(hidden, self, targets, positions, *params)
+        return total
+
     @contextlib.contextmanager
     def _captured(self) -> Iterator[list[torch.Tensor]]:
         """While inside: the output module records its input and returns a [.., 1] stand-in
@@ -129,6 +143,55 @@ class Head:
                 module.forward = own
             else:
                 del module.forward
+
+
+def _sharded(param: torch.Tensor) -> bool:
+    return type(param).__name__ == "DTensor" or type(param.data).__name__ == "DTensor"
+
+
+class _FusedSum(torch.autograd.Function):
+    """sum(NLL) whose gradients (for the hidden states and the output module's trainable
+    parameters) are computed chunk by chunk in the forward, where the chunk's logits exist
+    anyway; the backward scales them by the incoming gradient (a scalar). Same arithmetic as
+    autograd's backward, without recomputing the projection; the parameters' gradients are
+    accumulated over the chunks in fp32 (for an untied full-fine-tuned output that is 4 bytes
+    a vocabulary weight, held from the forward to the backward)."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, head: Head, targets: torch.Tensor,
+                positions: int, *params: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        wants_hidden = hidden.requires_grad
+        grad_hidden = torch.zeros_like(hidden) if wants_hidden else None
+        grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, targets.shape[1], positions):
+            end = start + positions
+            with torch.enable_grad():
+                h = hidden[:, start:end].detach().requires_grad_(wants_hidden)
+                nll = head._nll(h, targets[:, start:end]).sum()
+            wrt = [h, *params] if wants_hidden else list(params)
+            got = torch.autograd.grad(nll, wrt, allow_unused=True)
+            if grad_hidden is not None:
+                grad_hidden[:, start:end] = got[0]
+                got = got[1:]
+            for acc, g in zip(grads, got, strict=True):
+                if g is not None:
+                    acc += g
+            total += nll.detach()
+        ctx.wants_hidden = wants_hidden
+        ctx.dtypes = [p.dtype for p in params]
+        ctx.save_for_backward(*([grad_hidden] if grad_hidden is not None else []), *grads)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, upstream: torch.Tensor) -> tuple[Any, ...]:
+        saved = list(ctx.saved_tensors)
+        grad_hidden = None
+        if ctx.wants_hidden:
+            grad_hidden = saved.pop(0)
+            grad_hidden = grad_hidden * upstream.to(grad_hidden.dtype)
+        grads = [(g * upstream).to(dtype) for g, dtype in zip(saved, ctx.dtypes, strict=True)]
+        return (grad_hidden, None, None, None, *grads)
 
 
 _FOUND: weakref.WeakKeyDictionary[Any, Head | None] = weakref.WeakKeyDictionary()

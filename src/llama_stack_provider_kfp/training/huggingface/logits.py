@@ -69,8 +69,18 @@ def mean_nll(
     model: Any, batch: dict[str, torch.Tensor], chunk_elements: int | None = None
 ) -> torch.Tensor:
     """Mean negative log-likelihood over the labelled tokens (what the model's own loss is)."""
-    nll, targets = token_nll(model, batch, chunk_elements)
-    return nll.sum() / (targets != IGNORE).sum().clamp(min=1)
+    chunk_elements = chunk_elements or CHUNK_ELEMENTS
+    keep, targets = _keep(batch)
+    count = (targets != IGNORE).sum().clamp(min=1)
+    vocab = head.vocab_size(model)
+    if targets.numel() * vocab > chunk_elements:
+        found = head.find(model, batch, keep)
+        if found is not None:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            positions = max(1, chunk_elements // (targets.shape[0] * vocab))
+            return found.summed_nll(model, inputs, keep, targets, positions) / count
+    nll, _ = token_nll(model, batch, chunk_elements)
+    return nll.sum() / count
 
 
 def sequence_logps(
