@@ -45,9 +45,19 @@ def _multiply(attr: str) -> Callable[[Any], Transform | None]:
     return make
 
 
+class _Softcap:
+    """Gemma's final_logit_softcapping (a class: Liger's fused loss takes the cap itself)."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x / self.cap) * self.cap
+
+
 def _softcap(config: Any) -> Transform | None:
     cap = getattr(config, "final_logit_softcapping", None)
-    return None if cap is None else (lambda x: torch.tanh(x / cap) * cap)
+    return None if cap is None else _Softcap(cap)
 
 
 # model_type -> what its ForCausalLM does to lm_head's output (transformers 5 modeling files).
@@ -118,6 +128,10 @@ class Head:
         if not torch.is_grad_enabled() or any(_sharded(p) for p in params):
             return self.nll(model, inputs, keep, targets, positions).sum()
         hidden = self.hidden(model, inputs, keep)
+        fused = liger_loss(self, hidden)
+        if fused is not None:
+            return fused(self.module.weight, hidden.flatten(0, 1), targets.flatten(),
+                         getattr(self.module, "bias", None))  # fmt: skip
         if not (hidden.requires_grad or params):
             return self.nll(model, inputs, keep, targets, positions).sum()
         total: torch.Tensor = _FusedSum.apply(hidden, self, targets, positions, *params)
@@ -143,6 +157,27 @@ class Head:
                 module.forward = own
             else:
                 del module.forward
+
+
+def liger_loss(head: Head, hidden: torch.Tensor) -> Any:
+    """Liger-Kernel's fused linear cross-entropy (Triton, CUDA only; `pip install
+    liger-kernel`) summing the NLL, where it computes what this module does: a plain Linear
+    output (not PEFT-adapted) with no transform but Gemma's soft-capping. None otherwise, and
+    where it is not installed."""
+    if hidden.device.type != "cuda" or type(head.module) is not torch.nn.Linear:
+        return None
+    if head.transform is not None and not isinstance(head.transform, _Softcap):
+        return None
+    try:
+        from liger_kernel.transformers import (  # type: ignore[import-not-found, unused-ignore]
+            LigerFusedLinearCrossEntropyLoss,
+        )
+    except ImportError:
+        return None
+    cap = head.transform.cap if isinstance(head.transform, _Softcap) else None
+    return LigerFusedLinearCrossEntropyLoss(
+        ignore_index=IGNORE, reduction="sum", softcap=cap, accum_dtype=torch.float32
+    )
 
 
 def _sharded(param: torch.Tensor) -> bool:
