@@ -12,6 +12,7 @@ from llama_stack_api import SupervisedFineTuneRequest, TrainingConfig
 
 from llama_stack_provider_kfp.api import translate
 from llama_stack_provider_kfp.cli import configs
+from llama_stack_provider_kfp.cli.watch import describe
 from llama_stack_provider_kfp.config import KFPPostTrainingConfig
 from llama_stack_provider_kfp.core.engines import JobTraits, select_engine
 from llama_stack_provider_kfp.core.errors import InvalidRequest
@@ -64,6 +65,9 @@ def test_the_cli_flag_becomes_the_extension_key():
     }
     assert configs.hyperparam_search_config(None) == {}
     assert "max_grad_norm" in configs.EXTENSION_KEYS
+    # The status line shows the norm before clipping when the job clips.
+    assert describe({"loss": 2.5, "grad_norm": 3.21}) == "loss 2.5000 grad norm 3.21"
+    assert describe({"loss": 2.5}) == "loss 2.5000"
 
 
 def _old_record_spec() -> JobSpec:
