@@ -196,3 +196,31 @@ def test_liger_fused_linear_cross_entropy_equals_the_whole_logits(tmp_path, monk
     assert abs(got - want) <= 1e-4 * abs(want)
     for a, b in zip(want_g, got_g, strict=True):
         assert float((a - b).abs().max()) <= 1e-4 * (float(a.abs().max()) or 1.0)
+
+
+def test_liger_kernels_keep_the_logits_and_train(tmp_path):
+    """With liger-kernel installed, its RMSNorm/RoPE/SwiGLU kernels patched into a tiny
+    SmolLM2 (Llama) on CUDA give its logits (bf16 rounding) and a LoRA step trains."""
+    pytest.importorskip("liger_kernel")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from harness.tiny_families import make
+    from llama_stack_provider_kfp.training.huggingface import kernels
+
+    path = make("smollm2", tmp_path / "smollm2")
+    ids = torch.tensor([[5, 17, 42, 99, 120, 7, 3]], device="cuda")
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda()
+    with torch.no_grad():
+        want = plain(ids).logits.float()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda()
+    assert kernels.apply_liger(model, torch.device("cuda")) is not None
+    assert kernels.apply_liger(plain, torch.device("cpu")) is None  # CUDA only
+    with torch.no_grad():
+        got = model(ids).logits.float()
+    assert float((got - want).abs().max()) <= 0.05 * float(want.abs().max())
+    model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"])
+    )
+    model(ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)

@@ -39,7 +39,7 @@ from ..io import Output
 from ..progress import ProgressLogger
 from ..result import summary
 from ..stop import GracefulStop, TrainingStopped
-from . import clipping, data, logits, osft, preference
+from . import clipping, data, kernels, logits, osft, preference
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -140,6 +140,8 @@ class _Run:
         trained_dir = resume.folder / MERGED if resume is not None and full else model_dir
         model: Any = AutoModelForCausalLM.from_pretrained(trained_dir, dtype=_DTYPES[t.dtype])
         model = model.to(self.device)
+        if (liger := kernels.apply_liger(model, self.device)) is not None:
+            print(liger)
         if t.enable_activation_checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
