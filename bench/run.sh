@@ -17,6 +17,7 @@ if [ "${1:-}" = "--quick" ]; then
   "$py" engines.py --repeats 3
   "$py" stages.py --quick
   "$py" forgetting.py --quick
+  "$py" loss_memory.py --steps 2 --pairs 3
 else
   "$py" efficiency.py --repeats 5 --rows 96
   "$py" overhead.py --repeats 3
@@ -26,5 +27,6 @@ else
   "$py" engines.py --repeats 5
   "$py" stages.py --repeats 3
   "$py" forgetting.py --seeds 5
+  "$py" loss_memory.py
 fi
 "$py" report.py
