@@ -4,7 +4,8 @@ The model's forward runs as usual (through DDP or PEFT wrappers, so their hooks 
 reduction work), except that its output module (`get_output_embeddings()`, the PEFT LoRA layer
 when the output is adapted) captures the final hidden states instead of projecting them. Each
 chunk then goes through that module and the transforms the family applies between it and the
-returned logits (TRANSFORMS), under activation checkpointing.
+returned logits (TRANSFORMS): under activation checkpointing (nll: per-position values, DPO),
+or with its gradients taken in the forward (summed_nll: SFT's sum, no recomputation).
 
 The transforms are read from transformers' modeling files; a model whose own logits this
 does not reproduce (checked once per model on its first batch, against the model's own

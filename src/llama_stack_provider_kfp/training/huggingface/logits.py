@@ -7,9 +7,10 @@ step when half the tokens are prompt (measured on the benchmarks' tiny Llama: 21
 Over a 128k-152k vocabulary the fp32 logits of a long batch take gigabytes, and autograd keeps
 them (and their log-softmax) until the backward. When they would exceed CHUNK_ELEMENTS the
 loss is chunked (head.py): the model body runs once, then the output projection, the family's
-own logit transforms and the cross-entropy run a chunk of positions at a time under
-activation checkpointing, so one chunk's logits exist at a time, in the forward and in the
-backward (which recomputes them: one more output projection per step).
+own logit transforms and the cross-entropy run a chunk of positions at a time, so one chunk's
+logits exist at a time. SFT's summed loss takes each chunk's gradients in the forward (on CUDA
+with liger-kernel installed: Liger's fused linear cross-entropy); DPO's per-row
+log-probabilities recompute each chunk in the backward (activation checkpointing).
 """
 
 from __future__ import annotations
