@@ -105,6 +105,15 @@ def main() -> None:
                          f"{fmt(fsdp['trained_tokens_per_second'], unit='tok/s')} "
                          f"({max(fsdp['parameter_bytes_per_rank']):,}); FSDP / DDP "
                          f"{fmt(z[f'{algo}_fsdp_over_ddp'], unit='')}"))  # fmt: skip
+    if m := load("loss_memory"):  # its own model and batch: 128k vocabulary, 2 x 1024 tokens
+        v, r = m["variants"], m["step_time_ratio"]
+        rows.append((f"chunked vs whole-logits loss, vocab {m['model']['vocab']}, "
+                     f"{m['batch_size']} x {m['max_seq_len']} tokens: peak above start (SFT, DPO)",
+                     f"{v['sft/chunked']['peak_above_start_mb']:.0f} / "
+                     f"{v['sft/whole']['peak_above_start_mb']:.0f} MB, "
+                     f"{v['dpo/chunked']['peak_above_start_mb']:.0f} / "
+                     f"{v['dpo/whole']['peak_above_start_mb']:.0f} MB; step time "
+                     f"x{r['sft']} / x{r['dpo']}"))  # fmt: skip
     if h := load("intree_hf"):  # run outside CI, in a scratch environment (see its docstring)
         for name, v in h["runs"].items():
             rows.append((f"{name}, same {h['steps']}-step LoRA job: training call / process, "

@@ -18,6 +18,7 @@ if [ "${1:-}" = "--quick" ]; then
   "$py" sharding.py --repeats 1
   "$py" stages.py --quick
   "$py" forgetting.py --quick
+  "$py" loss_memory.py --steps 2 --pairs 3
 else
   "$py" efficiency.py --repeats 5 --rows 96
   "$py" overhead.py --repeats 3
@@ -28,5 +29,6 @@ else
   "$py" sharding.py --repeats 2
   "$py" stages.py --repeats 3
   "$py" forgetting.py --seeds 5
+  "$py" loss_memory.py
 fi
 "$py" report.py

@@ -162,3 +162,94 @@ def test_huggingface_fsdp_bf16_cpu_offload_on_two_gpus(tmp_path):
     assert fsdp == pytest.approx(ddp, rel=2e-2)  # bf16: DDP reduces in bf16, FSDP in fp32
     merged = _weights(tmp_path, "fsdp")
     assert {t.dtype for t in merged.values()} == {torch.bfloat16}
+
+
+def _chunk_case(tmp_path, family: str, dtype: torch.dtype):
+    """A tiny `family` model on CUDA, a batch of three rows, and the budget that makes the
+    chunked loss take three positions a chunk."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.tiny_families import make
+    from llama_stack_provider_kfp.training.huggingface import data, head
+    from llama_stack_provider_kfp.training.huggingface.engine import _load_tokenizer
+
+    path = make(family, tmp_path / family)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).cuda().train()
+    tokenizer = _load_tokenizer(path)
+    rows = [[{"role": "user", "content": f"Greet {n}."},
+             {"role": "assistant", "content": f"Hello, {n}! Nice to meet you."}]
+            for n in ("Ada", "Alan", "Grace")]  # fmt: skip
+    batch = data.collate([data.encode(tokenizer, r, 96, False) for r in rows],
+                         tokenizer.pad_token_id)  # fmt: skip
+    batch = {k: v.cuda() for k, v in batch.items()}
+    return model, batch, 3 * 3 * head.vocab_size(model)
+
+
+def _loss_and_grads(model, loss):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return float(loss.detach()), torch.autograd.grad(loss, params)
+
+
+@pytest.mark.parametrize("family", ["smollm2", "granite"])
+def test_chunked_loss_on_cuda_equals_the_whole_logits(tmp_path, family, monkeypatch):
+    """The chunked cross-entropy (fused SFT sum, checkpointed DPO chunks) on CUDA in fp32,
+    Liger-Kernel kept out (its own test is below)."""
+    from llama_stack_provider_kfp.training.huggingface import head, logits
+
+    monkeypatch.setattr(head, "liger_loss", lambda *a: None)
+    model, batch, budget = _chunk_case(tmp_path, family, torch.float32)
+    want, want_g = _loss_and_grads(model, logits.mean_nll(model, batch, 2**40))
+    got, got_g = _loss_and_grads(model, logits.mean_nll(model, batch, budget))
+    assert head.find(model, batch, torch.arange(1, device="cuda")) is not None
+    assert abs(got - want) <= 1e-5 * abs(want)
+    for a, b in zip(want_g, got_g, strict=True):
+        assert float((a - b).abs().max()) <= 1e-5 * (float(a.abs().max()) or 1.0)
+    whole, _ = logits.sequence_logps(model, batch, 2**40)
+    chunked, _ = logits.sequence_logps(model, batch, budget)
+    assert float((whole - chunked).abs().max()) <= 1e-5 * float(whole.abs().max())
+
+
+def test_liger_fused_linear_cross_entropy_equals_the_whole_logits(tmp_path, monkeypatch):
+    """With liger-kernel installed, SFT's chunked loss on CUDA is Liger's fused linear
+    cross-entropy (Triton): same loss and gradients as the whole logits (fp32)."""
+    pytest.importorskip("liger_kernel")
+    from llama_stack_provider_kfp.training.huggingface import head, logits
+
+    used = []
+    liger = head.liger_loss
+    monkeypatch.setattr(head, "liger_loss", lambda *a: used.append(liger(*a)) or used[-1])
+    model, batch, budget = _chunk_case(tmp_path, "smollm2", torch.float32)
+    want, want_g = _loss_and_grads(model, logits.mean_nll(model, batch, 2**40))
+    got, got_g = _loss_and_grads(model, logits.mean_nll(model, batch, budget))
+    assert used and used[-1] is not None  # Liger's loss ran
+    assert abs(got - want) <= 1e-4 * abs(want)
+    for a, b in zip(want_g, got_g, strict=True):
+        assert float((a - b).abs().max()) <= 1e-4 * (float(a.abs().max()) or 1.0)
+
+
+def test_liger_kernels_keep_the_logits_and_train(tmp_path):
+    """With liger-kernel installed, its RMSNorm/RoPE/SwiGLU kernels patched into a tiny
+    SmolLM2 (Llama) on CUDA give its logits (bf16 rounding) and a LoRA step trains."""
+    pytest.importorskip("liger_kernel")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from harness.tiny_families import make
+    from llama_stack_provider_kfp.training.huggingface import kernels
+
+    path = make("smollm2", tmp_path / "smollm2")
+    ids = torch.tensor([[5, 17, 42, 99, 120, 7, 3]], device="cuda")
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda()
+    with torch.no_grad():
+        want = plain(ids).logits.float()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda()
+    assert kernels.apply_liger(model, torch.device("cuda")) is not None
+    assert kernels.apply_liger(plain, torch.device("cpu")) is None  # CUDA only
+    with torch.no_grad():
+        got = model(ids).logits.float()
+    assert float((got - want).abs().max()) <= 0.05 * float(want.abs().max())
+    model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"])
+    )
+    model(ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)

@@ -72,15 +72,15 @@ def test_record_from_a_newer_release_is_read_and_saved_without_losing_fields(tmp
     data = read_json(path)
     data["format_version"] = 99
     data["labels"] = {"team": "a"}
-    data["spec"]["train"]["max_grad_norm"] = 0.5
+    data["spec"]["train"]["label_smoothing"] = 0.5
     write_json(path, data)
     record = store.load("job-1")
     assert record is not None
-    assert sorted(record.ignored_fields) == ["labels", "spec.train.max_grad_norm"]
+    assert sorted(record.ignored_fields) == ["labels", "spec.train.label_smoothing"]
     store.save(record.model_copy(update={"lost": {"message": "x"}}))
     again = read_json(path)
     assert again["labels"] == {"team": "a"}
-    assert again["spec"]["train"]["max_grad_norm"] == 0.5
+    assert again["spec"]["train"]["label_smoothing"] == 0.5
     assert again["lost"] == {"message": "x"} and again["format_version"] == 99
 
 

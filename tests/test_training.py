@@ -75,8 +75,19 @@ def test_optimizer_and_schedule_reach_torchtune(tiny_models, tmp_path):
         update={"warmup_steps": None, "warmup_ratio": 0.5})})  # fmt: skip
     cfg = build_config(ratio, spec.model.path, tmp_path, str(rows), None, str(tmp_path))
     assert cfg["lr_scheduler"]["num_warmup_steps"] == 2
+    assert cfg["clip_grad_norm"] is None  # a spec without max_grad_norm: torchtune never clips
     assert cfg["model"]["_component_"] == "torchtune.models.llama3_2.lora_llama3_2"
     assert cfg["model"]["scale_factor"] == 32.0
+
+
+def test_torchtune_clips_and_reports_the_norm_before_clipping(tiny_models, tmp_path):
+    data = write_jsonl(instruct_rows(8), tmp_path / "rows.jsonl")
+    spec = _spec(tiny_models / "hf", tmp_path / "out", data)
+    spec = spec.model_copy(update={"train": spec.train.model_copy(
+        update={"max_steps_per_epoch": 1, "max_grad_norm": 1e-4})})  # fmt: skip
+    _train(spec, tmp_path)
+    progress = json.loads((tmp_path / "out" / "progress.json").read_text())["progress"]
+    assert progress["grad_norm"] > 1e-4  # torchtune's clip_grad_norm_ returns the norm before
 
 
 def test_default_dtype_bf16_trains(tiny_models, tmp_path):

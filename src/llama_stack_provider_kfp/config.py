@@ -375,7 +375,7 @@ class DataSourcesConfig(BaseModel):
 # Provider-config settings a request may override for its own job, through
 # hyperparam_search_config["kfp"] (DESIGN.md "Per-request extensions").
 REQUEST_OVERRIDABLE = ("evaluation", "registry", "validation_fraction", "max_rows", "stages",
-                       "algorithm", "osft")  # fmt: skip
+                       "algorithm", "osft", "max_grad_norm")  # fmt: skip
 # ...except where credentials come from: a request naming them could send the registry's
 # token (or any file or Secret the step can read) to a registry URI of its own choosing.
 SERVER_ONLY = {"registry": ("token_env", "token_file", "token_secret")}
@@ -467,6 +467,14 @@ class KFPPostTrainingConfig(BaseModel):
         default=2048, ge=8, description="Samples are truncated to this many tokens."
     )
     seed: int = Field(default=42, description="Seed for weights init, shuffling and dropout.")
+    max_grad_norm: float | None = Field(
+        default=1.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Gradients are clipped to this total L2 norm before each optimizer step "
+        "(both engines; TRL's and llama-stack's own recipe's default is 1.0). 0 or None: no "
+        "clipping. The norm before clipping is reported as grad_norm in progress and metrics.",
+    )
     validation_fraction: float = Field(
         default=0.0,
         ge=0.0,
@@ -586,6 +594,7 @@ class KFPPostTrainingConfig(BaseModel):
         "observation_max_age_seconds",
         "algorithm",
         "max_jobs_per_user",
+        "max_grad_norm",
         mode="before",
     )
     @classmethod

@@ -37,7 +37,7 @@ def old_jobs(tmp_path_factory):
     shutil.copytree(last, future)
     data = json.loads((future / "job.json").read_text())
     data.update(job_uuid="future-job", format_version=99, owner={"principal": "alice"})
-    data["spec"]["train"]["max_grad_norm"] = 0.5
+    data["spec"]["train"]["label_smoothing"] = 0.5
     (future / "job.json").write_text(json.dumps(data))
     broken = jobs / "broken-job"
     shutil.copytree(last, broken)

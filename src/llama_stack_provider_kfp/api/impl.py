@@ -98,6 +98,7 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
             request.job_uuid, name, request.checkpoint_dir,
             translate.training(request.training_config), lora, None, tracking=tracking,
             config=config, osft=osft, descriptor_repo=translate.descriptor_repo(name),
+            named=frozenset(extension or ()),
         )  # fmt: skip
         return await self._submit(submission, request.training_config, user)
 
@@ -116,15 +117,14 @@ class KFPPostTrainingImpl(TorchtunePostTrainingImpl):
         # The 0.6.1 DPO request has no LoRA fields: the provider's (or the request's extension's)
         # algorithm, else dpo.full / dpo's LoRA.
         osft = config.algorithm == "osft"
-        translate.check_osft_settings(
-            config, osft, (request.hyperparam_search_config or {}).get("kfp")
-        )
+        extension = (request.hyperparam_search_config or {}).get("kfp")
+        translate.check_osft_settings(config, osft, extension)
         lora = None if config.algorithm else translate.dpo_lora(config.dpo)
         submission = Submission(
             request.job_uuid, request.finetuned_model, None,
             translate.training(request.training_config), lora, dpo, tracking=tracking,
             config=config, osft=osft, descriptor_repo=translate.descriptor_repo(
-                request.finetuned_model),
+                request.finetuned_model), named=frozenset(extension or ()),
         )  # fmt: skip
         return await self._submit(submission, request.training_config, user)
 

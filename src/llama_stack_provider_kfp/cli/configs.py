@@ -156,7 +156,7 @@ def missing_data(cfg: dict[str, Any]) -> str | None:
 # own job (DESIGN.md "Per-request extensions"); the server refuses other keys.
 EXTENSION = "kfp"
 EXTENSION_KEYS = ("evaluation", "registry", "validation_fraction", "max_rows", "stages",
-                  "algorithm", "osft")  # fmt: skip
+                  "algorithm", "osft", "max_grad_norm")  # fmt: skip
 STAGES = ("train", "evaluate", "register")
 
 
@@ -208,13 +208,14 @@ def hyperparam_search_config(
     algorithm: str | None = None,
     osft_ratio: float | None = None,
     osft_modules: list[str] | None = None,
+    max_grad_norm: float | None = None,
 ) -> dict[str, Any]:
     """The request's `hyperparam_search_config`: `base` (--hyperparam-search-config) with the
     flags merged into its "kfp" extension, field by field: --evaluation / --registry over the
     extension's own evaluation / registry, then the shorthands over those (--evaluate,
     --eval-task, --eval-task-file; --register, --registry-uri), then --validation-fraction,
-    --max-rows, --stages, --algorithm; --osft-ratio / --osft-modules into its osft (and
-    algorithm osft unless one is named). --eval-task / --eval-task-file replace the task
+    --max-rows, --stages, --max-grad-norm, --algorithm; --osft-ratio / --osft-modules into its
+    osft (and algorithm osft unless one is named). --eval-task / --eval-task-file replace the task
     lists, and turn the evaluation on unless --no-evaluate or a config states `enabled`.
     Without flags: `base` as it is ({} when none); the "kfp" key only when something is set
     in it."""
@@ -243,7 +244,13 @@ def hyperparam_search_config(
         reg = deep_merge(_mapping(ext.get("registry"), f"{where}registry"), registry or {})
         _set(reg, kind=register, uri=registry_uri)
         ext["registry"] = reg
-    _set(ext, validation_fraction=validation_fraction, max_rows=max_rows, stages=stages)
+    _set(
+        ext,
+        validation_fraction=validation_fraction,
+        max_rows=max_rows,
+        stages=stages,
+        max_grad_norm=max_grad_norm,
+    )
     if osft_ratio is not None or osft_modules:
         osft = dict(_mapping(ext.get("osft"), f"{where}osft"))
         _set(osft, unfreeze_rank_ratio=osft_ratio, target_modules=osft_modules or None)

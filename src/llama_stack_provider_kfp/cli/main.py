@@ -221,6 +221,12 @@ def stage_options(fn: Callable) -> Callable:
             "and MLP projection] (sets --algorithm osft)",
         ),
         click.option(
+            "--max-grad-norm",
+            type=click.FloatRange(min=0),
+            help="clip gradients to this total norm before each step [server default: 1.0]; "
+            "0: no clipping",
+        ),
+        click.option(
             "--stages",
             metavar="LIST",
             help="e.g. train,evaluate,register; without train (supervised_fine_tune): "
@@ -250,6 +256,7 @@ def _extension(text: str | None, flags: dict[str, Any]) -> dict[str, Any]:
         algorithm=flags.pop("algorithm"),
         osft_ratio=flags.pop("osft_ratio"),
         osft_modules=configs.name_list(flags.pop("osft_modules")),
+        max_grad_norm=flags.pop("max_grad_norm"),
     )
 
 

@@ -21,6 +21,8 @@ def describe(progress: dict[str, Any]) -> str:
     parts = []
     if progress.get("loss") is not None:
         parts.append(f"loss {progress['loss']:.4f}")
+    if progress.get("grad_norm") is not None:  # clipping on: the norm before clipping
+        parts.append(f"grad norm {progress['grad_norm']:.3g}")
     if progress.get("tokens_per_second"):
         parts.append(f"{progress['tokens_per_second']:.0f} tok/s")
     if progress.get("eta_seconds") is not None:

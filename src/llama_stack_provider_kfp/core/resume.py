@@ -25,7 +25,8 @@ STATE_FORMAT = 1
 RESUMABLE_ENGINES = ("huggingface",)
 # TrainSpec fields a resumed job must keep: they fix the data order and the step size.
 _SAME_TRAIN = ("batch_size", "gradient_accumulation_steps", "shuffle", "packed", "max_seq_len",
-               "seed", "dtype", "train_on_input", "max_steps_per_epoch")  # fmt: skip
+               "seed", "dtype", "train_on_input", "max_steps_per_epoch",
+               "max_grad_norm")  # fmt: skip
 
 
 class TrainingState(BaseModel):
@@ -110,7 +111,13 @@ def check_resume(state: TrainingState, spec: JobSpec, where: str) -> None:
             problems.append(f"optimizer {field} is {a!r} in the checkpoint, {b!r} here")
     for field in _SAME_TRAIN:
         a, b = getattr(old.train, field), getattr(spec.train, field)
-        if a != b:
+        if a != b and field == "max_grad_norm":
+            problems.append(
+                f"max_grad_norm is {a if a else 'off'} in the checkpoint, {b if b else 'off'} "
+                'here (leave it out of hyperparam_search_config["kfp"]: a resumed job clips '
+                "as its checkpoint was trained)"
+            )
+        elif a != b:
             problems.append(f"{field} is {a!r} in the checkpoint, {b!r} here")
     if spec.data.data_format != old.data.data_format:
         problems.append(f"data_format is {old.data.data_format!r} in the checkpoint")

@@ -155,6 +155,9 @@ class TrainSpec(_Strict):
     keep_step_checkpoints: int = 2
     # Machines training together, `ranks` processes each (a Kubeflow Trainer TrainJob).
     nodes: int = 1
+    # Gradients clipped to this total L2 norm before each optimizer step; None: no clipping
+    # (what records written before clipping existed trained with, so they resume unclipped).
+    max_grad_norm: float | None = None
 
 
 class EngineChoice(_Strict):

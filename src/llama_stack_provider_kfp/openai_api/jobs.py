@@ -145,8 +145,8 @@ class FaceJobs:
         model, checkpoint = self._base(body.model, owner)
         sub = Submission(job_id, model, checkpoint, Training(epochs=epochs, batch_size=batch,
                          data_format="dialog"), lora, dpo, config=config,
-                         osft=config.algorithm == "osft",
-                         tracking=_tracking(body, config))  # fmt: skip
+                         osft=config.algorithm == "osft", tracking=_tracking(body, config),
+                         named=frozenset(body.kfp or ()))  # fmt: skip
         hyper = {"batch_size": batch, "learning_rate_multiplier": multiplier, "n_epochs": epochs}
         method_body: dict[str, Any] = {"type": method}
         method_body[method] = {"hyperparameters": {**hyper, **(

@@ -42,6 +42,7 @@ from .submission import (
     lora_targets,
     osft_spec,
     resume_engine,
+    resumed_clipping,
 )
 
 # Finds a request's datasets (train, validation), refusing a URI the caller may not name
@@ -183,6 +184,7 @@ class JobService:
                 spec = spec.model_copy(update={"trained_checkpoint": sub.checkpoint_dir})
             elif state is not None:
                 spec = spec.model_copy(update={"resume_from": where})
+                spec = resumed_clipping(spec, state, sub.named)
                 check_resume(state, spec, where)
                 if isinstance(train, list) and (validation is not None or
                                                 not spec.data.validation_fraction):  # fmt: skip

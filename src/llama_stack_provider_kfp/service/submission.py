@@ -95,6 +95,9 @@ class Submission:
     osft: bool = False  # OSFT with config.osft's settings (lora is then None)
     # Resolves a llama-stack model descriptor to its Hugging Face repo (api/ only).
     descriptor_repo: str | None = None
+    # The provider settings the request itself set (its extension's keys; the rest are the
+    # provider's).
+    named: frozenset[str] = frozenset()
 
     @property
     def stages(self) -> list[str]:
@@ -246,6 +249,18 @@ def check_finished_checkpoint(checkpoint_dir: str | None) -> None:
         raise InvalidRequest(f"checkpoint_dir {checkpoint_dir} has no {MERGED}/ weights: {how}")
 
 
+def resumed_clipping(spec: JobSpec, state: TrainingState, named: frozenset[str]) -> JobSpec:
+    """A resumed job clips as its checkpoint was trained (records from before clipping existed:
+    not at all), unless the request names max_grad_norm itself (check_resume then refuses a
+    value other than the checkpoint's)."""
+    if "max_grad_norm" in named:
+        return spec
+    trained = JobSpec.model_validate(state.spec).train.max_grad_norm
+    return spec.model_copy(
+        update={"train": spec.train.model_copy(update={"max_grad_norm": trained})}
+    )
+
+
 def build_spec(
     sub: Submission,
     lora: LoraSpec | None,
@@ -294,6 +309,7 @@ def build_spec(
             sharding="auto",
             checkpoint_every_steps=config.checkpoint_every_steps,
             keep_step_checkpoints=config.keep_step_checkpoints,
+            max_grad_norm=config.max_grad_norm or None,  # 0: off
         ),
         lora=lora,
         osft=osft,

@@ -114,6 +114,8 @@ class ProgressLogger:
             "tokens_per_second": round(tps, 2),
             "trained_tokens_per_second": round(trained, 2),
             "eta_seconds": round(per_step * (self.total_steps - step), 1),
+            # With clipping on: the gradients' total norm before clipping.
+            **{k: round(float(v), 6) for k, v in payload.items() if k == "grad_norm"},
             # DPO: rewards_chosen / rewards_rejected / reward_margin / reward_accuracy
             **{k: round(float(v), 6) for k, v in payload.items() if k.startswith("reward")},
         }
@@ -124,6 +126,7 @@ class ProgressLogger:
                 "train/lr": self._pending["lr"],
                 "train/tokens_per_second": tps,
                 "train/trained_tokens_per_second": trained,
+                **{f"train/{k}": v for k, v in self._pending.items() if k == "grad_norm"},
                 **{f"train/{k}": v for k, v in rewards.items()},
             },
             step,

@@ -40,7 +40,7 @@ from ..io import Output
 from ..progress import ProgressLogger
 from ..result import summary
 from ..stop import GracefulStop, TrainingStopped
-from . import data, logits, osft, preference, sharding
+from . import clipping, data, kernels, logits, osft, preference, sharding
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -143,6 +143,8 @@ class _Run:
         self.plan = sharding.choose(spec, self.ranks, self.device, model)
         if not self.plan.fsdp:  # FSDP moves each rank's shards to the device itself
             model = model.to(self.device)
+        if (liger := kernels.apply_liger(model, self.device)) is not None:
+            print(liger)
         if t.enable_activation_checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -398,6 +400,7 @@ class _Run:
             self.progress.add_input_tokens(int(self.ranks.sum(self._inputs)[0]))
             if self.osft is not None:
                 self.osft.project_gradients()
+            grad_norm = clipping.clip(self.optimizer, t.max_grad_norm)
             self.optimizer.step()
             if self.osft is not None:
                 self.osft.project_parameters()
@@ -412,6 +415,7 @@ class _Run:
                     "loss": step_loss,
                     "lr": self.scheduler.get_last_lr()[0],
                     "tokens_per_second_per_gpu": labelled / elapsed,
+                    **({"grad_norm": grad_norm} if grad_norm is not None else {}),
                     **_mean(rewards),
                 },
                 self.global_step,
@@ -446,17 +450,22 @@ class _Run:
     ) -> tuple[torch.Tensor, int, dict[str, float]]:
         """One micro-batch: its loss, its labelled tokens, and (DPO) its reward metrics."""
         model = self.model if model is None else model
+        # One rank: the loss is chunked over a large vocabulary (logits.py). Several: each
+        # rank would decide by its own batch's shape, and a chunked rank's extra forward (the
+        # check on its first chunked batch) would leave the others' collectives waiting; they
+        # keep the whole logits until the decision is made together.
+        chunk = logits.CHUNK_ELEMENTS if self.ranks.world == 1 else logits.NEVER
         if self.spec.dpo is None:
             batch = self._batch(items)
             labelled = int((batch["labels"][:, 1:] != data.IGNORE).sum())
-            return logits.mean_nll(model, batch), labelled, {}
+            return logits.mean_nll(model, batch, chunk), labelled, {}
         chosen = self._batch([p.chosen for p in items])
         rejected = self._batch([p.rejected for p in items])
-        pc, nc = logits.sequence_logps(model, chosen)
-        pr, nr = logits.sequence_logps(model, rejected)
+        pc, nc = logits.sequence_logps(model, chosen, chunk)
+        pr, nr = logits.sequence_logps(model, rejected, chunk)
         with torch.no_grad(), self._reference() as ref:
-            rc, _ = logits.sequence_logps(ref, chosen)
-            rr, _ = logits.sequence_logps(ref, rejected)
+            rc, _ = logits.sequence_logps(ref, chosen, chunk)
+            rr, _ = logits.sequence_logps(ref, rejected, chunk)
         dpo = self.spec.dpo
         loss, metrics = preference.loss((pc, pr, nc, nr), (rc, rr), dpo.beta, dpo.loss_type)
         metrics["chosen_nll"] = float(-(pc.detach() / nc.clamp(min=1)).mean())

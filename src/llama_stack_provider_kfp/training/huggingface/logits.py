@@ -1,8 +1,16 @@
-"""Logits only where a label is learned.
+"""Logits only where a label is learned, and never all of them at once.
 
 The output projection over a large vocabulary dominates a small model's step; computing it
 only at the positions whose next token is labelled (transformers' `logits_to_keep`) halves the
 step when half the tokens are prompt (measured on the benchmarks' tiny Llama: 213 -> 114 ms).
+
+Over a 128k-152k vocabulary the fp32 logits of a long batch take gigabytes, and autograd keeps
+them (and their log-softmax) until the backward. When they would exceed CHUNK_ELEMENTS the
+loss is chunked (head.py): the model body runs once, then the output projection, the family's
+own logit transforms and the cross-entropy run a chunk of positions at a time, so one chunk's
+logits exist at a time. SFT's summed loss takes each chunk's gradients in the forward (on CUDA
+with liger-kernel installed: Liger's fused linear cross-entropy); DPO's per-row
+log-probabilities recompute each chunk in the backward (activation checkpointing).
 """
 
 from __future__ import annotations
@@ -12,35 +20,74 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import head
 from .data import IGNORE
 
+# Logits (batch x kept positions x vocabulary) above which the loss is chunked, and the size of
+# a chunk: 2^26 fp32 values are 256 MiB (a 2048-token row over 128k tokens is 1 GiB).
+CHUNK_ELEMENTS = 2**26
+NEVER = 2**62  # a chunk_elements no batch exceeds: the whole logits
 
-def labelled(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(float logits [B, K, V], targets [B, K]) at the K positions some row learns from; a
-    position kept for one row is ignored for the rows that do not learn there."""
+
+def _keep(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the positions some row learns from, targets [B, K] there); a position kept for one
+    row is ignored for the rows that do not learn there."""
     targets = batch["labels"][:, 1:]
     keep = (targets != IGNORE).any(0).nonzero().squeeze(-1)
     if keep.numel() == 0:  # nothing learned in this batch (all truncated away)
         keep = torch.zeros(1, dtype=torch.long, device=targets.device)
+    return keep, targets[:, keep]
+
+
+def labelled(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float logits [B, K, V], targets [B, K]) at the K positions some row learns from."""
+    keep, targets = _keep(batch)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs, logits_to_keep=keep).logits
-    return logits.float(), targets[:, keep]
+    return logits.float(), targets
 
 
-def mean_nll(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def token_nll(
+    model: Any, batch: dict[str, torch.Tensor], chunk_elements: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(negative log-likelihood of each kept position's target [B, K] in fp32, 0 where it is
+    not learned; the targets [B, K]). `chunk_elements`: CHUNK_ELEMENTS unless given."""
+    chunk_elements = chunk_elements or CHUNK_ELEMENTS
+    keep, targets = _keep(batch)
+    vocab = head.vocab_size(model)
+    if targets.numel() * vocab > chunk_elements:
+        found = head.find(model, batch, keep)
+        if found is not None:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            positions = max(1, chunk_elements // (targets.shape[0] * vocab))
+            return found.nll(model, inputs, keep, targets, positions), targets
+    logits, _ = labelled(model, batch)
+    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
+                          reduction="none")  # fmt: skip
+    return nll.view(targets.shape), targets
+
+
+def mean_nll(
+    model: Any, batch: dict[str, torch.Tensor], chunk_elements: int | None = None
+) -> torch.Tensor:
     """Mean negative log-likelihood over the labelled tokens (what the model's own loss is)."""
-    logits, targets = labelled(model, batch)
-    total = F.cross_entropy(
-        logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
-    )
-    return total / (targets != IGNORE).sum().clamp(min=1)
+    chunk_elements = chunk_elements or CHUNK_ELEMENTS
+    keep, targets = _keep(batch)
+    count = (targets != IGNORE).sum().clamp(min=1)
+    vocab = head.vocab_size(model)
+    if targets.numel() * vocab > chunk_elements:
+        found = head.find(model, batch, keep)
+        if found is not None:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            positions = max(1, chunk_elements // (targets.shape[0] * vocab))
+            return found.summed_nll(model, inputs, keep, targets, positions) / count
+    nll, _ = token_nll(model, batch, chunk_elements)
+    return nll.sum() / count
 
 
-def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    model: Any, batch: dict[str, torch.Tensor], chunk_elements: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the summed log-probability of its labelled tokens, and how many there are."""
-    logits, targets = labelled(model, batch)
-    mask = targets != IGNORE
-    picked = torch.gather(
-        F.log_softmax(logits, dim=-1), 2, targets.clamp(min=0).unsqueeze(-1)
-    ).squeeze(-1)
-    return (picked * mask).sum(-1), mask.sum(-1)
+    nll, targets = token_nll(model, batch, chunk_elements)
+    return -nll.sum(-1), (targets != IGNORE).sum(-1)

@@ -128,6 +128,7 @@ def build_config(
         "epochs": t.epochs,
         "max_steps_per_epoch": t.max_steps_per_epoch,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "clip_grad_norm": t.max_grad_norm,  # None: torchtune does not clip (nor log a norm)
         "batch_size": t.batch_size // world,
         "shuffle": t.shuffle,
         "resume_from_checkpoint": False,
