@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from llama_stack_provider_kfp.core.locations import parse
-from llama_stack_provider_kfp.core.outputs import JobOutputs
+from llama_stack_provider_kfp.core.outputs import JobOutputs, StepError
 from llama_stack_provider_kfp.core.spec import (
     DataSpec,
     JobSpec,
@@ -89,7 +89,8 @@ class FakeBackend:
         self.state[record.job_uuid] = "in_progress"
         running = sum(1 for s in self.state.values() if s == "in_progress")
         self.max_running = max(self.max_running, running)
-        return RunnerHandle(run_id=f"run-{record.job_uuid}")
+        n = self.started.count(record.job_uuid)  # a resumed job's next run is another run
+        return RunnerHandle(run_id=f"run-{record.job_uuid}" + (f"-{n}" if n > 1 else ""))
 
     def handle(self, record: JobRecord) -> RunnerHandle | None:
         return record.runner
@@ -109,15 +110,21 @@ class FakeBackend:
             return Observed("failed", error=record.lost)
         if record.runner is None:
             return Observed("scheduled")
+        if self.state.get(record.job_uuid) == "stopped":
+            return Observed("failed", error=StepError(message="stopped by SIGTERM"))
         return Observed(self.state.get(record.job_uuid, "in_progress"))  # type: ignore[arg-type]
 
     def outputs(self, record: JobRecord) -> JobOutputs:
         return JobOutputs(parse(record.spec.output_uri))
 
-    def kill(self, record: JobRecord, grace_seconds: float = 5.0) -> None:
+    def kill(self, record: JobRecord, grace_seconds: float = 5.0, save: bool = False) -> None:
         self.killed.append(record.job_uuid)
         if self.state.get(record.job_uuid) == "in_progress":
-            self.state[record.job_uuid] = "killed"
+            # A pause (save): the run stops with a checkpoint, as the train step does on SIGTERM.
+            self.state[record.job_uuid] = "stopped" if save else "killed"
+
+    def rerun(self, record: JobRecord) -> None:
+        self.state.pop(record.job_uuid, None)
 
     def forget(self, record: JobRecord) -> None:
         self.forgotten.append(record.job_uuid)

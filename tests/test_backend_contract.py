@@ -343,3 +343,47 @@ def test_status_calls_during_dispatch_rounds_all_answer(driver):
         note = obs.note or {}
         assert "warning" not in note, note  # answered by the backend, not from a last state
         assert note.get("run_id", records[job].runner.run_id) == records[job].runner.run_id
+
+
+def _until(check, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_pause_holds_a_job_and_resume_runs_it_again(driver):
+    """Pause stops a running job (its engine's checkpoint is the train step's business) and
+    frees its slot: with a limit of 1 the next queued job starts; resume queues it again under
+    the same id, and its next run (KFP: a run of its own name) ends as any job does."""
+    sched = driver.scheduler
+    paused = driver.submit("paused", 0)
+    driver.run(paused)
+    sched.pause("paused", None)
+    with pytest.raises(InvalidRequest, match="already paused"):
+        sched.pause("paused", None)
+
+    def stopped() -> bool:
+        rec = sched.store.load("paused")
+        return rec is not None and sched.observations.fresh(rec).status in TERMINAL
+
+    _until(stopped, "the paused job's run did not stop")
+    sched.tick()
+    other = driver.submit("other", 1)
+    driver.run(other)  # started: the paused job holds no slot
+    assert driver.status("other") == "in_progress"
+    resumed = sched.resume("paused")
+    assert resumed.runner is None and len(resumed.runs) == 1 and resumed.paused_at is None
+    with pytest.raises(InvalidRequest, match="not paused"):
+        sched.resume("paused")
+    sched.tick()
+    assert sched.store.load("paused").runner is None  # limit 1: queued behind "other"
+    driver.end(other, "completed")
+    sched.tick()
+    again = sched.store.load("paused")
+    assert again is not None and again.runner is not None  # a new run of the same job
+    assert again.runner != again.runs[0]
+    driver.run(again)
+    driver.end(again, "completed")
+    sched.tick()
+    assert driver.status("paused") == "completed"
