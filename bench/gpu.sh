@@ -42,14 +42,9 @@ LIMIT=$((64 * 1024 * 1024))
 PY=${PYTHON:-python3}
 
 # Both sites: JobSpec is pydantic (the image has none); peft as uv.lock pins it.
-OURS=(
-  pydantic==2.14.4
-  pydantic-core==2.50.5
-  annotated-types==0.8.0
-  typing-inspection==0.4.5
-  typing-extensions==4.16.0
-  peft==0.18.1
-)
+# shellcheck source=bench/gpu_pydantic.sh
+source "$ROOT/bench/gpu_pydantic.sh"
+OURS=("${PYDANTIC_WHEELS[@]}" peft==0.18.1)
 # The torchtune site adds torchtune and what its training path imports that the image lacks
 # (uv.lock's versions). torchtune also declares kagglehub and blobfile: its model downloads
 # use them, the training step does not (gather's import check trains without them).

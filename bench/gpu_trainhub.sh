@@ -40,13 +40,9 @@ WHEELS="$ROOT/.trainhub-wheels"
 LIMIT=$((64 * 1024 * 1024))
 
 # Our side: JobSpec is pydantic (the image has none).
-OURS=(
-  pydantic==2.14.4
-  pydantic-core==2.50.5
-  annotated-types==0.8.0
-  typing-inspection==0.4.5
-  typing-extensions==4.16.0
-)
+# shellcheck source=bench/gpu_pydantic.sh
+source "$ROOT/bench/gpu_pydantic.sh"
+OURS=("${PYDANTIC_WHEELS[@]}")
 # Training Hub's side: those, and what training_hub, mini_trainer and instructlab-training's
 # data processing import.
 HUB=(

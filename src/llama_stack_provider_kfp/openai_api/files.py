@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -83,13 +84,16 @@ class FileStore:
             shutil.rmtree(scratch, ignore_errors=True)
         return stored
 
-    def add_result(self, job_id: str, name: str, body: bytes, owner: Owner) -> StoredFile:
+    def add_result(
+        self, job_id: str, name: str, make: Callable[[], bytes], owner: Owner
+    ) -> StoredFile:
         """A file the server writes for a job (its metrics CSV), once: same id every time."""
         file_id = "file-" + uuid.uuid5(uuid.NAMESPACE_URL, f"{job_id}/{name}").hex[:24]
         folder = self.root / file_id
         found = self._load(folder)
         if found is not None:
             return found
+        body = make()  # only the first time: the file is kept
         scratch = Path(tempfile.mkdtemp(dir=self.root, prefix=".result-"))
         try:
             (scratch / CONTENT).write_bytes(body)

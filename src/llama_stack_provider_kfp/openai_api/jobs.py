@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from ..core.errors import InvalidRequest
 from ..core.files import read_json, write_json
 from ..core.outputs import CHECKPOINTS, MERGED, CheckpointInfo, JobOutputs, epoch_dir
 from ..core.spec import DPOSpec
+from ..core.stage_results import Evaluation
 from ..core.tracking import TrackingSpec, parse_logger_config
 from ..core.versioned import Unreadable, read_versioned
 from ..jobs.backend import DatasetSource, Observed
@@ -312,14 +314,14 @@ class FaceJobs:
         estimated = int(time.time() + eta) if status == "running" and eta else None
         result_files = []
         if seen.status in ("completed", "failed") and progress.get("loss_history"):
-            body = _metrics_csv(progress, _safe(outputs.checkpoints) or [])
-            result_files = [self.files.add_result(record.job_uuid, "step_metrics.csv", body,
-                                                  face.owner).id]  # fmt: skip
+            checkpoints = partial(_safe, outputs.checkpoints)
+            result_files = [self.files.add_result(
+                record.job_uuid, "step_metrics.csv",
+                lambda: _metrics_csv(progress, checkpoints() or []), face.owner).id]  # fmt: skip
             evaluation = _safe(outputs.evaluation)
             if evaluation is not None and evaluation.results:
-                flat = "".join(f"{k},{v}\n" for k, v in sorted(evaluation.flat().items()))
                 result_files.append(self.files.add_result(
-                    record.job_uuid, "evaluation.csv", f"metric,value\n{flat}".encode(),
+                    record.job_uuid, "evaluation.csv", partial(_evaluation_csv, evaluation),
                     face.owner).id)  # fmt: skip
         return {
             "id": record.job_uuid, "object": "fine_tuning.job", "created_at": face.created_at,
@@ -459,6 +461,11 @@ def _safe(read: Any) -> Any:
 
 def _ts(when: Any) -> int | None:
     return int(when.timestamp()) if when is not None else None
+
+
+def _evaluation_csv(evaluation: Evaluation) -> bytes:
+    rows = "".join(f"{k},{v}\n" for k, v in sorted(evaluation.flat().items()))
+    return f"metric,value\n{rows}".encode()
 
 
 def _metrics_csv(progress: dict, checkpoints: list[CheckpointInfo]) -> bytes:

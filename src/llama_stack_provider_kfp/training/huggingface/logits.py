@@ -47,42 +47,55 @@ def labelled(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     return logits.float(), targets
 
 
+def _plan(
+    model: Any, batch: dict[str, torch.Tensor], chunk_elements: int | None
+) -> tuple[torch.Tensor, torch.Tensor, tuple[head.Head, int] | None]:
+    """(the kept positions, their targets [B, K], and the chunked head with the positions a
+    chunk takes, or None for the whole logits). `chunk_elements`: CHUNK_ELEMENTS unless given."""
+    chunk_elements = chunk_elements or CHUNK_ELEMENTS
+    keep, targets = _keep(batch)
+    vocab = head.vocab_size(model)
+    if targets.numel() * vocab <= chunk_elements:
+        return keep, targets, None
+    found = head.find(model, batch, keep)
+    if found is None:
+        return keep, targets, None
+    return keep, targets, (found, max(1, chunk_elements // (targets.shape[0] * vocab)))
+
+
+def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def _whole_nll(model: Any, batch: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    logits, _ = labelled(model, batch)
+    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
+                          reduction="none")  # fmt: skip
+    return nll.view(targets.shape)
+
+
 def token_nll(
     model: Any, batch: dict[str, torch.Tensor], chunk_elements: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(negative log-likelihood of each kept position's target [B, K] in fp32, 0 where it is
     not learned; the targets [B, K]). `chunk_elements`: CHUNK_ELEMENTS unless given."""
-    chunk_elements = chunk_elements or CHUNK_ELEMENTS
-    keep, targets = _keep(batch)
-    vocab = head.vocab_size(model)
-    if targets.numel() * vocab > chunk_elements:
-        found = head.find(model, batch, keep)
-        if found is not None:
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            positions = max(1, chunk_elements // (targets.shape[0] * vocab))
-            return found.nll(model, inputs, keep, targets, positions), targets
-    logits, _ = labelled(model, batch)
-    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
-                          reduction="none")  # fmt: skip
-    return nll.view(targets.shape), targets
+    keep, targets, plan = _plan(model, batch, chunk_elements)
+    if plan is not None:
+        found, positions = plan
+        return found.nll(model, _inputs(batch), keep, targets, positions), targets
+    return _whole_nll(model, batch, targets), targets
 
 
 def mean_nll(
     model: Any, batch: dict[str, torch.Tensor], chunk_elements: int | None = None
 ) -> torch.Tensor:
     """Mean negative log-likelihood over the labelled tokens (what the model's own loss is)."""
-    chunk_elements = chunk_elements or CHUNK_ELEMENTS
-    keep, targets = _keep(batch)
+    keep, targets, plan = _plan(model, batch, chunk_elements)
     count = (targets != IGNORE).sum().clamp(min=1)
-    vocab = head.vocab_size(model)
-    if targets.numel() * vocab > chunk_elements:
-        found = head.find(model, batch, keep)
-        if found is not None:
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            positions = max(1, chunk_elements // (targets.shape[0] * vocab))
-            return found.summed_nll(model, inputs, keep, targets, positions) / count
-    nll, _ = token_nll(model, batch, chunk_elements)
-    return nll.sum() / count
+    if plan is not None:
+        found, positions = plan
+        return found.summed_nll(model, _inputs(batch), keep, targets, positions) / count
+    return _whole_nll(model, batch, targets).sum() / count
 
 
 def sequence_logps(
