@@ -390,10 +390,15 @@ def test_pause_and_resume(face, pauses, tmp_path_factory):
     whole = alice.fine_tuning.jobs.create(model=model, training_file=train,
                                           hyperparameters=hyper)  # fmt: skip
     pauses.arm(job.id, "train.step:2")
+    pauses.arm(job.id, "train.stop_requested")
     pauses.wait(job.id, "train.step:2")
     paused = lenient.fine_tuning.jobs.pause(job.id)
     assert paused.status == "paused"
-    pauses.release(job.id, "train.step:2")  # it saves at the next step boundary, then stops
+    # The server signals in the background: release step 2 only once the SIGTERM has landed,
+    # else a slow signal stops the job a step later than the test expects.
+    pauses.wait(job.id, "train.stop_requested")
+    pauses.release(job.id, "train.stop_requested")
+    pauses.release(job.id, "train.step:2")  # it saves at this step boundary, then stops
     deadline = time.monotonic() + 120
     while True:  # resume is refused while the job is still saving its checkpoint
         try:

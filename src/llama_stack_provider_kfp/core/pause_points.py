@@ -23,6 +23,9 @@ Points:
   submit.reserved          the server: a submit reserved the job's folder; no record, no staging
   train.step:<N>           the train step's writing rank, after optimizer step N (both engines;
                            progress.json shows step N)
+  train.stop_requested     the train step's process, when a SIGTERM has asked it to save and
+                           stop (not a cancel): a test that pauses a job through the API (which
+                           signals in the background) waits here before it releases train.step
   checkpoint.write:<name>  the train step's writing rank, when `checkpoints/<name>.partial/`
                            holds everything (metrics.json last) and only its rename is left
                            (<name>: epoch_<N> or step_<N>)

@@ -11,6 +11,7 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any
 
+from ..core import pause_points
 from ..core.outputs import CANCEL
 from .io import Output
 
@@ -20,8 +21,8 @@ class TrainingStopped(RuntimeError):
 
 
 class GracefulStop:
-    def __init__(self, output: Output) -> None:
-        self.output = output
+    def __init__(self, output: Output, job: str | None = None) -> None:
+        self.output, self.job = output, job
         self.requested = False
         self._previous: Any = None
 
@@ -53,3 +54,4 @@ class GracefulStop:
             raise SystemExit(128 + signum)
         self.requested = True
         print("SIGTERM: saving a checkpoint at the next optimizer step, then stopping", flush=True)
+        pause_points.reach("train.stop_requested", self.job)  # tests only

@@ -102,7 +102,7 @@ class HuggingFaceEngine:
     name = "huggingface"
 
     def train(self, ctx: TrainingContext) -> dict[str, Any]:
-        with GracefulStop(ctx.output) as stop:
+        with GracefulStop(ctx.output, ctx.spec.job_uuid) as stop:
             with tempfile.TemporaryDirectory(prefix="resume-") as scratch:
                 found = resuming.find(ctx.spec, ctx.output, Path(scratch))
                 run = _Run(ctx, found, stop)
