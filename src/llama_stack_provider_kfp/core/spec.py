@@ -158,6 +158,13 @@ class TrainSpec(_Strict):
     # Gradients clipped to this total L2 norm before each optimizer step; None: no clipping
     # (what records written before clipping existed trained with, so they resume unclipped).
     max_grad_norm: float | None = None
+    # An epoch whose micro-batches leave its last accumulation group short (fewer than
+    # gradient_accumulation_steps): "step" (every engine) makes that group an optimizer step of
+    # its own, averaged over its own label tokens, so every row trains every epoch and one
+    # request counts the same steps on either engine (JobSpec.steps_per_epoch). "engine": each
+    # engine's own rule, what records from before this field trained with (torchtune: no step
+    # for it, its gradients carried into the next epoch's first step; Hugging Face: "step").
+    short_last_group: Literal["step", "engine"] = "engine"
 
 
 class EngineChoice(_Strict):
@@ -296,6 +303,20 @@ class JobSpec(_Strict):
     @property
     def algorithm(self) -> str:
         return algorithm(self.lora, self.dpo, self.osft)
+
+    def steps_per_epoch(self, micro_batches: int) -> int:
+        """Optimizer steps in an epoch of `micro_batches` batches (batch_size rows each, the
+        last one possibly short: no row is dropped), the one count every engine and the
+        progress total use. A short last accumulation group is a step of its own (the rule of
+        transformers' Trainer), except on records that keep torchtune's floor (see
+        TrainSpec.short_last_group); max_steps_per_epoch caps it."""
+        t = self.train
+        accum = t.gradient_accumulation_steps
+        legacy = t.short_last_group == "engine" and self.engine.name == "torchtune"
+        per_epoch = micro_batches // accum if legacy else -(-micro_batches // accum)
+        if t.max_steps_per_epoch is not None:
+            per_epoch = min(per_epoch, t.max_steps_per_epoch)
+        return per_epoch
 
     @property
     def stages(self) -> list[str]:

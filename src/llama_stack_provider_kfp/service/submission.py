@@ -310,6 +310,7 @@ def build_spec(
             checkpoint_every_steps=config.checkpoint_every_steps,
             keep_step_checkpoints=config.keep_step_checkpoints,
             max_grad_norm=config.max_grad_norm or None,  # 0: off
+            short_last_group="step",
         ),
         lora=lora,
         osft=osft,

@@ -208,13 +208,8 @@ class _Run:
             if t.packed:  # packed once, in file order; epochs shuffle the packed rows
                 self.train_set = data.pack(self.train_set, t.max_seq_len)
         self.batches_per_epoch = math.ceil(len(self.train_set) / t.batch_size)
-        # Micro-batches left at the end of an epoch make one last, shorter accumulation: every
-        # row is trained on in every epoch.
-        per_epoch = math.ceil(self.batches_per_epoch / t.gradient_accumulation_steps)
-        if t.max_steps_per_epoch is not None:
-            per_epoch = min(per_epoch, t.max_steps_per_epoch)
-        self.steps_per_epoch = per_epoch
-        self.total_steps = per_epoch * t.epochs
+        self.steps_per_epoch = spec.steps_per_epoch(self.batches_per_epoch)
+        self.total_steps = self.steps_per_epoch * t.epochs
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = spec.optim
         self.optimizer = _OPTIMIZERS[o.type](params, lr=o.lr, weight_decay=o.weight_decay)

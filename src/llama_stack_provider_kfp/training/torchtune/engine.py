@@ -32,14 +32,12 @@ def _lora(spec: JobSpec) -> LoraSpec:
 
 
 def _steps(spec: JobSpec, train_path: str) -> int:
-    """Optimizer steps of the job, as torchtune's recipe counts them (partial batch kept)."""
+    """Optimizer steps of the job (for the warm-up), counted as the recipe will (its last
+    partial batch kept); before packing, which the recipe does later."""
     with open(train_path, encoding="utf-8") as fh:
         rows = sum(1 for line in fh if line.strip())
     t = spec.train
-    per_epoch = math.ceil(rows / t.batch_size) // t.gradient_accumulation_steps
-    if t.max_steps_per_epoch is not None:
-        per_epoch = min(per_epoch, t.max_steps_per_epoch)
-    return per_epoch * t.epochs
+    return spec.steps_per_epoch(math.ceil(rows / t.batch_size)) * t.epochs
 
 
 def _model_component(spec: JobSpec) -> dict[str, Any]:

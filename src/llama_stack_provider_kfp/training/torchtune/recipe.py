@@ -3,7 +3,8 @@ the additions, ProviderLoRARecipe applies them to the single-device recipe (the 
 one is in distributed_recipe.py).
 
 We keep torchtune's training loop (the reference loop, and the throughput ceiling) and change
-only: every row is trained on (no dropped last batch), progress counts the non-padding tokens
+only: every row is trained on (no dropped last batch; a short last accumulation group is a
+step of its own, groups.py), progress counts the non-padding tokens
 fed to the model, the adapter starts from weights drawn from the job's seed alone, each epoch
 is validated when there is a validation set, and checkpoints are written in this provider's
 layout (merged + PEFT adapter, Meta or HF).
@@ -34,6 +35,7 @@ from ...core.outputs import epoch_dir
 from ..context import TrainingContext
 from ..device import peak_memory_mb
 from .export import write_epoch
+from .groups import FilledGroups, ZeroLossWhileFilling
 
 
 def load_torchtune_recipe(file: str) -> Any:
@@ -131,6 +133,7 @@ class ProviderRecipe:
     _metric_logger: Any
     _dataloader: Any
     _steps_per_epoch: int
+    _groups: FilledGroups
     _gradient_accumulation_steps: int
     _lora_rank: int
     _lora_alpha: float
@@ -215,7 +218,7 @@ class ProviderRecipe:
         )
         # Same loader, but keep the last partial batch (torchtune drops it for compile's sake;
         # we do not compile) and count real tokens per batch.
-        return StatefulDataLoader(
+        ours = StatefulDataLoader(
             dataset=loader.dataset,
             batch_size=batch_size,
             sampler=loader.sampler,
@@ -227,6 +230,12 @@ class ProviderRecipe:
             ),
             drop_last=False,
         )
+        accum = self.spec.train.gradient_accumulation_steps
+        self._groups = FilledGroups(ours, accum, self._loss_fn.ignore_index)
+        if self.spec.steps_per_epoch(len(ours)) == len(ours) // accum:
+            return ours  # no short group to step on, or a record that keeps torchtune's count
+        self._loss_fn = ZeroLossWhileFilling(self._loss_fn, self._groups)
+        return self._groups
 
     def _counted(self, tokens: int, samples: int) -> None:
         """A training batch's non-padding tokens and samples (this process's share)."""
@@ -321,7 +330,8 @@ class ProviderLoRARecipe(ProviderRecipe, LoRAFinetuneRecipeSingleDevice):
 
     def _loss_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         loss = super()._loss_step(batch)
-        self._epoch_losses.append(float(loss.detach()))
+        if not self._groups.filling:
+            self._epoch_losses.append(float(loss.detach()))
         return loss
 
     def _full_state(self) -> dict[str, torch.Tensor]:
