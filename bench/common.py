@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 
 from harness.server import ROOT
-from llama_stack_provider_kfp.core.model_source import inspect_model_dir
+from llama_stack_provider_kfp.boundary.model_source import inspect_model_dir
 from llama_stack_provider_kfp.core.spec import DataSpec, JobSpec, LoraSpec, OptimSpec, TrainSpec
 
 # bench/run.sh --quick writes to bench/results/quick/, never over the committed full run.

@@ -23,8 +23,8 @@ from pathlib import Path
 from common import job_spec, make_tiny, paired_verdict, save, summary
 
 from harness.demo_data import instruct_rows
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
-from llama_stack_provider_kfp.core.model_source import inspect_model_dir
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.model_source import inspect_model_dir
 from llama_stack_provider_kfp.core.spec import EngineChoice
 
 LLAMA3_TEMPLATE = (

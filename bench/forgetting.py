@@ -79,9 +79,9 @@ from common import RESULTS, save
 from matplotlib.ticker import NullFormatter
 
 import harness.tiny_families as tiny
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.model_source import inspect_model_dir
 from llama_stack_provider_kfp.core.lora_targets import resolve
-from llama_stack_provider_kfp.core.model_source import inspect_model_dir
 from llama_stack_provider_kfp.core.osft_targets import resolve_osft
 from llama_stack_provider_kfp.core.rows import to_messages
 from llama_stack_provider_kfp.core.spec import (

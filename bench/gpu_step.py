@@ -66,8 +66,8 @@ _CLOCK: StepClock | None = None
 def train_run(cfg: dict, one_job_process: bool) -> dict:
     import torch
 
+    from llama_stack_provider_kfp.boundary.model_source import inspect_model_dir
     from llama_stack_provider_kfp.core.lora_targets import resolve
-    from llama_stack_provider_kfp.core.model_source import inspect_model_dir
     from llama_stack_provider_kfp.core.phases import Phases
     from llama_stack_provider_kfp.core.spec import (
         DataSpec,

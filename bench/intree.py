@@ -33,8 +33,8 @@ from common import make_tiny, save, summary
 
 from harness.demo_data import DEMO_LORA, instruct_rows
 from harness.server import Server
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
 from llama_stack_provider_kfp.client import job_status, register_jsonl
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
 
 ROWS, EPOCHS, LR = 64, 2, 2e-2
 

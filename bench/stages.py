@@ -54,8 +54,8 @@ from common import make_tiny, save, summary
 
 from harness.demo_data import DEMO_LORA, instruct_rows, training_config
 from harness.server import ROOT, Server
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
 from llama_stack_provider_kfp.client import job_status, register_jsonl
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
 
 sys.path.insert(0, str(ROOT / "tests"))
 from eval_task import write_task

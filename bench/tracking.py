@@ -31,8 +31,8 @@ from common import RESULTS
 
 from harness.demo_data import DEMO_LORA, instruct_rows
 from harness.server import ROOT, Server, any_alive, job_processes
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
 from llama_stack_provider_kfp.client import cancel_job, job_status, register_jsonl
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
 
 
 def _pct(values: list[float], q: float) -> float:

@@ -285,7 +285,7 @@ def child_ours(cfg: dict) -> dict:
     """Our OSFT through the train component's code (training.steps.train_step)."""
     import torch
 
-    from llama_stack_provider_kfp.core.model_source import inspect_model_dir
+    from llama_stack_provider_kfp.boundary.model_source import inspect_model_dir
     from llama_stack_provider_kfp.core.osft_targets import resolve_osft
     from llama_stack_provider_kfp.core.spec import (
         DataSpec,

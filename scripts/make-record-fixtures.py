@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from harness.demo_data import DEMO_LORA, instruct_rows, training_config  # noqa: E402
 from harness.server import Server  # noqa: E402
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl  # noqa: E402
 from llama_stack_provider_kfp.client import cancel_job, job_status, register_jsonl  # noqa: E402
-from llama_stack_provider_kfp.core.data_uri import write_jsonl  # noqa: E402
 
 WEIGHTS = {".safetensors", ".pt", ".bin", ".pth", ".model", ".tar", ".gz"}
 

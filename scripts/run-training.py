@@ -20,8 +20,8 @@ import uuid
 from pathlib import Path
 
 from harness.demo_data import DEMO_LORA, instruct_rows
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
 from llama_stack_provider_kfp.cli.main import main as cli
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
 
 
 def parse_args() -> argparse.Namespace:

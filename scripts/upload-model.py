@@ -19,9 +19,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from llama_stack_provider_kfp.core import storage
+from llama_stack_provider_kfp.boundary import storage
+from llama_stack_provider_kfp.boundary.model_source import inspect_model_dir
 from llama_stack_provider_kfp.core.locations import parse
-from llama_stack_provider_kfp.core.model_source import inspect_model_dir
 
 FIRST = ("config.json", "params.json")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.server import ROOT, Server
-from llama_stack_provider_kfp.core.pause_points import Pauses
+from llama_stack_provider_kfp.boundary.pause_points import Pauses
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -57,7 +57,7 @@ def hf_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def pauses(tmp_path_factory) -> Pauses:
-    """Test-only pause points (core.pause_points), armed per job: every server the tests start
+    """Test-only pause points (boundary.pause_points), armed per job: every server the tests start
     gets `pauses.env`, and a job stops only where its test armed a point."""
     return Pauses(tmp_path_factory.mktemp("pauses"))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
 
 MC_ROWS = [
     {"question": q, "choices": [a, b], "answer": 0}

@@ -6,8 +6,9 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from llama_stack_provider_kfp.boundary.job_outputs import JobOutputs
 from llama_stack_provider_kfp.core.locations import parse
-from llama_stack_provider_kfp.core.outputs import JobOutputs, StepError
+from llama_stack_provider_kfp.core.outputs import StepError
 from llama_stack_provider_kfp.core.spec import (
     DataSpec,
     JobSpec,

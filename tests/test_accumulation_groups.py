@@ -12,8 +12,8 @@ import torch
 
 from harness.demo_data import instruct_rows
 from harness.tiny_families import make
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
-from llama_stack_provider_kfp.core.model_source import inspect_model_dir
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.model_source import inspect_model_dir
 from llama_stack_provider_kfp.core.spec import (
     DataSpec,
     EngineChoice,

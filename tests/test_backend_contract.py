@@ -27,12 +27,12 @@ from s3_server import s3_server
 
 from harness.demo_data import instruct_rows
 from harness.server import kill_job_workers
+from llama_stack_provider_kfp.boundary import storage
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.model_source import inspect_model_dir
+from llama_stack_provider_kfp.boundary.pause_points import ENV, Pauses
 from llama_stack_provider_kfp.config import RemoteConfig
-from llama_stack_provider_kfp.core import storage
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
 from llama_stack_provider_kfp.core.errors import InvalidRequest
-from llama_stack_provider_kfp.core.model_source import inspect_model_dir
-from llama_stack_provider_kfp.core.pause_points import ENV, Pauses
 from llama_stack_provider_kfp.core.spec import DataSpec, EngineChoice, JobSpec
 from llama_stack_provider_kfp.jobs.record import TERMINAL, JobRecord
 from llama_stack_provider_kfp.jobs.scheduler import JobScheduler

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.tiny_families import FAMILIES, make
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
-from llama_stack_provider_kfp.core.model_source import inspect_model_dir
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.model_source import inspect_model_dir
 from llama_stack_provider_kfp.core.spec import (
     DataSpec,
     DPOSpec,

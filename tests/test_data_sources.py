@@ -19,18 +19,18 @@ import pytest
 from s3_server import iam_enforced, iam_user, s3_server
 from tls import self_signed
 
-from llama_stack_provider_kfp.core import storage
-from llama_stack_provider_kfp.core.data_uri import (
+from llama_stack_provider_kfp.boundary import storage
+from llama_stack_provider_kfp.boundary.data_uri import (
     DataSourceError,
     SampleReader,
     fetch,
     iter_rows,
     sample_rows,
 )
+from llama_stack_provider_kfp.boundary.s3_errors import NoSuchBucket
 from llama_stack_provider_kfp.core.errors import InvalidRequest, Refused, Unavailable
-from llama_stack_provider_kfp.core.http_data import HttpPolicy
+from llama_stack_provider_kfp.core.http_policy import HttpPolicy
 from llama_stack_provider_kfp.core.locations import parse
-from llama_stack_provider_kfp.core.s3_errors import NoSuchBucket
 
 ROWS = [
     {"messages": json.dumps([{"role": "user", "content": f"q{i}"},
@@ -279,7 +279,8 @@ def test_s3_denied_read_names_bucket_key_and_operation(s3):
     # request by this process's own AWS_* variables.
     keys = iam_user(s3["AWS_ENDPOINT_URL"], "reader-without-rights")
     code = (
-        "from llama_stack_provider_kfp.core.data_uri import SampleReader, iter_rows, sample_rows\n"
+        "from llama_stack_provider_kfp.boundary.data_uri import "
+        "SampleReader, iter_rows, sample_rows\n"
         "from llama_stack_provider_kfp.core.errors import Refused\n"
         "for read in (lambda u: sample_rows(u, 1, SampleReader()), lambda u: list(iter_rows(u))):\n"
         "    try:\n"

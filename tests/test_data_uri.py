@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from llama_stack_provider_kfp.core.data_uri import DataSourceError, iter_rows, sample_rows
+from llama_stack_provider_kfp.boundary.data_uri import DataSourceError, iter_rows, sample_rows
 
 ROWS = [{"a": str(i), "b": f"x{i}"} for i in range(25)]
 

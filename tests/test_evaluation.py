@@ -18,10 +18,11 @@ from eval_task import MC_TASK, write_task
 
 from harness import tiny_families
 from harness.demo_data import instruct_rows
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.eval_task_files import read_task_file
+from llama_stack_provider_kfp.boundary.model_source import inspect_model_dir
 from llama_stack_provider_kfp.core.errors import InvalidRequest
 from llama_stack_provider_kfp.core.eval_tasks import check_evaluation, lm_eval_problem
-from llama_stack_provider_kfp.core.model_source import inspect_model_dir
 from llama_stack_provider_kfp.core.spec import (
     DataSpec,
     EvaluationSpec,
@@ -225,14 +226,16 @@ FUNCTION_TASK = MC_TASK.replace("task: tiny_mc", "task: coded\nprocess_docs: !fu
 def test_task_code_is_refused_unless_allowed(tmp_path):
     files = _files(tmp_path, coded__yaml=FUNCTION_TASK, utils__py="def keep(d):\n    return d\n")
     with pytest.raises(InvalidRequest, match=r"coded\.yaml runs code .*!function utils\.keep"):
-        check_evaluation(EvaluationSpec(task_files=files[:1]))
+        check_evaluation(EvaluationSpec(task_files=files[:1]), read_task_file)
     with pytest.raises(InvalidRequest, match=r"utils\.py is Python code"):
-        check_evaluation(EvaluationSpec(task_files=files[1:]))
+        check_evaluation(EvaluationSpec(task_files=files[1:]), read_task_file)
     allowed = EvaluationSpec(task_files=files, allow_task_code=True)
-    assert check_evaluation(allowed) == ["coded"]
+    assert check_evaluation(allowed, read_task_file) == ["coded"]
     escaping = MC_TASK.replace("{{question}}", "{{ question.__class__.__mro__ }}")
     with pytest.raises(InvalidRequest, match="reaches for private attributes"):
-        check_evaluation(EvaluationSpec(task_files=_files(tmp_path, esc__yaml=escaping)))
+        check_evaluation(
+            EvaluationSpec(task_files=_files(tmp_path, esc__yaml=escaping)), read_task_file
+        )
 
 
 def test_templates_render_in_a_sandbox_unless_code_is_allowed():
@@ -249,18 +252,20 @@ def test_templates_render_in_a_sandbox_unless_code_is_allowed():
 def test_bad_task_files_and_names_are_refused_naming_them(tmp_path):
     broken = _files(tmp_path, broken__yaml="task: [unclosed\n")
     with pytest.raises(InvalidRequest, match=r"broken\.yaml is not valid YAML"):
-        check_evaluation(EvaluationSpec(task_files=broken))
+        check_evaluation(EvaluationSpec(task_files=broken), read_task_file)
     nameless = _files(tmp_path, nameless__yaml="dataset_path: json\n")
     with pytest.raises(InvalidRequest, match=r"nameless\.yaml defines no task"):
-        check_evaluation(EvaluationSpec(task_files=nameless))
+        check_evaluation(EvaluationSpec(task_files=nameless), read_task_file)
     tagged = _files(tmp_path, tagged__yaml="task: t\nx: !python/object foo\n")
     with pytest.raises(InvalidRequest, match=r"tags lm-eval does not read: !python/object"):
-        check_evaluation(EvaluationSpec(task_files=tagged))
+        check_evaluation(EvaluationSpec(task_files=tagged), read_task_file)
     with pytest.raises(InvalidRequest, match=r"'my task/1' is neither defined"):
-        check_evaluation(EvaluationSpec(tasks=["my task/1"]))
+        check_evaluation(EvaluationSpec(tasks=["my task/1"]), read_task_file)
     with pytest.raises(InvalidRequest, match=r"missing\.yaml does not exist"):
-        check_evaluation(EvaluationSpec(task_files=[str(tmp_path / "missing.yaml")]))
-    assert check_evaluation(EvaluationSpec(tasks=["arc_easy"])) == ["arc_easy"]
+        check_evaluation(
+            EvaluationSpec(task_files=[str(tmp_path / "missing.yaml")]), read_task_file
+        )
+    assert check_evaluation(EvaluationSpec(tasks=["arc_easy"]), read_task_file) == ["arc_easy"]
 
 
 def test_unknown_task_fails_prepare_data_naming_close_matches(tiny_models, task_dir, tmp_path):

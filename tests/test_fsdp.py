@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from harness.demo_data import instruct_rows
 from harness.tiny_families import make
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
-from llama_stack_provider_kfp.core.model_source import inspect_model_dir
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.model_source import inspect_model_dir
 from llama_stack_provider_kfp.core.outputs import TRAINING_STATE_TENSORS
 from llama_stack_provider_kfp.core.spec import (
     DataSpec,

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from harness.demo_data import instruct_rows
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
 from llama_stack_provider_kfp.training import resume
 
 pytestmark = pytest.mark.gpu
@@ -105,7 +105,7 @@ def test_osft_in_bf16_on_cuda(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from harness.tiny_families import make
-    from llama_stack_provider_kfp.core.model_source import inspect_model_dir
+    from llama_stack_provider_kfp.boundary.model_source import inspect_model_dir
     from llama_stack_provider_kfp.core.osft_targets import resolve_osft
     from llama_stack_provider_kfp.training.huggingface import osft
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from llama_stack_provider_kfp.core.files import read_json, write_json
+from llama_stack_provider_kfp.boundary.files import read_json, write_json
 from llama_stack_provider_kfp.jobs.record import check_job_id
 from llama_stack_provider_kfp.jobs.store import JobStore
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 from hf_cache import make_hf_cache
 
-from llama_stack_provider_kfp.core.model_source import (
+from llama_stack_provider_kfp.boundary.model_source import (
     ModelError,
     arch_from_hf_config,
     arch_from_meta_params,
@@ -80,7 +80,7 @@ def test_resolution_order_and_errors(tiny_models, tmp_path):
 def test_repo_id_resolves_from_the_local_hf_cache(tiny_models, tmp_path):
     env = {**os.environ, **make_hf_cache(tmp_path / "hf", "acme/tiny-llama", tiny_models / "meta")}
     code = (
-        "from llama_stack_provider_kfp.core.model_source import resolve_model;"
+        "from llama_stack_provider_kfp.boundary.model_source import resolve_model;"
         "m = resolve_model('acme/tiny-llama', None, []); print(m.layout, m.arch.num_layers)"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)

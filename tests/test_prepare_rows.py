@@ -7,7 +7,7 @@ import json
 import pytest
 from fake_backend import spec as any_spec
 
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
 from llama_stack_provider_kfp.training.prepare import prepare
 
 

@@ -17,11 +17,12 @@ from mlflow_server import MLflowServer, free_port
 from model_registry_stub import BASE, ModelRegistryStub
 from s3_server import s3_server
 
-from llama_stack_provider_kfp.core import storage
+from llama_stack_provider_kfp.boundary import storage
+from llama_stack_provider_kfp.boundary.files import write_json
+from llama_stack_provider_kfp.boundary.job_outputs import JobOutputs
 from llama_stack_provider_kfp.core.errors import InvalidRequest, Refused, Unavailable
-from llama_stack_provider_kfp.core.files import write_json
 from llama_stack_provider_kfp.core.locations import parse
-from llama_stack_provider_kfp.core.outputs import JobOutputs, TrainResult
+from llama_stack_provider_kfp.core.outputs import TrainResult
 from llama_stack_provider_kfp.core.spec import GateSpec, JobSpec, RegistrySpec
 from llama_stack_provider_kfp.core.stage_results import Comparison, Evaluation
 from llama_stack_provider_kfp.training.registry import register_job

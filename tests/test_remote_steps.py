@@ -34,13 +34,13 @@ from s3_server import s3_server
 from harness.demo_data import instruct_rows
 from harness.server import ROOT
 from llama_stack_provider_kfp.backends.kfp.placement import remote_placement
+from llama_stack_provider_kfp.boundary import storage
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.job_outputs import JobOutputs
+from llama_stack_provider_kfp.boundary.model_source import inspect_s3_model, pvc_model
 from llama_stack_provider_kfp.config import RemoteConfig, RemoteResources
-from llama_stack_provider_kfp.core import storage
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
 from llama_stack_provider_kfp.core.errors import InvalidRequest
 from llama_stack_provider_kfp.core.locations import parse
-from llama_stack_provider_kfp.core.model_source import inspect_s3_model, pvc_model
-from llama_stack_provider_kfp.core.outputs import JobOutputs
 from llama_stack_provider_kfp.core.spec import (
     DataSpec,
     EvaluationSpec,
@@ -235,8 +235,8 @@ def test_pvc_weights_are_mounted_into_the_train_step(tmp_path):
 
 
 def test_pvc_datasets_are_mounted_into_prepare_data(tmp_path, monkeypatch):
+    from llama_stack_provider_kfp.boundary.data_uri import SampleReader, iter_rows, sample_rows
     from llama_stack_provider_kfp.core import locations
-    from llama_stack_provider_kfp.core.data_uri import SampleReader, iter_rows, sample_rows
 
     model = pvc_model("llama", parse("pvc://models-pvc/llama/3b"))
     base = _job_spec(model, "s3://kfp/jobs/p/output")
@@ -273,7 +273,7 @@ def test_pvc_datasets_are_mounted_into_prepare_data(tmp_path, monkeypatch):
 def test_hub_model_read_at_submit_and_fetched_in_the_step(tiny_models, tmp_path):
     env = {**os.environ, **make_hf_cache(tmp_path / "hf", "acme/tiny-llama", tiny_models / "hf")}
     code = (
-        "from llama_stack_provider_kfp.core.model_source import hub_model;"
+        "from llama_stack_provider_kfp.boundary.model_source import hub_model;"
         "from llama_stack_provider_kfp.training.io import fetch_model;"
         "from pathlib import Path;"
         "m = hub_model('tiny', 'acme/tiny-llama'); print(m.path, m.arch.embed_dim);"
@@ -285,7 +285,8 @@ def test_hub_model_read_at_submit_and_fetched_in_the_step(tiny_models, tmp_path)
     assert first == "hf://acme/tiny-llama 64"
     assert "model.safetensors" in files and "config.json" in files
     missing = subprocess.run(
-        [sys.executable, "-c", "from llama_stack_provider_kfp.core.model_source import hub_model;"
+        [sys.executable, "-c",
+         "from llama_stack_provider_kfp.boundary.model_source import hub_model;"
          "hub_model('x', 'acme/not-there')"],
         env=env, capture_output=True, text=True,
     )  # fmt: skip

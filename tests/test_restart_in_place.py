@@ -3,7 +3,7 @@ from the newest complete checkpoint in its own output location instead of step 0
 
 The step runs as in a pod: its output is an S3 prefix on an S3-compatible server on loopback
 (moto: the stand-in for MinIO/ODF/Ceph, through real boto3). The first run is killed with
-SIGKILL at a pause point (core.pause_points) one step after a periodic checkpoint was
+SIGKILL at a pause point (boundary.pause_points) one step after a periodic checkpoint was
 uploaded; the second run of the very same call resumes.
 """
 
@@ -23,12 +23,12 @@ from s3_server import s3_server
 from harness.demo_data import instruct_rows
 from harness.tiny_families import make
 from llama_stack_provider_kfp.backends.kfp.placement import remote_placement
+from llama_stack_provider_kfp.boundary import storage
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.job_outputs import JobOutputs
+from llama_stack_provider_kfp.boundary.model_source import inspect_model_dir
 from llama_stack_provider_kfp.config import RemoteConfig
-from llama_stack_provider_kfp.core import storage
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
 from llama_stack_provider_kfp.core.locations import parse
-from llama_stack_provider_kfp.core.model_source import inspect_model_dir
-from llama_stack_provider_kfp.core.outputs import JobOutputs
 from llama_stack_provider_kfp.core.spec import (
     DataSpec,
     EngineChoice,

@@ -16,12 +16,12 @@ from s3_server import RestartableS3
 
 from harness.demo_data import instruct_rows
 from harness.tiny_families import make
-from llama_stack_provider_kfp.core import storage
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary import storage
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.job_outputs import JobOutputs
+from llama_stack_provider_kfp.boundary.model_source import inspect_model_dir
 from llama_stack_provider_kfp.core.errors import Unavailable
 from llama_stack_provider_kfp.core.locations import parse
-from llama_stack_provider_kfp.core.model_source import inspect_model_dir
-from llama_stack_provider_kfp.core.outputs import JobOutputs
 from llama_stack_provider_kfp.core.spec import DataSpec, EngineChoice, JobSpec, OptimSpec, TrainSpec
 from llama_stack_provider_kfp.training.io import Output
 from llama_stack_provider_kfp.training.prepare import prepare

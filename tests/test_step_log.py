@@ -1,5 +1,5 @@
 """A remote step's log reaches the job's output prefix while the step runs, and the server reads
-its tail back through core.outputs.JobOutputs (what the status shows as `log_tail`).
+its tail back through boundary.job_outputs.JobOutputs (what the status shows as `log_tail`).
 
 Each step runs in a process of its own, as in a pod; S3 is moto on loopback (tests/s3_server.py,
 the stand-in for MinIO/ODF/Ceph) reached through real boto3.
@@ -15,9 +15,10 @@ import uuid
 import pytest
 from s3_server import s3_server
 
-from llama_stack_provider_kfp.core import storage
+from llama_stack_provider_kfp.boundary import storage
+from llama_stack_provider_kfp.boundary.job_outputs import JobOutputs
 from llama_stack_provider_kfp.core.locations import parse
-from llama_stack_provider_kfp.core.outputs import LOG_TAIL_LINES, JobOutputs
+from llama_stack_provider_kfp.core.outputs import LOG_TAIL_LINES
 from llama_stack_provider_kfp.training.step_log import KEEP_BYTES
 
 # moto's state is per process, shared by every test's server: a prefix no other test writes.
@@ -29,7 +30,7 @@ STEP = textwrap.dedent(
     """
     import os, subprocess, sys, time
     from llama_stack_provider_kfp.core.locations import parse
-    from llama_stack_provider_kfp.core.outputs import JobOutputs
+    from llama_stack_provider_kfp.boundary.job_outputs import JobOutputs
     from llama_stack_provider_kfp.training.step_log import ship_log
 
     output, step, lines = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -15,7 +15,7 @@ import pytest
 from s3_server import s3_server
 
 from harness.server import ROOT
-from llama_stack_provider_kfp.core import storage
+from llama_stack_provider_kfp.boundary import storage
 from llama_stack_provider_kfp.core.errors import Refused, Unavailable
 from llama_stack_provider_kfp.core.locations import parse
 

@@ -19,11 +19,12 @@ from fake_backend import spec
 from s3_server import iam_enforced, iam_user, s3_server
 
 from llama_stack_provider_kfp.api import responses
-from llama_stack_provider_kfp.core import storage
+from llama_stack_provider_kfp.boundary import storage
+from llama_stack_provider_kfp.boundary.job_outputs import JobOutputs
+from llama_stack_provider_kfp.boundary.model_source import ModelError, inspect_s3_model
 from llama_stack_provider_kfp.core.errors import Refused, Unavailable
 from llama_stack_provider_kfp.core.locations import parse
-from llama_stack_provider_kfp.core.model_source import ModelError, inspect_s3_model
-from llama_stack_provider_kfp.core.outputs import CANCEL, JobOutputs
+from llama_stack_provider_kfp.core.outputs import CANCEL
 from llama_stack_provider_kfp.jobs.backend import Observed
 from llama_stack_provider_kfp.jobs.record import JobRecord
 from llama_stack_provider_kfp.training.io import Output

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from harness.demo_data import instruct_rows
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
-from llama_stack_provider_kfp.core.model_source import inspect_model_dir
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.model_source import inspect_model_dir
 from llama_stack_provider_kfp.core.spec import DataSpec, JobSpec, LoraSpec, OptimSpec, TrainSpec
 from llama_stack_provider_kfp.training.prepare import prepare
 from llama_stack_provider_kfp.training.steps import train_step

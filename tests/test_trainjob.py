@@ -29,10 +29,10 @@ from test_remote_steps import _compile, _config
 from harness.demo_data import instruct_rows
 from harness.server import ROOT
 from harness.tiny_families import make
-from llama_stack_provider_kfp.core import storage
+from llama_stack_provider_kfp.boundary import storage
+from llama_stack_provider_kfp.boundary.job_outputs import JobOutputs
+from llama_stack_provider_kfp.boundary.model_source import inspect_s3_model
 from llama_stack_provider_kfp.core.locations import parse
-from llama_stack_provider_kfp.core.model_source import inspect_s3_model
-from llama_stack_provider_kfp.core.outputs import JobOutputs
 from llama_stack_provider_kfp.core.rows import to_messages
 from llama_stack_provider_kfp.core.spec import (
     DataSpec,

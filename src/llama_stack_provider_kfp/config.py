@@ -15,7 +15,7 @@ from pydantic import (
 )
 
 from .core.errors import InvalidRequest
-from .core.http_data import HttpPolicy
+from .core.http_policy import HttpPolicy
 from .core.mappings import deep_merge
 
 

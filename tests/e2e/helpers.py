@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.demo_data import DEMO_LORA, training_config
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
 from llama_stack_provider_kfp.client import job_status, register_jsonl
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
 
 LORA = DEMO_LORA
 

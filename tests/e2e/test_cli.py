@@ -14,9 +14,9 @@ import yaml
 
 from harness.demo_data import DEMO_LORA, instruct_rows
 from harness.server import BIN, Server
+from llama_stack_provider_kfp.boundary.data_uri import write_jsonl
+from llama_stack_provider_kfp.boundary.files import tail
 from llama_stack_provider_kfp.client import job_status
-from llama_stack_provider_kfp.core.data_uri import write_jsonl
-from llama_stack_provider_kfp.core.files import tail
 from llama_stack_provider_kfp.core.outputs import LOG_TAIL_LINES
 
 from .helpers import new_id, register_rows

@@ -25,7 +25,7 @@ from .helpers import new_id, register_rows, submit, training_config, wait_done
 pytestmark = pytest.mark.e2e
 
 # 12 rows, batch 4: 3 steps an epoch. The tests act on running jobs at pause points
-# (core.pause_points), so the jobs need not be long, and mean the same on a fast GPU.
+# (boundary.pause_points), so the jobs need not be long, and mean the same on a fast GPU.
 ROWS, EPOCHS = 12, 2
 
 

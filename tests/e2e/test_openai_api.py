@@ -19,7 +19,7 @@ from openai import OpenAI
 from harness.demo_data import NAMES
 from harness.server import ROOT, OpenAIServer
 from harness.tiny_families import make
-from llama_stack_provider_kfp.core.pause_points import Pauses
+from llama_stack_provider_kfp.boundary.pause_points import Pauses
 
 pytestmark = pytest.mark.e2e
 

@@ -23,8 +23,8 @@ from s3_server import iam_enforced, iam_user, s3_server
 
 from harness.demo_data import instruct_rows
 from harness.server import ROOT, Server
+from llama_stack_provider_kfp.boundary import storage
 from llama_stack_provider_kfp.client import cancel_job, job_status
-from llama_stack_provider_kfp.core import storage
 from llama_stack_provider_kfp.core.locations import parse
 
 from .helpers import new_id, register_rows, submit

@@ -2,7 +2,7 @@
 a train step killed with SIGKILL mid-epoch is resumed as a new job from its newest periodic
 checkpoint and ends where an uninterrupted run ends; SIGTERM saves a checkpoint and fails
 the job naming it; a cancel saves nothing; requests that cannot continue a checkpoint are
-refused at submit. Each acts on its job where a pause point (core.pause_points) holds it, so
+refused at submit. Each acts on its job where a pause point (boundary.pause_points) holds it, so
 the job cannot run past that point first on a fast machine.
 
 Tolerance: both runs take the same steps on the same batches in fp32 on the CPU with the

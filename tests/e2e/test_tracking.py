@@ -393,7 +393,7 @@ def test_tracking_failure_mid_run_keeps_training(mlflow, tiny_models, tmp_path, 
 
 
 def _spec(tiny_models: Path, tmp_path: Path, logger_config: dict):
-    from llama_stack_provider_kfp.core.model_source import inspect_model_dir
+    from llama_stack_provider_kfp.boundary.model_source import inspect_model_dir
     from llama_stack_provider_kfp.core.spec import DataSpec, JobSpec, OptimSpec, TrainSpec
     from llama_stack_provider_kfp.core.tracking import parse_logger_config
 

@@ -11,6 +11,7 @@ from llama_stack_api import ResourceNotFoundError
 from pydantic import BaseModel, ValidationError
 
 from llama_stack_provider_kfp.api.errors import as_http_errors, to_http
+from llama_stack_provider_kfp.boundary.model_source import ModelError
 from llama_stack_provider_kfp.core.errors import (
     InvalidRequest,
     JobNotFound,
@@ -18,7 +19,6 @@ from llama_stack_provider_kfp.core.errors import (
     Unavailable,
     Unsupported,
 )
-from llama_stack_provider_kfp.core.model_source import ModelError
 from llama_stack_provider_kfp.core.rows import RowError
 
 

@@ -7,15 +7,10 @@ import json
 
 import pytest
 
-from llama_stack_provider_kfp.core.files import write_json
+from llama_stack_provider_kfp.boundary.files import write_json
+from llama_stack_provider_kfp.boundary.job_outputs import JobOutputs, write_error
 from llama_stack_provider_kfp.core.locations import parse
-from llama_stack_provider_kfp.core.outputs import (
-    MAX_LOSS_HISTORY,
-    JobOutputs,
-    StepError,
-    epoch_dir,
-    write_error,
-)
+from llama_stack_provider_kfp.core.outputs import MAX_LOSS_HISTORY, StepError, epoch_dir
 from llama_stack_provider_kfp.training import progress as progress_module
 from llama_stack_provider_kfp.training.progress import ProgressLogger
 

@@ -1,4 +1,4 @@
-"""The test-only pause points (core.pause_points), in processes of their own as jobs meet them:
+"""The test-only pause points (boundary.pause_points), in processes of their own as jobs meet them:
 inert without KFP_TEST_PAUSE, per job and per point, announced with the pid, held until
 released or killed, not ended by a signal whose handler returns, and fired once per arming."""
 
@@ -10,12 +10,12 @@ import subprocess
 import sys
 import time
 
-from llama_stack_provider_kfp.core.pause_points import ENV, Pauses
+from llama_stack_provider_kfp.boundary.pause_points import ENV, Pauses
 
 # Reaches each `job/point` of its arguments in turn, saying so; SIGTERM's handler returns.
 CHILD = (
     "import signal, sys;"
-    "from llama_stack_provider_kfp.core.pause_points import reach;"
+    "from llama_stack_provider_kfp.boundary.pause_points import reach;"
     "signal.signal(signal.SIGTERM, lambda *a: print('sigterm', flush=True));"
     "[(reach(a.split('/')[1], a.split('/')[0]), print('passed', a, flush=True))"
     " for a in sys.argv[1:]]"

@@ -1,4 +1,4 @@
-"""The register stage's submit-time probe (core.registry_probe): a plain HTTP GET on loopback
+"""The register stage's submit-time probe (boundary.registry_probe): a plain HTTP GET on loopback
 servers that answer, refuse, fail or hang; skipped with timeout 0."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from llama_stack_provider_kfp.core import registry_probe
+from llama_stack_provider_kfp.boundary import registry_probe
+from llama_stack_provider_kfp.boundary.registry_probe import check_registry_reachable
 from llama_stack_provider_kfp.core.errors import InvalidRequest, Unavailable
-from llama_stack_provider_kfp.core.registry_probe import check_registry_reachable
 
 
 @contextmanager

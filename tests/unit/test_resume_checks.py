@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from llama_stack_provider_kfp.boundary.files import write_json
+from llama_stack_provider_kfp.boundary.job_outputs import JobOutputs
 from llama_stack_provider_kfp.core.errors import InvalidRequest
-from llama_stack_provider_kfp.core.files import write_json
 from llama_stack_provider_kfp.core.locations import parse
-from llama_stack_provider_kfp.core.outputs import JobOutputs
 from llama_stack_provider_kfp.core.resume import TrainingState, check_resume, check_rows, load_state
 from llama_stack_provider_kfp.core.spec import (
     DataSpec,

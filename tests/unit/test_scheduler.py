@@ -189,7 +189,7 @@ def test_a_hanging_backend_call_holds_up_no_other_job(tmp_path):
 
 
 def test_a_queued_job_from_a_newer_release_is_not_started(tmp_path):
-    from llama_stack_provider_kfp.core.files import read_json, write_json
+    from llama_stack_provider_kfp.boundary.files import read_json, write_json
 
     backend = FakeBackend()
     store = JobStore(tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from llama_stack_provider_kfp.boundary.tracking_checks import check_writable
 from llama_stack_provider_kfp.core.errors import InvalidRequest
 from llama_stack_provider_kfp.core.tracking import (
     DEFAULT_EXPERIMENT,
@@ -66,10 +67,13 @@ def test_unsupported_or_malformed_tracking_uri(uri):
 def test_file_store_must_be_writable(tmp_path):
     spec = parse_logger_config({"mlflow": {"tracking_uri": f"file://{tmp_path}/runs"}}, "local")
     assert spec is not None
+    check_writable(spec)
     blocker = tmp_path / "file"
     blocker.write_text("")
+    blocked = parse_logger_config({"mlflow": {"tracking_uri": f"file://{blocker}/runs"}}, "local")
     with pytest.raises(InvalidRequest, match="not writable"):
-        parse_logger_config({"mlflow": {"tracking_uri": f"file://{blocker}/runs"}}, "local")
+        check_writable(blocked)
+    check_writable(None)
 
 
 def test_local_directories_refused_in_remote_mode(tmp_path):

@@ -15,7 +15,8 @@ from huggingface_hub import errors as hf
 
 from llama_stack_provider_kfp.api.errors import to_http
 from llama_stack_provider_kfp.backends.kfp.connection import explain as kfp_explain
-from llama_stack_provider_kfp.core import data_uri, hub_errors, model_source, s3_errors, storage
+from llama_stack_provider_kfp.boundary import data_uri, model_source, s3_errors, storage
+from llama_stack_provider_kfp.core import hub_errors
 from llama_stack_provider_kfp.core.errors import Refused, Unavailable, Upstream
 from llama_stack_provider_kfp.core.locations import parse
 

@@ -15,11 +15,11 @@ from llama_stack_api.common.errors import DatasetNotFoundError
 from llama_stack_api.datasetio.models import IterRowsRequest
 from llama_stack_api.datasets.models import GetDatasetRequest
 
+from ..boundary import data_uri
+from ..boundary.s3_errors import NoSuchBucket
 from ..config import KFPPostTrainingConfig
-from ..core import data_uri
 from ..core.errors import InvalidRequest, Upstream
 from ..core.rows import RowError, to_messages, to_preference
-from ..core.s3_errors import NoSuchBucket
 from ..jobs.backend import DatasetSource
 
 _SHAPES = ("; or, whatever data_format says, messages (OpenAI chat: a list of {role, content}) "

@@ -14,8 +14,9 @@ from llama_stack_api import (
     PostTrainingMetric,
 )
 
+from ..boundary.job_outputs import JobOutputs
 from ..core.errors import Unavailable, Upstream
-from ..core.outputs import CheckpointInfo, JobOutputs, StatusResources, StepError
+from ..core.outputs import CheckpointInfo, StatusResources, StepError
 from ..core.stage_results import stage_table
 from ..jobs.backend import Observed
 from ..jobs.record import JobRecord, Status

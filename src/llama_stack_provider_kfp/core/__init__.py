@@ -1,1 +1,2 @@
-"""Pure code shared by every tier: no llama-stack, KFP or torch import here."""
+"""Pure code shared by every tier: no I/O (boundary/ does that) and no llama-stack, KFP or
+torch import."""

@@ -2,9 +2,10 @@
 
 The format is the file name's suffix (`.jsonl`/`.ndjson`, `.json`, `.csv`, `.parquet`), wherever
 the file lives (path, s3:// key, https:// path). Whole files are read lazily (row by row, or a
-Parquet batch at a time). A prefix (the first bytes of an object the server samples at submit)
-yields the complete rows it holds for the formats that can be cut: JSONL and CSV line by line,
-and a JSON list element by element; a Parquet file or a JSON object needs its whole bytes.
+Parquet batch at a time; boundary.data_uri opens them). A prefix (the first bytes of an
+object the server samples at submit) yields the complete rows it holds for the formats that
+can be cut: JSONL and CSV line by line, and a JSON list element by element; a Parquet file or
+a JSON object needs its whole bytes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 from .errors import InvalidRequest
 
@@ -65,20 +65,6 @@ def iter_text(kind: str, fh: io.TextIOBase) -> Iterator[dict]:
         yield from csv.DictReader(fh)
     else:
         raise DataSourceError(f"unsupported file type {kind!r} (use .jsonl, .json, .csv, .parquet)")
-
-
-def iter_file(path: Path) -> Iterator[dict]:
-    if not path.is_file():
-        raise DataSourceError(f"dataset file {path} does not exist")
-    kind = kind_of(path.name)
-    if kind == "parquet":
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            yield from batch.to_pylist()
-        return
-    with path.open(encoding="utf-8", newline="") as fh:
-        yield from iter_text(kind, fh)
 
 
 def _json_list_prefix(text: str) -> Iterator[dict]:

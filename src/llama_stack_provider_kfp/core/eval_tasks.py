@@ -8,6 +8,7 @@ Jinja, which lm-eval renders outside a sandbox: both are code. Without `allow_ta
 refused here; the evaluate step also renders templates in Jinja's sandbox then.
 
     check_evaluation(spec.evaluation, read)   -> the task names the job runs, or InvalidRequest
+                                                  (read: boundary.eval_task_files.read_task_file)
     lm_eval_problem(model)                     -> why lm-eval cannot load this model, or None
 """
 
@@ -16,15 +17,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 import yaml
 
-from . import http_data, storage
 from .errors import InvalidRequest
-from .http_data import HttpPolicy
-from .locations import parse
 from .spec import EvaluationSpec, ModelSpec
 
 MAX_TASK_FILE_BYTES = 1 << 20
@@ -182,42 +180,7 @@ def check_task_file(location: str, text: str | bytes, allow_task_code: bool) -> 
     return names
 
 
-def read_task_file(location: str, s3: Any = None, http: HttpPolicy | None = None) -> bytes:
-    """A task file at a local path, s3://, or http(s):// (read under `http`, the job's data
-    policy: core.http_data; without one, http(s) locations are refused)."""
-    too_big = f"evaluation task file {location} is larger than {MAX_TASK_FILE_BYTES} bytes"
-    if location.startswith(("https://", "http://")):
-        if http is None:
-            raise InvalidRequest(f"evaluation task file {location}: http(s) is not read here")
-        body, complete = http_data.read_head(location, http, MAX_TASK_FILE_BYTES)
-        if not complete:
-            raise InvalidRequest(too_big)
-        return body
-    loc = parse(location)
-    if loc.scheme == "s3":
-        found = storage.read_bytes(loc, s3)
-        if found is None:
-            raise InvalidRequest(f"evaluation task file {location} does not exist")
-        body = found
-    elif loc.is_local and loc.scheme == "file":
-        path = Path(loc.path)
-        if not path.is_file():
-            raise InvalidRequest(f"evaluation task file {location} does not exist")
-        if path.stat().st_size > MAX_TASK_FILE_BYTES:
-            raise InvalidRequest(too_big)
-        body = path.read_bytes()
-    else:
-        raise InvalidRequest(
-            f"evaluation task file {location}: use a local path, s3:// or https:// location"
-        )
-    if len(body) > MAX_TASK_FILE_BYTES:
-        raise InvalidRequest(too_big)
-    return body
-
-
-def check_evaluation(
-    evaluation: EvaluationSpec, read: Callable[[str], bytes] = read_task_file
-) -> list[str]:
+def check_evaluation(evaluation: EvaluationSpec, read: Callable[[str], bytes]) -> list[str]:
     """The lm-eval tasks the job runs (those named, else every one the files define), each
     defined by a task file or plausibly built-in; every file read with `read` and checked."""
     seen: dict[str, str] = {}

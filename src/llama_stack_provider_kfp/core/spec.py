@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .http_data import HttpPolicy
+from .http_policy import HttpPolicy
 from .tracking import TrackingSpec
 
 Layout = Literal["meta", "huggingface"]

@@ -1,9 +1,10 @@
 """Experiment tracking a request asks for (its `logger_config`): MLflow, TensorBoard, W&B.
 
-Parsed and checked here at submit; the train step (training.tracking) logs to what the
-TrackingSpec describes. A TrackingSpec never holds a credential: those come from the
-environment of the step (locally: the server's), or remotely from the Kubernetes Secret named
-by `remote.tracking_secret`, under the names in CREDENTIAL_ENV.
+Parsed and checked here at submit (boundary.tracking_checks: writable, reachable); the train
+step (training.tracking) logs to what the TrackingSpec describes. A TrackingSpec never holds
+a credential: those come from the environment of the step (locally: the server's), or
+remotely from the Kubernetes Secret named by `remote.tracking_secret`, under the names in
+CREDENTIAL_ENV.
 
     {"mlflow": {"tracking_uri", "experiment_name", "run_name", "tags"},
      "tensorboard": {"log_dir"},
@@ -12,15 +13,14 @@ by `remote.tracking_secret`, under the names in CREDENTIAL_ENV.
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
+from pathlib import PurePath
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlparse
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import InvalidRequest, Unavailable
+from .errors import InvalidRequest
 
 # What a tracking library reads its credentials from (the step's environment).
 CREDENTIAL_ENV = (
@@ -102,8 +102,8 @@ def parse_logger_config(
     raw: dict[str, Any] | None, mode: Literal["local", "remote"]
 ) -> TrackingSpec | None:
     """The request's logger_config as a TrackingSpec (None: no tracking); any problem is a 400
-    saying what to change. Local paths are checked for writability (local mode only: a
-    remote step could not write them)."""
+    saying what to change. Local paths must be absolute, and are refused in remote mode (a
+    remote step could not write them); boundary.tracking_checks checks they are writable."""
     if not raw:
         return None
     if not isinstance(raw, dict):
@@ -141,15 +141,30 @@ def parse_logger_config(
     return spec
 
 
-def _check_locations(spec: TrackingSpec, mode: Literal["local", "remote"]) -> None:
+def local_dirs(spec: TrackingSpec) -> list[tuple[str, str]]:
+    """The local folders a TrackingSpec writes to, each with the request field naming it."""
+    found = []
     if spec.mlflow is not None:
         path = mlflow_file_path(spec.mlflow.tracking_uri)
         if path is not None:
-            _check_local_dir(path, "logger_config.mlflow.tracking_uri", mode)
+            found.append((path, "logger_config.mlflow.tracking_uri"))
     if spec.tensorboard is not None and spec.tensorboard.log_dir is not None:
-        _check_local_dir(spec.tensorboard.log_dir, "logger_config.tensorboard.log_dir", mode)
+        found.append((spec.tensorboard.log_dir, "logger_config.tensorboard.log_dir"))
     if spec.wandb is not None and spec.wandb.dir is not None:
-        _check_local_dir(spec.wandb.dir, "logger_config.wandb.dir", mode)
+        found.append((spec.wandb.dir, "logger_config.wandb.dir"))
+    return found
+
+
+def _check_locations(spec: TrackingSpec, mode: Literal["local", "remote"]) -> None:
+    for path, where in local_dirs(spec):
+        if mode == "remote":
+            raise InvalidRequest(
+                f"{where} {path!r} would be written inside the step's pod and lost: in remote "
+                "mode use an MLflow tracking server, and omit TensorBoard's log_dir and W&B's "
+                "dir (they default to the job's output prefix)"
+            )
+        if not PurePath(path).is_absolute():
+            raise InvalidRequest(f"{where} {path!r} must be an absolute path")
 
 
 def mlflow_file_path(uri: str) -> str | None:
@@ -177,51 +192,3 @@ def mlflow_file_path(uri: str) -> str | None:
         f"{where} {uri!r}: use an MLflow tracking server (http:// or https://) or a local "
         "store (file:///<absolute path>)"
     )
-
-
-def _check_local_dir(path: str, where: str, mode: Literal["local", "remote"]) -> None:
-    if mode == "remote":
-        raise InvalidRequest(
-            f"{where} {path!r} would be written inside the step's pod and lost: in remote mode "
-            "use an MLflow tracking server, and omit TensorBoard's log_dir and W&B's dir (they "
-            "default to the job's output prefix)"
-        )
-    p = Path(path)
-    if not p.is_absolute():
-        raise InvalidRequest(f"{where} {path!r} must be an absolute path")
-    existing = next((a for a in (p, *p.parents) if a.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise InvalidRequest(
-            f"{where} {path!r} is not writable by the server ({existing} "
-            f"{'is not a directory' if existing and not existing.is_dir() else 'is read-only'}); "
-            "choose a directory it can write"
-        )
-
-
-def check_reachable(spec: TrackingSpec | None, timeout: float) -> None:
-    """An MLflow tracking server must answer before a job that logs to it starts (503 with the
-    reason when it does not). Any HTTP answer below 500 counts: authentication is checked by
-    the step, whose credentials may live in a Kubernetes Secret."""
-    if spec is None or spec.mlflow is None or timeout <= 0:
-        return
-    uri = spec.mlflow.tracking_uri
-    if not uri.startswith(("http://", "https://")):
-        return
-    verify: str | bool = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or (
-        os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
-    )
-    url = f"{uri.rstrip('/')}/health"
-    import httpx  # at submit only; the job's processes import this module too
-
-    try:
-        answer = httpx.get(url, timeout=timeout, verify=verify, follow_redirects=False)
-    except httpx.HTTPError as e:
-        raise Unavailable(
-            f"the MLflow tracking server {uri} does not answer ({type(e).__name__}: {e}); start "
-            "it, or fix or drop logger_config.mlflow"
-        ) from None
-    if answer.status_code >= 500:
-        raise Unavailable(
-            f"the MLflow tracking server {uri} answers {answer.status_code} on {url}; check "
-            "that it runs, or drop logger_config.mlflow"
-        )

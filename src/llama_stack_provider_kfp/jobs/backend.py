@@ -15,7 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from ..core.outputs import JobOutputs, StepError
+from ..boundary.job_outputs import JobOutputs
+from ..core.outputs import StepError
 from ..core.resume import TrainingState
 from ..core.spec import ModelSpec
 from .record import JobRecord, RunnerHandle, Status

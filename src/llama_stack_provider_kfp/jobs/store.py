@@ -27,10 +27,10 @@ from pathlib import Path
 
 import psutil
 
+from ..boundary.files import read_json, write_json
+from ..boundary.job_outputs import JobOutputs
 from ..core.errors import InvalidRequest
-from ..core.files import read_json, write_json
 from ..core.locations import parse
-from ..core.outputs import JobOutputs
 from ..core.versioned import Unreadable, merge_unknown, read_versioned
 from .record import (
     RECORD_FORMAT,

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from pydantic import BaseModel
 
-from ..core.files import read_json, write_json
+from ..boundary.files import read_json, write_json
 from ..core.versioned import Unreadable, read_versioned
 from ..jobs.record import Owner
 from .errors import APIError, not_found

@@ -23,11 +23,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ..boundary import storage
+from ..boundary.files import read_json, write_json
+from ..boundary.job_outputs import JobOutputs
 from ..config import KFPPostTrainingConfig
-from ..core import storage
 from ..core.errors import InvalidRequest
-from ..core.files import read_json, write_json
-from ..core.outputs import CHECKPOINTS, MERGED, CheckpointInfo, JobOutputs, epoch_dir
+from ..core.outputs import CHECKPOINTS, MERGED, CheckpointInfo, epoch_dir
 from ..core.spec import DPOSpec
 from ..core.stage_results import Evaluation
 from ..core.tracking import TrackingSpec, parse_logger_config

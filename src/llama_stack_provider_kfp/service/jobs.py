@@ -15,17 +15,18 @@ from functools import partial
 from pathlib import Path
 
 from ..backends import select_backend
+from ..boundary import pause_points
+from ..boundary.eval_task_files import read_task_file
+from ..boundary.registry_probe import check_registry_reachable
+from ..boundary.tracking_checks import check_reachable, check_writable
 from ..config import KFPPostTrainingConfig
-from ..core import pause_points
 from ..core.engines import JobTraits, select_engine
 from ..core.errors import InvalidRequest, LimitReached
-from ..core.eval_tasks import check_evaluation, lm_eval_problem, read_task_file
-from ..core.http_data import HttpPolicy
+from ..core.eval_tasks import check_evaluation, lm_eval_problem
+from ..core.http_policy import HttpPolicy
 from ..core.locations import Location
-from ..core.registry_probe import check_registry_reachable
 from ..core.resume import check_resume, check_rows
 from ..core.spec import EngineChoice, EvaluationSpec, ModelSpec, algorithm
-from ..core.tracking import check_reachable
 from ..jobs.backend import DatasetSource, JobInputs, JobPreparer
 from ..jobs.record import JobRecord, Owner, check_job_id, now
 from ..jobs.scheduler import JobScheduler
@@ -163,6 +164,7 @@ class JobService:
                                 model, config.data_sources.http_policy())  # fmt: skip
         # Reachable, before anything is created: the cluster, and a tracking server.
         await asyncio.to_thread(backend.check)
+        await asyncio.to_thread(check_writable, sub.tracking)
         await asyncio.to_thread(
             check_reachable, sub.tracking, config.tracking_probe_timeout_seconds
         )

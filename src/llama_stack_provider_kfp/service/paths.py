@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..core import data_uri
+from ..boundary import data_uri
 from ..core.errors import Forbidden
 from ..core.locations import Location, parse
 

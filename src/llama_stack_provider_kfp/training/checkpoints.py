@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..core import pause_points
-from ..core.files import write_json
+from ..boundary import pause_points
+from ..boundary.files import write_json
 from ..core.outputs import CHECKPOINTS, METRICS, PARTIAL_SUFFIX, epoch_dir, versioned
 from .io import Output
 

@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..core import data_uri, storage
-from ..core.http_data import HttpPolicy
+from ..boundary import data_uri, storage
+from ..boundary.job_outputs import write_error, write_output
+from ..core.http_policy import HttpPolicy
 from ..core.locations import Location, parse
-from ..core.outputs import METRICS, StepError, stage_file, write_error, write_output
+from ..core.outputs import METRICS, StepError, stage_file
 from ..core.stage_results import StageRecord
 
 # Weights, configs and every tokenizer form: tokenizer.json / vocab + merges / sentencepiece /

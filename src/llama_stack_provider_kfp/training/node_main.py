@@ -14,7 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from ..core import storage
+from ..boundary import storage
 from ..core.locations import parse
 from ..core.spec import JobSpec
 from .context import NodeJob, RankJob

@@ -8,7 +8,7 @@ import tempfile
 from itertools import islice
 from pathlib import Path
 
-from ..core.data_uri import iter_rows
+from ..boundary.data_uri import iter_rows
 from ..core.rows import RowError, to_messages, to_preference
 from ..core.spec import JobSpec
 from .io import fetch_data, report_errors

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core import pause_points
-from ..core.files import write_json
+from ..boundary import pause_points
+from ..boundary.files import write_json
 from ..core.outputs import MAX_LOSS_HISTORY, PROGRESS, versioned
 from ..core.phases import Phases
 from .tracking import Tracker

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..core.files import write_json
+from ..boundary.files import write_json
 from ..core.spec import JobSpec
 from .context import RankJob
 from .distributed import join_ranks

@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from ..core.files import read_json, write_json
-from ..core.outputs import TRAINING_STATE, TRAINING_STATE_TENSORS, JobOutputs
+from ..boundary.files import read_json, write_json
+from ..boundary.job_outputs import JobOutputs
+from ..core.outputs import TRAINING_STATE, TRAINING_STATE_TENSORS
 from ..core.resume import TrainingState
 from ..core.spec import JobSpec
 from .io import Output

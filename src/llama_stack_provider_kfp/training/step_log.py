@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-from ..core import storage
+from ..boundary import storage
 from ..core.locations import Location, parse
 from ..core.outputs import step_log
 

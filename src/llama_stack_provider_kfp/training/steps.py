@@ -11,23 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..boundary.files import read_json, write_json
+from ..boundary.job_outputs import JobOutputs, write_output
+from ..boundary.model_source import inspect_model_dir
 from ..core.errors import InvalidRequest
-from ..core.files import read_json, write_json
 from ..core.locations import parse
 from ..core.lora_targets import resolve, tied_output_problem
-from ..core.model_source import inspect_model_dir
 from ..core.osft_targets import resolve_osft
-from ..core.outputs import (
-    EVALUATION,
-    PROGRESS,
-    REGISTRY,
-    RESULT,
-    JobOutputs,
-    TrainResult,
-    epoch_dir,
-    versioned,
-    write_output,
-)
+from ..core.outputs import EVALUATION, PROGRESS, REGISTRY, RESULT, TrainResult, epoch_dir, versioned
 from ..core.phases import Phases
 from ..core.spec import JobSpec
 from ..core.stage_results import Evaluation, Registration

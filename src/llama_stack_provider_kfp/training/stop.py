@@ -11,7 +11,7 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any
 
-from ..core import pause_points
+from ..boundary import pause_points
 from ..core.outputs import CANCEL
 from .io import Output
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..core.files import write_json
+from ..boundary.files import write_json
 from ..core.outputs import TRACKING, epoch_dir
 from ..core.spec import JobSpec
 from ..core.tracking import MLflowTracking, TensorBoardTracking, WandbTracking

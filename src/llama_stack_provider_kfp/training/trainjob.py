@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..core import storage
+from ..boundary import storage
 from ..core.errors import Upstream
 from ..core.locations import Location, parse
 from ..core.outputs import ERROR, PROGRESS, RESULT

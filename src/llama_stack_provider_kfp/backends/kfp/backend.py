@@ -13,10 +13,10 @@ import logging
 import threading
 from pathlib import Path
 
+from ...boundary.job_outputs import JobOutputs, write_cancel
 from ...config import RemoteConfig
 from ...core.errors import Refused, Unsupported
 from ...core.locations import parse
-from ...core.outputs import JobOutputs, write_cancel
 from ...core.resume import TrainingState
 from ...core.spec import ModelSpec
 from ...jobs.backend import JobInputs, Observed, StagedInputs

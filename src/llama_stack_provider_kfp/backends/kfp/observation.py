@@ -13,9 +13,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from ...boundary.job_outputs import JobOutputs
 from ...config import RemoteConfig
 from ...core.errors import Upstream
-from ...core.outputs import JobOutputs, StepError
+from ...core.outputs import StepError
 from ...jobs.backend import Observed
 from ...jobs.record import JobRecord, Status
 from .connection import Connection, login_page

@@ -6,10 +6,10 @@ enter the pipeline, its parameters or a job record.
 
 from __future__ import annotations
 
+from ...boundary.storage import STEP_ENV
 from ...config import RemoteConfig
 from ...core.locations import parse
 from ...core.spec import JobSpec
-from ...core.storage import STEP_ENV
 from ...core.tracking import CREDENTIAL_ENV
 from ...kube.trainjob import PLAN_ENV, NodePlan
 

@@ -11,11 +11,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ...boundary import data_uri, storage
+from ...boundary.job_outputs import JobOutputs
+from ...boundary.model_source import ModelError, hub_model, inspect_s3_model, pvc_model
 from ...config import RemoteConfig
-from ...core import data_uri, storage
 from ...core.locations import Location, parse
-from ...core.model_source import ModelError, hub_model, inspect_s3_model, pvc_model
-from ...core.outputs import JobOutputs
 from ...core.resume import TrainingState, load_state
 from ...core.spec import ModelSpec
 from ...jobs.backend import DatasetSource, JobInputs, StagedInputs

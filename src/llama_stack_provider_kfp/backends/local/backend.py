@@ -18,11 +18,12 @@ from pathlib import Path
 
 import psutil
 
-from ...core import data_uri
-from ...core.files import read_json_named
+from ...boundary import data_uri
+from ...boundary.files import read_json_named
+from ...boundary.job_outputs import JobOutputs, write_cancel
+from ...boundary.model_source import resolve_model
 from ...core.locations import parse
-from ...core.model_source import resolve_model
-from ...core.outputs import CANCEL, JobOutputs, StepError, write_cancel
+from ...core.outputs import CANCEL, StepError
 from ...core.resume import TrainingState, load_state
 from ...core.spec import ModelSpec
 from ...jobs.backend import DatasetSource, JobInputs, Observed, StagedInputs

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import psutil
 
-from ...core.files import read_json, write_json
+from ...boundary.files import read_json, write_json
+from ...boundary.job_outputs import JobOutputs
 from ...core.locations import parse
-from ...core.outputs import PROGRESS, RESULT, JobOutputs, StepError
+from ...core.outputs import PROGRESS, RESULT, StepError
 from ...core.phases import Phases, add_phases
 from ...jobs.record import RunnerHandle, WorkerState, now
 from ...jobs.store import JOB_FILE, JobStore, write_worker_state

@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...core import storage
+from ...boundary import storage
+from ...boundary.model_source import arch_from_meta_params
 from ...core.locations import parse
-from ...core.model_source import arch_from_meta_params
 from ...core.outputs import ADAPTER, MERGED
 from ..io import fetch_model
 

@@ -13,7 +13,8 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
-from ...core import http_data, storage
+from ...boundary import http_data, storage
+from ...boundary.eval_task_files import read_task_file
 from ...core.eval_tasks import (
     YAML_SUFFIXES,
     check_task_file,
@@ -21,9 +22,8 @@ from ...core.eval_tasks import (
     file_name,
     is_code_file,
     load_task_yaml,
-    read_task_file,
 )
-from ...core.http_data import HttpPolicy
+from ...core.http_policy import HttpPolicy
 from ...core.locations import parse
 from ...core.spec import EvaluationSpec
 
@@ -33,7 +33,7 @@ _REMOTE = ("s3://", "https://", "http://")
 
 def reader(http: HttpPolicy):
     """How task files are read: local paths, s3://, and http(s):// under the job's data
-    policy (allowed hosts, CA bundle, size cap, no redirect elsewhere: core.http_data)."""
+    policy (allowed hosts, CA bundle, size cap, no redirect elsewhere: boundary.http_data)."""
 
     def read(location: str) -> bytes:
         return read_task_file(location, http=http)

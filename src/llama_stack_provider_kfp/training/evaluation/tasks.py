@@ -18,7 +18,7 @@ from typing import Any
 
 from ...core.errors import InvalidRequest
 from ...core.eval_tasks import check_evaluation
-from ...core.http_data import HttpPolicy
+from ...core.http_policy import HttpPolicy
 from ...core.spec import EvaluationSpec, JobSpec
 from ...core.stage_results import Comparison
 from .models import Loaded

@@ -15,8 +15,8 @@ import os
 import re
 import time
 
+from ...boundary.job_outputs import JobOutputs
 from ...core.locations import parse
-from ...core.outputs import JobOutputs
 from ...core.spec import JobSpec
 from ...core.stage_results import Evaluation
 

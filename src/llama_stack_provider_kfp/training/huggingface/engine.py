@@ -677,7 +677,7 @@ def _osft_modules(model: Any, requested: list[str]) -> list[str]:
 
 
 def output_checkpoints(output: Output) -> list[Any]:
-    from ...core.outputs import JobOutputs
+    from ...boundary.job_outputs import JobOutputs
 
     return JobOutputs(output.location, output.s3).checkpoints()
 

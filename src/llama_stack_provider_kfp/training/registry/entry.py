@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...core import storage
+from ...boundary import storage
 from ...core.locations import Location, parse
 from ...core.outputs import TrainResult
 from ...core.spec import JobSpec

@@ -21,9 +21,9 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from ...boundary.job_outputs import JobOutputs
 from ...core.errors import InvalidRequest, Refused, Unavailable
 from ...core.locations import parse
-from ...core.outputs import JobOutputs
 from ...core.spec import JobSpec
 from ...core.stage_results import Registration
 from ...core.tracking import DEFAULT_EXPERIMENT

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import hub_errors, s3_errors, storage
-from .errors import InvalidRequest
-from .locations import Location, is_hf_repo_id
-from .lora_targets import module_paths
-from .spec import ModelArch, ModelSpec
+from ..core import hub_errors
+from ..core.errors import InvalidRequest
+from ..core.locations import Location, is_hf_repo_id
+from ..core.lora_targets import module_paths
+from ..core.spec import ModelArch, ModelSpec
+from . import s3_errors, storage
 
 LLAMA3_VOCAB = 128256
 # A Meta checkpoint's matrices, named as the Hugging Face layout names them (LoRA targets).

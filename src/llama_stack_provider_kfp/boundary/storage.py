@@ -7,7 +7,7 @@ in the same container and reading the standard AWS_* names, does not see. Never 
 a pipeline parameter or a job record. The endpoint is passed to `client()` by whoever owns the
 setting (the kfp backend's config; STEP_ENV in a step's pod), never set process-wide.
 
-Every function raises core.errors.Refused or Unavailable for a failed call (core.s3_errors);
+Every function raises core.errors.Refused or Unavailable for a failed call (boundary.s3_errors);
 only "no such key" is absence, and reads say so with None (exists: False; download_file:
 FileNotFoundError).
 """
@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import Unavailable
-from .locations import Location
+from ..core.errors import Unavailable
+from ..core.locations import Location
 from .s3_errors import boundary, code_of, missing
 
 # The job's S3 settings in a step's pod, by provider-specific names (mapped to boto3 here).

@@ -1,9 +1,9 @@
 """Rows from the dataset locations users keep data in.
 
     /abs/path, ./rel, file:///abs        a file on the machine that reads it
-    s3://bucket/key                      S3-compatible storage (core.storage: the standard AWS
+    s3://bucket/key                      S3-compatible storage (boundary.storage: the standard AWS
                                          environment locally, a Secret by reference remotely)
-    https://host/path, http://...        core.http_data's policy (allow-list, no redirect to
+    https://host/path, http://...        boundary.http_data's policy (allow-list, no redirect to
                                          another host, size cap, token by reference)
     hf://org/name[:config][?split=...]   a Hugging Face dataset repo (the local HF cache first)
     huggingface://<path>?<params>        as llama-stack's huggingface datasetio reads it
@@ -33,14 +33,29 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
-from . import http_data, hub_errors, storage
-from .data_formats import DataSourceError, check_kind, iter_file, iter_text, rows_in
-from .http_data import HttpPolicy
-from .locations import is_hf_repo_id, parse
+from ..core import hub_errors
+from ..core.data_formats import DataSourceError, check_kind, iter_text, kind_of, rows_in
+from ..core.http_policy import HttpPolicy
+from ..core.locations import is_hf_repo_id, parse
+from . import http_data, storage
 
 __all__ = ["DataSourceError", "SampleReader", "fetch", "iter_rows", "sample_rows", "write_jsonl"]
 
 REMOTE_SCHEMES = ("s3://", "https://", "http://")
+
+
+def iter_file(path: Path) -> Iterator[dict]:
+    if not path.is_file():
+        raise DataSourceError(f"dataset file {path} does not exist")
+    kind = kind_of(path.name)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+        return
+    with path.open(encoding="utf-8", newline="") as fh:
+        yield from iter_text(kind, fh)
 
 
 def _local_path(uri: str) -> Path | None:

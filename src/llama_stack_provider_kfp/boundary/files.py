@@ -39,7 +39,7 @@ def read_json(path: Path) -> Any | None:
 def read_json_named(path: Path) -> Any | None:
     """The file's content, None when it is missing; InvalidRequest naming it when it is there
     but damaged (a request's file: the caller's to replace)."""
-    from .errors import InvalidRequest
+    from ..core.errors import InvalidRequest
 
     try:
         return json.loads(path.read_text(encoding="utf-8"))

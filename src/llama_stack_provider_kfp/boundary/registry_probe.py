@@ -16,7 +16,7 @@ import os
 from typing import Literal
 from urllib.parse import urlparse
 
-from .errors import InvalidRequest, Unavailable
+from ..core.errors import InvalidRequest, Unavailable
 
 KUBEFLOW_API = "/api/model_registry/v1"
 _SKIP = (

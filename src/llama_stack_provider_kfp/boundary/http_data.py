@@ -1,8 +1,8 @@
 """Datasets at https:// and http:// URLs, read with urllib3 under the provider's policy.
 
-The policy (`HttpPolicy`, from the provider config's `data_sources`) travels in the JobSpec, so
-the server (a bounded sample at submit) and the prepare-data step (the whole file) apply the
-same rules:
+The policy (core.http_policy's `HttpPolicy`, from the provider config's `data_sources`)
+travels in the JobSpec, so the server (a bounded sample at submit) and the prepare-data step
+(the whole file) apply the same rules:
 
 - `allowed_hosts`: when set, only those hosts (exact names, or `*.example.com`); when empty,
   any host whose addresses are all public.
@@ -33,32 +33,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from .data_formats import DataSourceError
-from .errors import Refused, Unavailable
+from ..core.data_formats import DataSourceError
+from ..core.errors import Refused, Unavailable
+from ..core.http_policy import HttpPolicy, public_url
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
 _CHUNK = 1 << 20
-
-
-class HttpPolicy(BaseModel):
-    """How https:// and http:// datasets are read (the provider's data_sources settings)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    allowed_hosts: list[str] = []
-    ca_bundle: str | None = None
-    max_bytes: int = Field(default=10 * 2**30, ge=1)
-    token_env: str | None = None
-    timeout_seconds: float = Field(default=30.0, gt=0)
-
-
-def public_url(url: str) -> str:
-    """The URL without its query and fragment (a presigned URL's signature stays out)."""
-    p = urlsplit(url)
-    return f"{p.scheme}://{p.netloc}{p.path}"
 
 
 def _listed(host: str, policy: HttpPolicy) -> bool:

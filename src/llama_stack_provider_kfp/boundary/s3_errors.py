@@ -1,4 +1,4 @@
-"""S3 failures by cause, at the boundary every core.storage call goes through.
+"""S3 failures by cause, at the boundary every boundary.storage call goes through.
 
 Only "no such key" is absence. A 403 is a refusal whose message names the operation, bucket
 and key, and says the key may also be missing (S3 answers 403, not 404, for a missing key to a
@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from .errors import Refused, Unavailable, Upstream
-from .locations import Location
+from ..core.errors import Refused, Unavailable, Upstream
+from ..core.locations import Location
 
 # Error codes by cause (AWS, MinIO and Ceph use the same names).
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
