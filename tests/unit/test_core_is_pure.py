@@ -29,7 +29,7 @@ def _found(path: Path) -> set[str]:
             names = [node.module]
         elif isinstance(node, ast.Call):
             f = node.func
-            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            name = getattr(f, "id", None) or getattr(f, "attr", "")
             if name in IO_CALLS:
                 found.add(name)
             continue
