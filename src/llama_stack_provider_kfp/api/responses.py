@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from ..core.errors import Unavailable, Upstream
 from ..core.outputs import CheckpointInfo, StatusResources, StepError
 from ..core.stage_results import stage_table
 from ..jobs.backend import Observed
-from ..jobs.record import JobRecord, Status
+from ..jobs.record import JobRecord, Status, held_by_pause
 from ..jobs.store import UnreadableRecord
 
 STATUS: dict[Status, JobStatus] = {
@@ -98,10 +99,22 @@ def status(
     record: JobRecord, seen: Observed, outputs: JobOutputs, job_dir: Path
 ) -> PostTrainingJobStatusResponse:
     lenient = _Reads()
+    ran = seen.status != "scheduled"
+    paused = None
+    if held_by_pause(record, seen.status):
+        # llama-stack's JobStatus has no "paused": the job waits, as a queued one does, and
+        # its stopped run (a SIGTERM, with a checkpoint) is no failure.
+        seen = replace(seen, status="scheduled", error=None, completed_at=None, lost=False)
+        paused = {
+            "paused_at": record.paused_at.isoformat() if record.paused_at else None,
+            "resume": f"POST /v1/fine_tuning/jobs/{record.job_uuid}/resume on the OpenAI face "
+            "(llama-stack-kfp serve openai): it continues from its newest checkpoint",
+        }
     progress: dict[str, Any] | None = lenient(outputs.progress, None)
     resources = StatusResources.model_validate(
         {"job_dir": str(job_dir), "engine": record.spec.engine, **(progress or {})}
     )
+    resources.paused = paused
     if seen.note:
         resources.runner = seen.note
     if record.spec.tracking is not None:
@@ -111,7 +124,7 @@ def status(
         # Its phases are the progress's (the same, shown once).
         dumped = result.model_dump(mode="json").items()
         resources.result = {k: v for k, v in dumped if k not in ("epochs", "phases")}
-    if seen.status != "scheduled":
+    if ran:
         tail: list[str] = lenient(lambda: outputs.log_tail(), [])
         resources.log_tail = tail or None
     if seen.error:

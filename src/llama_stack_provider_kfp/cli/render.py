@@ -28,6 +28,9 @@ def status(console: Console, st: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_row("job", st["job_uuid"])
     table.add_row("status", f"[bold]{st['status']}[/bold]")
+    if res.get("paused"):
+        table.add_row("paused", f"at {res['paused'].get('paused_at')}; resume: "
+                      f"{res['paused'].get('resume')}")  # fmt: skip
     for key in ("scheduled_at", "started_at", "completed_at"):
         if st.get(key):
             table.add_row(key.replace("_", " "), str(st[key]))

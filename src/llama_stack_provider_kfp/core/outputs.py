@@ -158,6 +158,8 @@ class StatusResources(_Open):
     # The evaluate stage's results (core.stage_results.Evaluation) and the register stage's.
     evaluation: dict[str, Any] | None = None
     registry: dict[str, Any] | None = None
+    # Set while the job is paused (the OpenAI face's pause): when, and how it resumes.
+    paused: dict[str, Any] | None = None
 
 
 class CheckpointInfo(BaseModel):

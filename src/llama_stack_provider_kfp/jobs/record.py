@@ -96,6 +96,13 @@ class WorkerState(_Stored):
     runner: RunnerHandle | None = None
 
 
+def held_by_pause(record: JobRecord, status: Status) -> bool:
+    """Paused and not ended: its run stopped (or is stopping) with a checkpoint and it waits
+    for a resume. Every face shows this the same way; a run that completed before the pause
+    took effect has ended, and a cancel ends a paused job."""
+    return record.paused_at is not None and status != "completed" and record.cancelled_at is None
+
+
 def check_job_id(job_uuid: str) -> None:
     if not _SAFE_ID.match(job_uuid) or job_uuid in (".", ".."):
         raise InvalidRequest(

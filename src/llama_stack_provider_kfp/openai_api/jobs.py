@@ -35,7 +35,7 @@ from ..core.tracking import TrackingSpec, parse_logger_config
 from ..core.versioned import Unreadable, read_versioned
 from ..jobs.backend import DatasetSource, Observed
 from ..jobs.leader import job_lock
-from ..jobs.record import JobRecord, Owner
+from ..jobs.record import JobRecord, Owner, held_by_pause
 from ..service.jobs import JobService
 from ..service.paths import PathRoots
 from ..service.submission import Lora, Submission, Training
@@ -291,7 +291,7 @@ class FaceJobs:
         seen = seen or self.service.scheduler.observe(record)
         outputs = self.service.backend.outputs(record)
         status = STATUS[seen.status]
-        if record.paused_at is not None and seen.status != "completed" and not record.cancelled_at:
+        if held_by_pause(record, seen.status):
             status = "paused"  # OpenAI's API lists it; the SDK's status literal does not
         error, fine_tuned = None, None
         trained = seen.status == "completed"
