@@ -117,11 +117,12 @@ def test_two_ranks_train_the_one_rank_dpo_curve(client, two_ranks, tmp_path):
     assert two == pytest.approx(one, rel=LOSS_RTOL)
 
 
-def _torchtune_pair(clients, model: Path, tmp: Path, steps: int, epochs: int, **kw) -> list:
-    """The same torchtune job on one rank and on two: 4 rows per step (no padding)."""
+def _torchtune_pair(clients, model: Path, tmp: Path, batches: int, epochs: int, **kw) -> list:
+    """The same torchtune job on one rank and on two: `batches` batches of 4 rows an epoch
+    (no padding)."""
     runs, training = [], kw.pop("training", {})
     for c in clients:
-        ds = register_rows(c, tmp, instruct_rows(4 * steps, seed=5), name=new_id("tt-rows"))
+        ds = register_rows(c, tmp, instruct_rows(4 * batches, seed=5), name=new_id("tt-rows"))
         val = register_rows(c, tmp, instruct_rows(6, seed=6), name=new_id("tt-val"))
         job = new_id("tt-ranks")
         tc = training_config(ds, n_epochs=epochs, max_validation_steps=None,
@@ -141,9 +142,12 @@ def _max_rel(a: list[float], b: list[float]) -> float:
 
 def test_two_ranks_train_the_one_rank_torchtune_curve(client, two_ranks, tiny_models, tmp_path):
     """torchtune's distributed recipe (FSDP2) on 2 CPU ranks, each with batch_size / 2 rows:
-    8 rows, global batch 4, 2 epochs of 2 steps, validated each epoch."""
+    12 rows, global batch 4, accumulation 2, 2 epochs of 2 steps, validated each epoch. Each
+    epoch's third micro-batch is a short accumulation group: a step of its own, closed by a
+    filler micro-batch on every rank (training/torchtune/groups.py), the one rank's curve."""
     model = tiny_models / "hf"
-    one, two = runs = _torchtune_pair((client, two_ranks.client()), model, tmp_path, 2, 2)
+    one, two = runs = _torchtune_pair((client, two_ranks.client()), model, tmp_path, 3, 2,
+                                      training={"gradient_accumulation_steps": 2})  # fmt: skip
 
     worker_log = (two_ranks.jobs_dir / two["job"] / "worker.log").read_text()
     assert "train: 2 ranks" in worker_log and "rank_main" in worker_log
@@ -158,7 +162,7 @@ def test_two_ranks_train_the_one_rank_torchtune_curve(client, two_ranks, tiny_mo
     assert res["progress"]["step"] == res["progress"]["total_steps"] == 4
     assert res["progress"]["epoch"] == res["progress"]["total_epochs"] == 2
     result_one = one["resources_allocated"]["result"]
-    assert res["result"]["samples_seen"] == result_one["samples_seen"] == 16
+    assert res["result"]["samples_seen"] == result_one["samples_seen"] == 24
 
     checkpoints = job_artifacts(two["client"], two["job"])["checkpoints"]
     assert [Path(c["path"]).name for c in checkpoints] == ["epoch_1", "epoch_2"]
