@@ -60,36 +60,29 @@ class JobOutputs:
     def progress(self) -> dict[str, Any] | None:
         return self.read(PROGRESS)
 
-    def result(self) -> TrainResult | None:
-        data = self.read(RESULT)
+    def _typed[M: BaseModel](self, name: str, cls: type[M]) -> M | None:
+        """A file as its model; absent when missing, or when an older step wrote it without a
+        field the model needs."""
+        data = self.read(name)
         try:
-            return TrainResult.model_validate(data) if isinstance(data, dict) else None
+            return cls.model_validate(data) if isinstance(data, dict) else None
         except ValidationError:
-            return None  # an older step's summary without a field: shown as absent
+            return None
+
+    def result(self) -> TrainResult | None:
+        return self._typed(RESULT, TrainResult)
 
     def tracking(self) -> dict[str, Any] | None:
         return self.read(TRACKING)
 
     def evaluation(self) -> Evaluation | None:
-        data = self.read(EVALUATION)
-        try:
-            return Evaluation.model_validate(data) if isinstance(data, dict) else None
-        except ValidationError:
-            return None
+        return self._typed(EVALUATION, Evaluation)
 
     def registration(self) -> Registration | None:
-        data = self.read(REGISTRY)
-        try:
-            return Registration.model_validate(data) if isinstance(data, dict) else None
-        except ValidationError:
-            return None
+        return self._typed(REGISTRY, Registration)
 
     def stage(self, name: str) -> StageRecord | None:
-        data = self.read(stage_file(name))
-        try:
-            return StageRecord.model_validate(data) if isinstance(data, dict) else None
-        except ValidationError:
-            return None
+        return self._typed(stage_file(name), StageRecord)
 
     def error(self) -> StepError | None:
         data = self.read(ERROR)

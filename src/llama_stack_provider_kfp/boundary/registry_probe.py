@@ -17,6 +17,7 @@ from typing import Literal
 from urllib.parse import urlparse
 
 from ..core.errors import InvalidRequest, Unavailable
+from ..core.locations import check_http_url
 
 KUBEFLOW_API = "/api/model_registry/v1"
 _SKIP = (
@@ -31,14 +32,7 @@ def probe_url(kind: Literal["mlflow", "kubeflow"], uri: str) -> str | None:
     parsed = urlparse(uri)
     base = uri.rstrip("/")
     if parsed.scheme in ("http", "https"):
-        try:
-            port_ok = parsed.port is None or parsed.port > 0
-        except ValueError:
-            port_ok = False
-        if not parsed.hostname or not port_ok:
-            raise InvalidRequest(
-                f"registry.uri {uri!r} is not a URL: use http(s)://<host>[:<port>][/<path>]"
-            )
+        check_http_url(uri, "registry.uri")
         if parsed.password is not None:
             raise InvalidRequest(
                 "registry.uri carries a password: credentials go in the step's environment "

@@ -96,3 +96,16 @@ def parse(uri: str | Path) -> Location:
 
 def is_hf_repo_id(name: str) -> bool:
     return bool(_HF_REPO.match(name))
+
+
+def check_http_url(uri: str, where: str) -> None:
+    """An http(s) URL with a host and a valid port; a 400 naming the setting otherwise."""
+    parsed = urlparse(uri)
+    try:
+        port_ok = parsed.port is None or parsed.port > 0
+    except ValueError:
+        port_ok = False
+    if not parsed.hostname or not port_ok:
+        raise InvalidRequest(
+            f"{where} {uri!r} is not a URL: use http(s)://<host>[:<port>][/<path>]"
+        )

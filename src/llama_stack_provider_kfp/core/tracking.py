@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlparse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import InvalidRequest
+from .locations import check_http_url
 
 # What a tracking library reads its credentials from (the step's environment).
 CREDENTIAL_ENV = (
@@ -175,14 +176,7 @@ def mlflow_file_path(uri: str) -> str | None:
     if parsed.scheme in ("http", "https"):
         if parsed.password is not None or any(looks_secret(k) for k, _ in parse_qsl(parsed.query)):
             raise InvalidRequest(f"{where} carries a credential; {_USE_ENV}")
-        try:
-            port_ok = parsed.port is None or parsed.port > 0
-        except ValueError:
-            port_ok = False
-        if not parsed.hostname or not port_ok:
-            raise InvalidRequest(
-                f"{where} {uri!r} is not a URL: use http(s)://<host>[:<port>][/<path>]"
-            )
+        check_http_url(uri, where)
         return None
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
