@@ -4,10 +4,10 @@ torchtune's loop steps the optimizer after every `gradient_accumulation_steps` m
 only, so an epoch whose micro-batches do not fill its last group makes no step for them, and
 their gradients join the next epoch's first step (JobSpec.steps_per_epoch states the rule this
 provider keeps on every engine instead). `FilledGroups` ends each epoch with as many filler
-micro-batches as fill that group: a filler is the last batch's first row with every label
-ignored, so it adds no label token to the group's count, and `ZeroLossWhileFilling` gives it a
-zero loss that is still connected to the model (under FSDP every rank runs the same forwards
-and backwards). The group's step then averages its gradients over its own label tokens, as
+micro-batches as fill that group: a filler is the epoch's last batch with every label ignored,
+so it adds no label token to the group's count, and `ZeroLossWhileFilling` gives it a zero
+loss that is still connected to the model (under FSDP every rank runs the same forwards and
+backwards). The group's step then averages its gradients over its own label tokens, as
 torchtune averages any group.
 """
 
@@ -58,9 +58,10 @@ class FilledGroups:
         finally:  # also when the loop stops early (max_steps_per_epoch) right after a filler
             self.filling = False
 
-    def _filler(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # The loop has popped the labels of the batch it was given by now.
-        out = {key: value[:1].clone() for key, value in batch.items() if key != "labels"}
+    def _filler(self, batch: dict[str, Any]) -> dict[str, Any]:
+        # The last batch as the loop left it (its labels popped), whole: a packed batch's
+        # attention mask (a BlockMask under flex attention) is reused as it is, not sliced.
+        out = {key: value for key, value in batch.items() if key != "labels"}
         out["labels"] = torch.full_like(out["tokens"], self.ignore_index)
         return out
 
